@@ -1,0 +1,134 @@
+"""Expand a study into trials: grid x zipped groups x seeds, minus exclusions.
+
+Each trial's id is a hash of its fully resolved config (model, recipe, dataset, seed), so the same
+file gives the same ids on any machine and a rerun recognises the trials it already finished.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ablate.study import DatasetSpec, RecipeSpec, Study, StudyError
+
+TRIAL_SECTIONS = ("model", "recipe", "dataset")
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One training job: the resolved config and the axis values that distinguish it."""
+
+    id: str
+    params: dict[str, Any]
+    config: dict[str, Any] = field(repr=False)
+
+    @property
+    def seed(self) -> int:
+        return int(self.config["seed"])
+
+    @property
+    def arm(self) -> tuple[tuple[str, str], ...]:
+        """The axis values without the seed: trials of one arm differ only by seed."""
+        return tuple(sorted((k, json.dumps(v)) for k, v in self.params.items() if k != "seed"))
+
+
+def trial_id(config: dict[str, Any]) -> str:
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def get_path(config: dict[str, Any], path: str) -> Any:
+    node: Any = config
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(path)
+        node = node[part]
+    return node
+
+
+def set_path(config: dict[str, Any], path: str, value: Any) -> None:
+    parts = path.split(".")
+    node = config
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+def _check_axis(path: str, study: Study, file: str) -> None:
+    head, _, rest = path.partition(".")
+    if head not in TRIAL_SECTIONS or not rest:
+        raise StudyError(file, f"axes: '{path}'", f"a path starting with one of {', '.join(TRIAL_SECTIONS)} "
+                         "(e.g. model.kwargs.kernel_size, recipe.lr, dataset.image_size)")
+    if head == "model" and not (rest == "name" or rest.startswith("kwargs.")):
+        raise StudyError(file, f"axes: '{path}'", "model.name or model.kwargs.<argument>")
+    if head in ("recipe", "dataset"):
+        spec = RecipeSpec if head == "recipe" else DatasetSpec
+        if rest not in spec.model_fields:
+            raise StudyError(file, f"axes: '{path}'", f"a field of {head} ({', '.join(spec.model_fields)})")
+
+
+def _assignments(study: Study) -> list[dict[str, Any]]:
+    axes = study.axes
+    blocks: list[list[dict[str, Any]]] = [[{k: v} for v in vals] for k, vals in axes.grid.items()]
+    for group in axes.zip:
+        keys = list(group)
+        blocks.append([dict(zip(keys, vals)) for vals in zip(*group.values())])
+    out = []
+    for combo in itertools.product(*blocks):
+        merged: dict[str, Any] = {}
+        for part in combo:
+            merged.update(part)
+        out.append(merged)
+    return out
+
+
+def _excluded(assign: dict[str, Any], study: Study) -> bool:
+    return any(all(assign.get(k) == v for k, v in ex.items()) for ex in study.axes.exclude)
+
+
+def expand(study: Study, file: str | Path = "<study>") -> list[Trial]:
+    """All trials of a study, in a stable order. Raises StudyError for unusable axes."""
+    file = str(file)
+    names = list(study.axes.grid) + [k for g in study.axes.zip for k in g]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise StudyError(file, "axes", f"each axis once; repeated: {', '.join(sorted(dupes))}")
+    for name in names:
+        _check_axis(name, study, file)
+    for i, ex in enumerate(study.axes.exclude):
+        unknown = [k for k in ex if k not in names]
+        if unknown:
+            raise StudyError(file, f"axes.exclude[{i}]", f"axes declared in grid or zip; unknown: {unknown}")
+
+    base = {s: getattr(study, s).model_dump(mode="json") for s in TRIAL_SECTIONS}
+    trials: list[Trial] = []
+    for assign in _assignments(study):
+        if _excluded(assign, study):
+            continue
+        for seed in study.seeds:
+            config = copy.deepcopy(base)
+            for path, value in assign.items():
+                set_path(config, path, value)
+            for section, spec in (("recipe", RecipeSpec), ("dataset", DatasetSpec)):
+                try:
+                    config[section] = spec.model_validate(config[section]).model_dump(mode="json")
+                except ValidationError as e:
+                    err = e.errors()[0]
+                    loc = ".".join(str(p) for p in err["loc"])
+                    raise StudyError(file, f"axes: {section}.{loc}", f"{err['msg']} (got {err.get('input')!r})") from None
+            config["seed"] = seed
+            params = dict(assign, seed=seed)
+            trials.append(Trial(id=trial_id(config), params=params, config=config))
+    if not trials:
+        raise StudyError(file, "axes", "at least one trial; the grid is empty after exclusions")
+    ids = [t.id for t in trials]
+    if len(set(ids)) != len(ids):
+        raise StudyError(file, "axes", "distinct trials; two assignments resolve to the same config")
+    return trials

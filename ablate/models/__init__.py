@@ -1,0 +1,17 @@
+"""ablate's model zoo, registered in timm's registry on import (``timm.create_model`` builds them)."""
+
+from ablate.models import mobilenetv2_lk  # noqa: F401  (registers)
+from ablate.models._registry import model_exists
+
+__all__ = ["model_exists", "build_model"]
+
+
+def build_model(model: dict, num_classes: int, in_chans: int, drop_path_rate: float = 0.0):
+    """A study's model from its resolved ``model`` section; the dataset decides classes and channels."""
+    import timm
+
+    kwargs = dict(model.get("kwargs") or {})
+    kwargs["num_classes"], kwargs["in_chans"] = num_classes, in_chans
+    if drop_path_rate:
+        kwargs["drop_path_rate"] = drop_path_rate
+    return timm.create_model(model["name"], **kwargs)

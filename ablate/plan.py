@@ -1,0 +1,54 @@
+"""What a study will run, before any compute is spent: trials with their params and FLOPs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ablate.data import dataset_info
+from ablate.expand import Trial, expand
+from ablate.flops import count_macs, count_params
+from ablate.models import build_model
+from ablate.study import Study, load_study
+
+
+@dataclass
+class PlannedTrial:
+    trial: Trial
+    n_params: int
+    flops: int  # multiply-adds of one image at the dataset's image size
+
+
+@dataclass
+class Plan:
+    file: str
+    study: Study
+    trials: list[PlannedTrial]
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"trial_id": p.trial.id, **p.trial.params, "params": p.n_params, "flops": p.flops}
+                for p in self.trials]
+
+
+def measure(config: dict[str, Any]) -> tuple[int, int]:
+    """(params, multiply-adds) of the model a trial config builds, at its dataset's input."""
+    model_cfg = config["model"]
+    classes, chans = dataset_info(config["dataset"], int(model_cfg.get("kwargs", {}).get("num_classes", 1000)))
+    model = build_model(model_cfg, classes, chans)
+    return count_params(model), count_macs(model, int(config["dataset"]["image_size"]), chans)
+
+
+def make_plan(path: str | Path, profile: str | None = None) -> Plan:
+    """Load, validate and expand a study file, then measure each distinct model once."""
+    study = load_study(path, profile)
+    trials = expand(study, path)
+    cache: dict[str, tuple[int, int]] = {}
+    planned = []
+    for t in trials:
+        key = json.dumps([t.config["model"], t.config["dataset"]], sort_keys=True)
+        if key not in cache:
+            cache[key] = measure(t.config)
+        planned.append(PlannedTrial(t, *cache[key]))
+    return Plan(str(path), study, planned)

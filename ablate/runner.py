@@ -1,0 +1,122 @@
+"""Schedule trials on Ray Tune. Only this module touches Ray.
+
+One trial = one Tune trial with the study's resources. Trials report each epoch with
+``tune.report``; a Tune callback on the driver hands every event to a ``TrialSink`` (the store,
+possibly wrapped by a progress display), so the driver is the single writer of the database.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+
+from ablate.expand import Trial
+
+# Quiet, bounded local Ray: set before ray is imported anywhere.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "0")
+
+_REPORT_KEY = "ablate"  # the trainer's metrics travel nested under this key
+LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
+
+
+class TrialSink(Protocol):
+    """Where trial events go on the driver (``ablate.store.Store`` is one)."""
+
+    def start(self, study: str, trial_id: str) -> None: ...
+    def add_metrics(self, study: str, trial_id: str, epoch: int, values: dict[str, float]) -> None: ...
+    def finish(self, study: str, trial_id: str, error: str | None = None) -> None: ...
+
+
+def _trainable(config: dict[str, Any]) -> None:
+    """Runs in a Ray worker: train one trial, reporting each epoch to Tune."""
+    import torch
+    from ray import tune
+
+    from ablate.trainer import train
+
+    torch.set_num_threads(max(1, int(config["threads"])))
+    train(config["trial"], report=lambda m: tune.report({_REPORT_KEY: m}))
+
+
+def _error_text(trial: Any) -> str:
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        return Path(path).read_text().strip()[-4000:]
+    return "trial failed (Ray gave no error file)"
+
+
+def _make_callback(study: str, sink: TrialSink) -> Any:
+    from ray import tune
+
+    class StoreCallback(tune.Callback):
+        """Driver-side: every trial event goes to the sink, in order."""
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            sink.start(study, trial.config["trial"]["id"])
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+            metrics = dict(result.get(_REPORT_KEY) or {})
+            if metrics:
+                epoch = int(metrics.pop("epoch", result.get("training_iteration", 1) - 1))
+                sink.add_metrics(study, trial.config["trial"]["id"], epoch, metrics)
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            sink.finish(study, trial.config["trial"]["id"])
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            sink.finish(study, trial.config["trial"]["id"], error=_error_text(trial))
+
+    return StoreCallback()
+
+
+def init_ray(address: str | None = None) -> bool:
+    """Join ``address`` (or ``RAY_ADDRESS``) if given, else start a quiet local Ray.
+    Returns True when this call started Ray (and so should shut it down)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    common: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
+    if address:
+        ray.init(address=address, **common)
+    else:
+        ray.init(include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **common)
+    return True
+
+
+def run_trials(study: str, trials: list[Trial], sink: TrialSink, *, cpus: float = 1, gpus: float = 0,
+               address: str | None = None, storage: str | None = None) -> None:
+    """Run ``trials`` as Tune trials with ``cpus``/``gpus`` each; events go to ``sink``."""
+    if not trials:
+        return
+    import ray
+    from ray import tune
+
+    started = init_ray(address)
+    tmp = None if storage else tempfile.mkdtemp(prefix="ablate-ray-")
+    try:
+        trainable = tune.with_resources(_trainable, {"cpu": cpus, "gpu": gpus})
+        space = {"trial": tune.grid_search([dict(t.config, id=t.id) for t in trials]), "threads": cpus}
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space,
+            tune_config=tune.TuneConfig(num_samples=1, reuse_actors=False),
+            run_config=tune.RunConfig(name=study, storage_path=storage or tmp, verbose=0,
+                                      callbacks=[_make_callback(study, sink)],
+                                      failure_config=tune.FailureConfig(max_failures=0)),
+        )
+        tuner.fit()
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if started:
+            ray.shutdown()
