@@ -118,7 +118,7 @@ def run(
         summary = run_study(file, profile, store=store, sink=sink, address=address, plan=p)
     err.print(f"{summary.total} trials: {summary.skipped} already completed, {summary.ran} run now, "
               f"{summary.completed} completed, {summary.failed} failed. Results in {store.url}")
-    out.print(render(store.load(p.study.name), fmt), markup=False, highlight=False, end="")
+    sys.stdout.write(render(store.load(p.study.name), fmt))
     if summary.failed:
         raise typer.Exit(1)
 
@@ -146,7 +146,7 @@ def table(
         out_file.write_text(text)
         err.print(f"wrote {out_file}")
     else:
-        out.print(text, markup=False, highlight=False, end="")
+        sys.stdout.write(text)
 
 
 @app.command()

@@ -53,28 +53,15 @@ def _error_text(trial: Any) -> str:
     return "trial failed (Ray gave no error file)"
 
 
-def _make_callback(study: str, sink: TrialSink) -> Any:
-    from ray import tune
+# Tune pickles its run config (callbacks included) for its experiment state; a sink holds a
+# database engine, which cannot be pickled. The callback carries a key into this driver-side map.
+_SINKS: dict[str, TrialSink] = {}
 
-    class StoreCallback(tune.Callback):
-        """Driver-side: every trial event goes to the sink, in order."""
 
-        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            sink.start(study, trial.config["trial"]["id"])
+def _make_callback(study: str, sink_key: str) -> Any:
+    from ablate._tune_callback import StoreCallback
 
-        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-            metrics = dict(result.get(_REPORT_KEY) or {})
-            if metrics:
-                epoch = int(metrics.pop("epoch", result.get("training_iteration", 1) - 1))
-                sink.add_metrics(study, trial.config["trial"]["id"], epoch, metrics)
-
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            sink.finish(study, trial.config["trial"]["id"])
-
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            sink.finish(study, trial.config["trial"]["id"], error=_error_text(trial))
-
-    return StoreCallback()
+    return StoreCallback(study, sink_key)
 
 
 def init_ray(address: str | None = None) -> bool:
@@ -102,6 +89,8 @@ def run_trials(study: str, trials: list[Trial], sink: TrialSink, *, cpus: float 
     from ray import tune
 
     started = init_ray(address)
+    key = f"{study}-{id(sink)}"
+    _SINKS[key] = sink
     tmp = None if storage else tempfile.mkdtemp(prefix="ablate-ray-")
     try:
         trainable = tune.with_resources(_trainable, {"cpu": cpus, "gpu": gpus})
@@ -111,11 +100,12 @@ def run_trials(study: str, trials: list[Trial], sink: TrialSink, *, cpus: float 
             param_space=space,
             tune_config=tune.TuneConfig(num_samples=1, reuse_actors=False),
             run_config=tune.RunConfig(name=study, storage_path=storage or tmp, verbose=0,
-                                      callbacks=[_make_callback(study, sink)],
+                                      callbacks=[_make_callback(study, key)],
                                       failure_config=tune.FailureConfig(max_failures=0)),
         )
         tuner.fit()
     finally:
+        _SINKS.pop(key, None)
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
         if started:

@@ -77,12 +77,20 @@ class MetricSpec(_Strict):
 
 class ColumnSpec(_Strict):
     """One table column: ``source`` is a config path (``model.kwargs.kernel_size``), a metric
-    (``metric:top1``), ``params``, ``flops`` or a derived value (``derived:max_rf``)."""
+    (``metric:top1``), ``params``, ``flops`` or a derived value (``derived:max_rf``).
+    ``format`` is a Python format of ``v`` or ``human`` (4.0M / 15.3G); list values (per-stage
+    kernel sizes) are formatted element-wise and joined with '-' (Table 11's ``31-29-27-13``)."""
 
     header: str
     source: str
     format: str | None = Field(default=None, description="Python format, e.g. '{v}x{v}'")
     dash_if: Any = Field(default=None, description="render '-' when the value equals this")
+    group: str | None = Field(default=None, description="grouped header above this column, e.g. 'ImageNet'")
+    labels: dict[Any, str] = Field(default_factory=dict, description="value -> text, e.g. convnext_tiny: ConvNeXt-T")
+    best: Literal["max", "min", "none"] | None = Field(
+        default=None, description="bold the best arm; default: the study metric's mode for metric columns")
+    delta: bool | None = Field(
+        default=None, description="add a Δ-vs-baseline column; default: only the study's metric")
 
 
 class TableSpec(_Strict):

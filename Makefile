@@ -1,0 +1,35 @@
+# The two commands of the README: `make demo` and `make test`. Both build .venv first.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-stamp
+# Debian packages: the demo's data; the tests' PostgreSQL and headless browser.
+DEMO_DEBS := dataset-fashion-mnist
+TEST_DEBS := dataset-fashion-mnist postgresql chromium
+
+.PHONY: venv demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip==25.3
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: venv
+	@bash scripts/system-deps.sh $(DEMO_DEBS)
+	RAY_AUTH_MODE=disabled $(BIN)/ablate run studies/dilation.yaml --profile demo
+
+test: venv
+	@bash scripts/system-deps.sh $(TEST_DEBS)
+	@ABLATE_TEST_PG="$$(bash scripts/postgres.sh)"; export ABLATE_TEST_PG; \
+	  echo "PostgreSQL for the store tests: $${ABLATE_TEST_PG:-none}"; \
+	  RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+bench: venv
+	@bash scripts/system-deps.sh $(DEMO_DEBS)
+	$(BIN)/python bench/trainer_throughput.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,94 @@
+"""Shared fixtures: tiny generated image folders, a study really run on Ray into SQLite, and
+the PostgreSQL URL that `make test` starts (ABLATE_TEST_PG)."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+
+CLASSES = ("red", "green", "blue")
+
+
+def make_image_folder(root: Path, n_train: int = 8, n_val: int = 4, size: int = 16, seed: int = 0) -> Path:
+    """ImageNet layout with three colour classes plus noise: learnable in a few steps."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for ci, cls in enumerate(CLASSES):
+            d = root / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+                img[..., ci] += 180
+                Image.fromarray(img).save(d / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("imgs"))
+
+
+def tiny_study(name: str, root: Path | str, **over: Any) -> dict[str, Any]:
+    """A study of two arms (kernel 3 vs 5) on a tiny folder, one short epoch each."""
+    study: dict[str, Any] = {
+        "name": name,
+        "description": "tiny test study",
+        "model": {"name": "mobilenetv2_lk", "kwargs": {"width_mult": 0.1}},
+        "axes": {"grid": {"model.kwargs.kernel_size": [3, 5]}},
+        "seeds": [0],
+        "recipe": {"epochs": 1, "batch_size": 8, "lr": 0.05, "warmup_epochs": 0},
+        "dataset": {"name": "folder", "root": str(root), "image_size": 16},
+        "resources": {"cpus": 1, "gpus": 0},
+        "table": {"columns": [{"header": "Kernel", "source": "model.kwargs.kernel_size", "format": "{v}x{v}"},
+                              {"header": "Top-1", "source": "metric:top1"},
+                              {"header": "Params", "source": "params"},
+                              {"header": "FLOPs", "source": "flops"}]},
+    }
+    for k, v in over.items():
+        study[k] = v
+    return study
+
+
+def write_study(path: Path, study: dict[str, Any] | str) -> Path:
+    path.write_text(study if isinstance(study, str) else yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def ran_study(tmp_path_factory: pytest.TempPathFactory, image_folder: Path) -> dict[str, Any]:
+    """A real study (2 arms x 2 seeds, 1 epoch) run through Ray into a fresh SQLite file, once per session."""
+    from ablate.orchestrate import run_study
+    from ablate.store import Store
+
+    d = tmp_path_factory.mktemp("ran")
+    file = write_study(d / "tiny.yaml", tiny_study("tiny", image_folder, seeds=[0, 1]))
+    url = f"sqlite:///{d / 'results.db'}"
+    store = Store(url)
+    summary = run_study(file, store=store)
+    return {"file": file, "url": url, "store": store, "summary": summary, "name": "tiny"}
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """The PostgreSQL that `make test` starts. Outside CI a missing server skips; in CI it fails."""
+    url = os.environ.get("ABLATE_TEST_PG")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("ABLATE_TEST_PG is not set: `make test` should have started PostgreSQL (scripts/postgres.sh)")
+        pytest.skip("no PostgreSQL: run through `make test`, which starts one")
+    return url
+
+
+def dedent(s: str) -> str:
+    return textwrap.dedent(s).lstrip()
