@@ -88,6 +88,8 @@ def run_trials(study: str, trials: list[Trial], sink: TrialSink, *, cpus: float 
     import ray
     from ray import tune
 
+    # Tune's result grid looks for result.json files that ablate does not write (the store has them)
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     started = init_ray(address)
     key = f"{study}-{id(sink)}"
     _SINKS[key] = sink
