@@ -15,13 +15,17 @@ class StoreCallback(tune.Callback):
 
     def __init__(self, study: str, sink_key: str):
         self.study, self.key = study, sink_key
+        self.started: set[str] = set()
 
     @property
     def sink(self) -> "runner.TrialSink":
         return runner._SINKS[self.key]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.sink.start(self.study, trial.config["trial"]["id"])
+        tid = trial.config["trial"]["id"]
+        if tid not in self.started:  # a retry restored from its checkpoint keeps its earlier epochs
+            self.started.add(tid)
+            self.sink.start(self.study, tid)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         metrics = dict(result.get(runner._REPORT_KEY) or {})

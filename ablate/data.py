@@ -94,16 +94,20 @@ def _subset(ds: Dataset, n: int | None, seed: int) -> Dataset:
     return Subset(ds, torch.randperm(len(ds), generator=g)[:n].tolist())  # type: ignore[arg-type]
 
 
-def _folder_splits(root: Path, image_size: int) -> tuple[Dataset, Dataset]:
+def _folder_splits(root: Path, image_size: int, augment: dict[str, Any] | None = None) -> tuple[Dataset, Dataset]:
+    """Train transform from timm's ``create_transform`` with the recipe's RandAugment and random
+    erasing (random-resized crop + flip always, as Appendix A); val: resize + centre crop."""
     from timm.data import create_transform
     from torchvision.datasets import ImageFolder
+
+    augment = augment or {}
 
     for split in ("train", "val"):
         if not (root / split).is_dir():
             raise DatasetError(f"dataset folder {root} has no '{split}' directory; expected the ImageNet "
                                f"layout {root}/train/<class>/<image> and {root}/val/<class>/<image>")
-    train = ImageFolder(str(root / "train"), transform=create_transform(image_size, is_training=True,
-                                                                        auto_augment=None, re_prob=0.0))
+    train = ImageFolder(str(root / "train"), transform=create_transform(
+        image_size, is_training=True, auto_augment=augment.get("auto_augment"), re_prob=augment.get("re_prob", 0.0)))
     val = ImageFolder(str(root / "val"), transform=create_transform(image_size, is_training=False))
     if train.classes != val.classes:
         raise DatasetError(f"{root}: train and val have different classes")
@@ -138,7 +142,9 @@ def check_dataset(spec: dict[str, Any]) -> None:
                                    f"{root}/train/<class>/<image> and {root}/val/<class>/<image>")
 
 
-def build_splits(spec: dict[str, Any]) -> Splits:
+def build_splits(spec: dict[str, Any], augment: dict[str, Any] | None = None) -> Splits:
+    """Train/val datasets of a trial. ``augment`` (auto_augment, re_prob) applies to image folders;
+    Fashion-MNIST (1 channel) gets the flip only."""
     image_size = int(spec.get("image_size", 224))
     if spec["name"] == "fashion_mnist":
         root = _root(spec) or Path(FASHION_MNIST_DIR)
@@ -149,7 +155,7 @@ def build_splits(spec: dict[str, Any]) -> Splits:
         root = _root(spec)
         if root is None:
             raise DatasetError("dataset.root is required for a folder dataset")
-        train, val = _folder_splits(root, image_size)
+        train, val = _folder_splits(root, image_size, augment)
         classes, chans = len(train.classes), 3  # type: ignore[attr-defined]
     return Splits(_subset(train, spec.get("train_subset"), 0), _subset(val, spec.get("val_subset"), 1),
                   classes, chans)

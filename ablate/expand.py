@@ -10,6 +10,7 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,20 @@ def set_path(config: dict[str, Any], path: str, value: Any) -> None:
     for part in parts[:-1]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
+
+
+def resolve_batch(recipe: dict[str, Any], trial_gpus: float) -> None:
+    """Keep the recipe's total batch (batch_size x recipe gpus) on a trial with fewer devices:
+    accumulate gradients, or scale the lr linearly. A CPU trial counts as one device."""
+    devices = max(1, math.ceil(trial_gpus))
+    wanted = int(recipe.get("gpus", 1))
+    recipe["accum_steps"] = 1
+    if devices >= wanted:
+        return
+    if recipe.get("batch_policy", "accumulate") == "accumulate":
+        recipe["accum_steps"] = math.ceil(wanted / devices)
+    else:
+        recipe["lr"] = recipe["lr"] * devices / wanted
 
 
 def _check_axis(path: str, study: Study, file: str) -> None:
@@ -123,6 +138,7 @@ def expand(study: Study, file: str | Path = "<study>") -> list[Trial]:
                     err = e.errors()[0]
                     loc = ".".join(str(p) for p in err["loc"])
                     raise StudyError(file, f"axes: {section}.{loc}", f"{err['msg']} (got {err.get('input')!r})") from None
+            resolve_batch(config["recipe"], study.resources.gpus)
             config["seed"] = seed
             params = dict(assign, seed=seed)
             trials.append(Trial(id=trial_id(config), params=params, config=config))

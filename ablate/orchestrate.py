@@ -38,7 +38,8 @@ def run_study(path: str | Path, profile: str | None = None, *, store: Store, sin
     todo = [p.trial for p in plan.trials if status[p.trial.id] != COMPLETED]
     res = plan.study.resources
     try:
-        run_trials(plan.study.name, todo, sink or store, cpus=res.cpus, gpus=res.gpus, address=address)
+        run_trials(plan.study.name, todo, sink or store, cpus=res.cpus, gpus=res.gpus,
+                   retries=res.retries, address=address)
     finally:
         store.mark_interrupted(plan.study.name)
     after = {t.trial_id: t.status for t in store.load(plan.study.name).trials}

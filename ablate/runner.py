@@ -36,14 +36,42 @@ class TrialSink(Protocol):
 
 
 def _trainable(config: dict[str, Any]) -> None:
-    """Runs in a Ray worker: train one trial, reporting each epoch to Tune."""
+    """Runs in a Ray worker: train one trial, reporting each epoch (with a checkpoint) to Tune.
+    A retried trial (``retries`` in the study's resources) continues from its last checkpoint."""
+    import tempfile as _tempfile
+
     import torch
     from ray import tune
 
     from ablate.trainer import train
 
     torch.set_num_threads(max(1, int(config["threads"])))
-    train(config["trial"], report=lambda m: tune.report({_REPORT_KEY: m}))
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resume = torch.load(Path(d) / "state.pt", weights_only=False)
+
+    def report(metrics: dict[str, float], state: dict[str, Any] | None = None) -> None:
+        if state is None:
+            tune.report({_REPORT_KEY: metrics})
+            return
+        with _tempfile.TemporaryDirectory() as d:
+            torch.save(state, Path(d) / "state.pt")
+            tune.report({_REPORT_KEY: metrics}, checkpoint=tune.Checkpoint.from_directory(d))
+        _maybe_inject_fault(int(metrics["epoch"]))
+
+    train(config["trial"], report=report, resume=resume, checkpoints=bool(config.get("checkpoints", True)))
+
+
+def _maybe_inject_fault(epoch: int) -> None:
+    """Fault injection for resilience tests: with ``ABLATE_FAULT_AFTER_EPOCH=N`` and the file named
+    by ``ABLATE_FAULT_MARKER`` present, the trial dies once after checkpointing epoch N (the file
+    is removed first, so the retry runs clean)."""
+    after, marker = os.environ.get("ABLATE_FAULT_AFTER_EPOCH"), os.environ.get("ABLATE_FAULT_MARKER")
+    if after is not None and marker and epoch == int(after) and Path(marker).exists():
+        Path(marker).unlink()
+        raise RuntimeError(f"injected fault after epoch {epoch} (ABLATE_FAULT_MARKER)")
 
 
 def _error_text(trial: Any) -> str:
@@ -81,8 +109,9 @@ def init_ray(address: str | None = None) -> bool:
 
 
 def run_trials(study: str, trials: list[Trial], sink: TrialSink, *, cpus: float = 1, gpus: float = 0,
-               address: str | None = None, storage: str | None = None) -> None:
-    """Run ``trials`` as Tune trials with ``cpus``/``gpus`` each; events go to ``sink``."""
+               retries: int = 0, address: str | None = None, storage: str | None = None) -> None:
+    """Run ``trials`` as Tune trials with ``cpus``/``gpus`` each; events go to ``sink``. A trial
+    that fails is retried up to ``retries`` times from its last epoch's checkpoint."""
     if not trials:
         return
     import ray
@@ -103,7 +132,8 @@ def run_trials(study: str, trials: list[Trial], sink: TrialSink, *, cpus: float 
             tune_config=tune.TuneConfig(num_samples=1, reuse_actors=False),
             run_config=tune.RunConfig(name=study, storage_path=storage or tmp, verbose=0,
                                       callbacks=[_make_callback(study, key)],
-                                      failure_config=tune.FailureConfig(max_failures=0)),
+                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                      failure_config=tune.FailureConfig(max_failures=retries)),
         )
         tuner.fit()
     finally:

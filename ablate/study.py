@@ -35,24 +35,51 @@ class ModelSpec(_Strict):
 
 
 class RecipeSpec(_Strict):
-    """Training configuration. ``preset`` names an Appendix A recipe; every field overrides it."""
+    """Training configuration. ``preset`` names an Appendix A recipe (``ablate recipes``); every
+    field given in the study overrides the preset's value.
+
+    Batch semantics: ``batch_size`` is per device and ``gpus`` the device count the recipe was
+    designed for, so the recipe's total batch is ``batch_size x gpus``. A trial with fewer devices
+    keeps that total by gradient accumulation (``batch_policy: accumulate``) or scales the lr
+    linearly (``scale_lr``); expansion resolves this into ``accum_steps`` / ``lr`` in the trial."""
 
     preset: str | None = None
     epochs: int = Field(default=100, ge=1)
     batch_size: int = Field(default=32, ge=1, description="per device")
+    gpus: int = Field(default=1, ge=1, description="devices the recipe was designed for")
+    batch_policy: Literal["accumulate", "scale_lr"] = "accumulate"
+    accum_steps: int = Field(default=1, ge=1, description="resolved at expansion; do not set by hand")
     opt: str = "sgd"
     lr: float = Field(default=0.1, gt=0)
     momentum: float = 0.9
     weight_decay: float = Field(default=4e-5, ge=0)
+    layer_decay: float | None = Field(default=None, gt=0, le=1, description="stage-wise lr decay (timm)")
     sched: str = "cosine"
     warmup_epochs: int = Field(default=5, ge=0)
     warmup_lr: float = Field(default=1e-6, ge=0)
     min_lr: float = Field(default=0.0, ge=0)
+    resolution: int | None = Field(default=None, description="the paper's input size; dataset.image_size is used")
+    auto_augment: str | None = Field(default=None, description="timm RandAugment string, e.g. rand-m9-mstd0.5-inc1")
+    mixup: float = Field(default=0.0, ge=0)
+    cutmix: float = Field(default=0.0, ge=0)
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    re_prob: float = Field(default=0.0, ge=0, le=1, description="random erasing probability")
     drop_path_rate: float = Field(default=0.0, ge=0, lt=1)
+    ema_momentum: float | None = Field(default=None, gt=0, lt=1, description="EMA momentum (decay = 1 - m)")
+    amp: Literal["auto", "none", "bf16", "fp16"] = Field(default="auto", description="auto: bf16 on CUDA, none on CPU")
+    channels_last: bool = True
+    compile: bool = False
     max_steps_per_epoch: int | None = Field(default=None, ge=1, description="cap for smoke runs")
     workers: int = Field(default=0, ge=0)
-    channels_last: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        from ablate.recipes import resolve
+
+        if isinstance(data, dict) and data.get("preset") is not None:
+            return resolve(data["preset"], data)
+        return data
 
 
 class DatasetSpec(_Strict):
@@ -68,6 +95,7 @@ class DatasetSpec(_Strict):
 class ResourceSpec(_Strict):
     cpus: float = Field(default=1, gt=0)
     gpus: float = Field(default=0, ge=0)
+    retries: int = Field(default=0, ge=0, description="retries of a failed trial, from its last checkpoint")
 
 
 class MetricSpec(_Strict):

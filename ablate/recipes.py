@@ -1,0 +1,74 @@
+"""Appendix A as named training recipes. A study's ``recipe.preset`` names one; every field the
+study sets overrides it. Values the appendix does not state are inherited from the recipe it says
+it follows, and each such choice is listed in ``assumed``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+RANDAUG = "rand-m9-mstd0.5-inc1"
+
+_MOBILENETV2 = dict(
+    opt="sgd", momentum=0.9, batch_size=32, gpus=8, weight_decay=4e-5, lr=0.1, warmup_epochs=5, sched="cosine",
+    epochs=100, resolution=224, auto_augment=None, mixup=0.0, cutmix=0.0, label_smoothing=0.0, re_prob=0.0,
+    drop_path_rate=0.0, ema_momentum=None, layer_decay=None)
+
+_REPLKNET = dict(
+    opt="adamw", momentum=0.9, batch_size=64, gpus=32, weight_decay=0.05, lr=4e-3, warmup_epochs=10,
+    sched="cosine", epochs=120, resolution=224, auto_augment=RANDAUG, mixup=0.8, cutmix=1.0, label_smoothing=0.1,
+    re_prob=0.25, drop_path_rate=0.3, ema_momentum=None, layer_decay=None)
+
+_FINETUNE_384 = dict(_REPLKNET, batch_size=32, gpus=32, lr=4e-4, warmup_epochs=1, epochs=30, ema_momentum=1e-4,
+                     mixup=0.0, cutmix=0.0, resolution=384)
+
+_IN22K_TO_1K_224 = dict(_FINETUNE_384, gpus=16, batch_size=32, drop_path_rate=0.2, resolution=224)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "mobilenetv2-in1k": _MOBILENETV2,
+    "replknet-in1k": _REPLKNET,
+    "replknet-31b-300ep": dict(_REPLKNET, epochs=300, drop_path_rate=0.5),
+    "finetune-384": _FINETUNE_384,
+    "in22k-pretrain": dict(_REPLKNET, epochs=90, batch_size=32, gpus=128, drop_path_rate=0.1),
+    "in22k-to-1k-224": _IN22K_TO_1K_224,
+    "in22k-to-1k-384": dict(_IN22K_TO_1K_224, gpus=32, batch_size=16, drop_path_rate=0.3, resolution=384),
+    "xl-finetune-320": dict(_REPLKNET, epochs=30, lr=1e-4, layer_decay=0.4, resolution=320, warmup_epochs=5),
+}
+
+SOURCES: dict[str, str] = {
+    "mobilenetv2-in1k": "8 GPUs, SGD momentum 0.9, 32 per GPU, 224x224, wd 4e-5, 5-epoch warmup, lr 0.1, cosine, "
+                        "100 epochs; random cropping and left-right flipping only.",
+    "replknet-in1k": "32 GPUs x 64, 120 epochs, AdamW momentum 0.9, wd 0.05, lr 4e-3, cosine, 10-epoch warmup, "
+                     "RandAugment rand-m9-mstd0.5-inc1, label smoothing 0.1, mixup 0.8, CutMix 1.0, "
+                     "random erasing 25%, drop path 30%.",
+    "replknet-31b-300ep": "RepLKNet-31B of Sec. 4.3: as replknet-in1k but 300 epochs and drop path 50%.",
+    "finetune-384": "32 GPUs x 32, lr 4e-4, cosine, 1-epoch warmup, 30 epochs, EMA momentum 1e-4, the same "
+                    "RandAugment, no CutMix nor mixup; 384x384.",
+    "in22k-pretrain": "128 GPUs x 32, 90 epochs, drop path 10%; otherwise as replknet-in1k.",
+    "in22k-to-1k-224": "16 GPUs x 32, drop path 20%, lr 4e-4, cosine, EMA momentum 1e-4, 30 epochs, same "
+                       "RandAugment, no CutMix nor mixup.",
+    "in22k-to-1k-384": "32 GPUs x 16, drop path 30%; otherwise as in22k-to-1k-224; 384x384.",
+    "xl-finetune-320": "320x320, 30 epochs following BEiT, lr 1e-4, stage-wise lr decay 0.4.",
+}
+
+ASSUMED: dict[str, list[str]] = {
+    "finetune-384": ["optimizer, wd, label smoothing, random erasing and drop path: not stated; kept from "
+                     "replknet-in1k"],
+    "in22k-to-1k-224": ["warmup 1 epoch and the remaining values: not stated; kept from finetune-384"],
+    "in22k-to-1k-384": ["values not stated are kept from in22k-to-1k-224"],
+    "xl-finetune-320": ["BEiT's fine-tuning recipe is cited, not listed: warmup 5 epochs (BEiT's) and the "
+                        "remaining values are kept from replknet-in1k"],
+}
+
+
+def resolve(preset: str | None, given: dict[str, Any]) -> dict[str, Any]:
+    """The preset's values under the study's own: ``given`` wins field by field."""
+    if preset is None:
+        return dict(given)
+    if preset not in PRESETS:
+        raise ValueError(f"unknown recipe preset '{preset}'; one of {', '.join(PRESETS)}")
+    return {**PRESETS[preset], **given}
+
+
+def total_batch(recipe: dict[str, Any]) -> int:
+    return int(recipe["batch_size"]) * int(recipe.get("gpus", 1))

@@ -1,0 +1,129 @@
+"""Appendix A as recipes; batch semantics; checkpoint/restore that continues where it stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ablate.cli import app
+from ablate.expand import expand
+from ablate.recipes import PRESETS
+from ablate.study import RecipeSpec, load_study
+from ablate.trainer import train
+from conftest import tiny_study, write_study
+
+R = "rand-m9-mstd0.5-inc1"
+# (recipe, {field: value as Appendix A states it})
+APPENDIX_A = {
+    "mobilenetv2-in1k": dict(opt="sgd", momentum=0.9, batch_size=32, gpus=8, weight_decay=4e-5, lr=0.1,
+                             warmup_epochs=5, sched="cosine", epochs=100, resolution=224, auto_augment=None,
+                             mixup=0.0, cutmix=0.0),
+    "replknet-in1k": dict(opt="adamw", momentum=0.9, weight_decay=0.05, lr=4e-3, sched="cosine", warmup_epochs=10,
+                          epochs=120, batch_size=64, gpus=32, auto_augment=R, label_smoothing=0.1, mixup=0.8,
+                          cutmix=1.0, re_prob=0.25, drop_path_rate=0.3),
+    "replknet-31b-300ep": dict(opt="adamw", epochs=300, drop_path_rate=0.5, lr=4e-3, mixup=0.8, cutmix=1.0),
+    "finetune-384": dict(batch_size=32, gpus=32, lr=4e-4, sched="cosine", warmup_epochs=1, epochs=30,
+                         ema_momentum=1e-4, auto_augment=R, mixup=0.0, cutmix=0.0, resolution=384),
+    "in22k-pretrain": dict(epochs=90, batch_size=32, gpus=128, drop_path_rate=0.1, opt="adamw", lr=4e-3,
+                           mixup=0.8, cutmix=1.0, auto_augment=R),
+    "in22k-to-1k-224": dict(gpus=16, batch_size=32, drop_path_rate=0.2, lr=4e-4, sched="cosine", ema_momentum=1e-4,
+                            epochs=30, mixup=0.0, cutmix=0.0, auto_augment=R, resolution=224),
+    "in22k-to-1k-384": dict(gpus=32, batch_size=16, drop_path_rate=0.3, resolution=384, lr=4e-4, mixup=0.0),
+    "xl-finetune-320": dict(epochs=30, lr=1e-4, layer_decay=0.4, resolution=320),
+}
+
+
+def test_every_recipe_is_checked() -> None:
+    assert set(APPENDIX_A) == set(PRESETS)
+
+
+@pytest.mark.parametrize("name", sorted(APPENDIX_A))
+def test_recipe_resolves_to_appendix_a(name: str) -> None:
+    resolved = RecipeSpec(preset=name).model_dump()
+    for field, value in APPENDIX_A[name].items():
+        assert resolved[field] == value, (name, field)
+
+
+def test_study_fields_override_the_preset() -> None:
+    r = RecipeSpec(preset="replknet-in1k", epochs=2, mixup=0.0)
+    assert (r.epochs, r.mixup, r.cutmix, r.lr) == (2, 0.0, 1.0, 4e-3)
+
+
+@pytest.mark.parametrize("policy, gpus, accum, lr", [("accumulate", 1, 8, 0.1), ("accumulate", 2, 4, 0.1),
+                                                      ("scale_lr", 2, 1, 0.025), ("accumulate", 8, 1, 0.1)])
+def test_fewer_gpus_than_the_recipe_keeps_the_total_batch(tmp_path: Path, policy: str, gpus: int, accum: int,
+                                                          lr: float) -> None:
+    study = tiny_study("b", "/nowhere", recipe={"preset": "mobilenetv2-in1k", "batch_policy": policy},
+                       resources={"cpus": 1, "gpus": gpus})
+    f = write_study(tmp_path / "b.yaml", study)
+    t = expand(load_study(f), f)[0]
+    assert t.config["recipe"]["accum_steps"] == accum and t.config["recipe"]["lr"] == pytest.approx(lr)
+    assert t.config["recipe"]["batch_size"] * max(gpus, 1) * accum == 256 or policy == "scale_lr"
+
+
+def test_recipes_cli() -> None:
+    r = CliRunner().invoke(app, ["recipes"])
+    assert r.exit_code == 0 and all(n in r.stdout for n in PRESETS)
+    r = CliRunner().invoke(app, ["recipes", "show", "replknet-31b-300ep", "--format", "json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["drop_path_rate"] == 0.5
+    assert CliRunner().invoke(app, ["recipes", "show", "nope"]).exit_code == 2
+
+
+def _cfg(root: Path, **recipe) -> dict:
+    base = RecipeSpec(**{"epochs": 3, "batch_size": 8, "lr": 0.05, "warmup_epochs": 1, **recipe}).model_dump(mode="json")
+    return {"model": {"name": "mobilenetv2_lk", "kwargs": {"width_mult": 0.1}}, "recipe": base,
+            "dataset": {"name": "folder", "root": str(root), "image_size": 16}, "seed": 3}
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("recipe", [{}, {"preset": "replknet-in1k", "epochs": 3, "batch_size": 8, "gpus": 1,
+                                         "warmup_epochs": 1, "lr": 1e-3, "ema_momentum": 0.1, "accum_steps": 2}],
+                         ids=["sgd", "adamw-mixup-cutmix-ema-accum"])
+def test_interrupted_and_restored_run_matches_an_uninterrupted_one(image_folder: Path, recipe: dict) -> None:
+    cfg = _cfg(image_folder, **{k: v for k, v in recipe.items()})
+    straight: list[dict] = []
+    train(cfg, report=lambda m, s: straight.append(m), device="cpu", checkpoints=True)
+
+    saved: dict = {}
+
+    def stop_after_first(m: dict, s: dict) -> None:
+        saved.update(s)
+        raise Stop
+
+    with pytest.raises(Stop):
+        train(cfg, report=stop_after_first, device="cpu", checkpoints=True)
+    resumed: list[dict] = []
+    train(cfg, report=lambda m, s: resumed.append(m), device="cpu", resume=saved, checkpoints=True)
+    assert [m["epoch"] for m in resumed] == [1, 2] and resumed[0]["resumed_after_epoch"] == 0
+    for a, b in zip(straight[1:], resumed):
+        for k in ("train_loss", "val_loss", "top1", "top5", "lr") + (("top1_ema",) if "top1_ema" in a else ()):
+            assert a[k] == b[k], k
+
+
+def test_ray_retries_a_failed_trial_from_its_checkpoint(tmp_path: Path, image_folder: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from ablate.orchestrate import run_study
+    from ablate.store import Store
+
+    marker = tmp_path / "fault"
+    marker.touch()
+    monkeypatch.setenv("ABLATE_FAULT_AFTER_EPOCH", "0")
+    monkeypatch.setenv("ABLATE_FAULT_MARKER", str(marker))
+    study = tiny_study("retry", image_folder, axes={"grid": {"model.kwargs.kernel_size": [3]}},
+                       resources={"cpus": 1, "gpus": 0, "retries": 1})
+    study["recipe"]["epochs"] = 3
+    store = Store(f"sqlite:///{tmp_path / 'r.db'}")
+    summary = run_study(write_study(tmp_path / "r.yaml", study), store=store)
+    assert not marker.exists(), "the fault was not injected"
+    assert summary.completed == 1
+    t = store.load("retry", history=True).trials[0]
+    assert [e for e, _ in t.history["top1"]] == [0, 1, 2]
+    assert t.history["resumed_after_epoch"] == [(1, 0.0)]  # continued after epoch 0, not from scratch
+    assert os.environ["ABLATE_FAULT_AFTER_EPOCH"] == "0"
