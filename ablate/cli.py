@@ -42,9 +42,10 @@ def _fail(message: str, code: int = 2) -> None:
 def _user_errors():
     """Exceptions that are the user's input, not ablate's bugs."""
     from ablate.data import DatasetError
+    from ablate.orchestrate import InitFromError
     from ablate.study import StudyError
 
-    return (StudyError, DatasetError)
+    return (StudyError, DatasetError, InitFromError)
 
 
 def _plan(file: Path, profile: Optional[str]):
@@ -114,8 +115,11 @@ def run(
     except _user_errors() as e:
         _fail(f"{file}: dataset: {e}")
     store = _store(db)
-    with ProgressSink(store, p, console=err) as sink:
-        summary = run_study(file, profile, store=store, sink=sink, address=address, plan=p)
+    try:
+        with ProgressSink(store, p, console=err) as sink:
+            summary = run_study(file, profile, store=store, sink=sink, address=address, plan=p)
+    except _user_errors() as e:
+        _fail(f"{file}: {e}")
     err.print(f"{summary.total} trials: {summary.skipped} already completed, {summary.ran} run now, "
               f"{summary.completed} completed, {summary.failed} failed. Results in {store.url}")
     sys.stdout.write(render(store.load(p.study.name), fmt))

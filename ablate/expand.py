@@ -62,10 +62,10 @@ def set_path(config: dict[str, Any], path: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def resolve_batch(recipe: dict[str, Any], trial_gpus: float) -> None:
+def resolve_batch(recipe: dict[str, Any], trial_gpus: float, workers: int = 1) -> None:
     """Keep the recipe's total batch (batch_size x recipe gpus) on a trial with fewer devices:
-    accumulate gradients, or scale the lr linearly. A CPU trial counts as one device."""
-    devices = max(1, math.ceil(trial_gpus))
+    accumulate gradients, or scale the lr linearly. A CPU worker counts as one device."""
+    devices = workers * max(1, math.ceil(trial_gpus))
     wanted = int(recipe.get("gpus", 1))
     recipe["accum_steps"] = 1
     if devices >= wanted:
@@ -123,6 +123,8 @@ def expand(study: Study, file: str | Path = "<study>") -> list[Trial]:
             raise StudyError(file, f"axes.exclude[{i}]", f"axes declared in grid or zip; unknown: {unknown}")
 
     base = {s: getattr(study, s).model_dump(mode="json") for s in TRIAL_SECTIONS}
+    if study.init_from is not None:  # the source is part of what the trial is
+        base["init_from"] = study.init_from.model_dump(mode="json", exclude_none=True)
     trials: list[Trial] = []
     for assign in _assignments(study):
         if _excluded(assign, study):
@@ -138,7 +140,7 @@ def expand(study: Study, file: str | Path = "<study>") -> list[Trial]:
                     err = e.errors()[0]
                     loc = ".".join(str(p) for p in err["loc"])
                     raise StudyError(file, f"axes: {section}.{loc}", f"{err['msg']} (got {err.get('input')!r})") from None
-            resolve_batch(config["recipe"], study.resources.gpus)
+            resolve_batch(config["recipe"], study.resources.gpus, study.resources.workers)
             config["seed"] = seed
             params = dict(assign, seed=seed)
             trials.append(Trial(id=trial_id(config), params=params, config=config))

@@ -5,10 +5,45 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ablate.artifacts import weights_path
 from ablate.data import check_dataset
+from ablate.expand import get_path
 from ablate.plan import Plan, make_plan
 from ablate.runner import TrialSink, run_trials
 from ablate.store import COMPLETED, Store
+
+
+class InitFromError(Exception):
+    """``init_from`` names a trial that is not in the database, not completed, or has no weights."""
+
+
+def resolve_init_from(store: Store, plan: Plan) -> str | None:
+    """The weights file of the trial a study fine-tunes from, checked before anything runs."""
+    ref = plan.study.init_from
+    if ref is None:
+        return None
+    try:
+        source = store.load(ref.study)
+    except KeyError:
+        raise InitFromError(f"init_from: study '{ref.study}' is not in {store.url}; run it first") from None
+    done = [t for t in source.trials if t.status == COMPLETED]
+    if ref.trial is not None:
+        found = [t for t in done if t.trial_id == ref.trial]
+    else:
+        def matches(t) -> bool:
+            try:
+                return all(t.params.get(k, get_path(t.config, k)) == v for k, v in (ref.match or {}).items())
+            except KeyError:
+                return False
+        found = [t for t in done if matches(t)]
+    if len(found) != 1:
+        what = f"trial '{ref.trial}'" if ref.trial else f"a trial matching {ref.match}"
+        raise InitFromError(f"init_from: expected exactly one completed {what} in study '{ref.study}', "
+                            f"found {len(found)}" + (" (add seed to match)" if len(found) > 1 else ""))
+    path = weights_path(ref.study, found[0].trial_id)
+    if not path.is_file():
+        raise InitFromError(f"init_from: no weights at {path} (set ABLATE_ARTIFACTS to where that study ran)")
+    return str(path)
 
 
 @dataclass
@@ -34,12 +69,14 @@ def run_study(path: str | Path, profile: str | None = None, *, store: Store, sin
     written; trials already completed (same id) are skipped; failed or interrupted ones rerun."""
     plan = plan or make_plan(path, profile)
     check_dataset(plan.study.dataset.model_dump())
+    init_weights = resolve_init_from(store, plan)
     status = register_plan(store, plan)
     todo = [p.trial for p in plan.trials if status[p.trial.id] != COMPLETED]
     res = plan.study.resources
     try:
         run_trials(plan.study.name, todo, sink or store, cpus=res.cpus, gpus=res.gpus,
-                   retries=res.retries, address=address)
+                   retries=res.retries, workers=res.workers, address=address,
+                   init_weights=init_weights)
     finally:
         store.mark_interrupted(plan.study.name)
     after = {t.trial_id: t.status for t in store.load(plan.study.name).trials}

@@ -21,7 +21,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "0")
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")  # TorchTrainer inside a Tune trial (Train V2)
 
 _REPORT_KEY = "ablate"  # the trainer's metrics travel nested under this key
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
@@ -62,6 +62,60 @@ def _trainable(config: dict[str, Any]) -> None:
         _maybe_inject_fault(int(metrics["epoch"]))
 
     train(config["trial"], report=report, resume=resume, checkpoints=bool(config.get("checkpoints", True)))
+
+
+def _ddp_worker(config: dict[str, Any]) -> None:
+    """One DDP rank (Ray Train worker): the same trainer, with the model and loader prepared for
+    DDP. Rank 0 reports metrics with a checkpoint; Ray Train forwards rank 0's report to Tune."""
+    import tempfile as _tempfile
+
+    import ray.train
+    import torch
+    from ray.train.torch import get_device, prepare_data_loader, prepare_model
+
+    from ablate.trainer import Distributed, train
+
+    torch.set_num_threads(max(1, int(config["threads"])))
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    resume = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resume = torch.load(Path(d) / "state.pt", weights_only=False)
+
+    def report(metrics: dict[str, float], state: dict[str, Any] | None = None) -> None:
+        if state is None or rank != 0:
+            ray.train.report({_REPORT_KEY: metrics})
+            return
+        with _tempfile.TemporaryDirectory() as d:
+            torch.save(state, Path(d) / "state.pt")
+            ray.train.report({_REPORT_KEY: metrics}, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+    dist = Distributed(wrap_model=prepare_model, wrap_loader=prepare_data_loader, world_size=world, rank=rank)
+    train(config["trial"], report=report, device=str(get_device()), resume=resume,
+          checkpoints=bool(config.get("checkpoints", True)), distributed=dist)
+
+
+def _ddp_driver(config: dict[str, Any]) -> None:
+    """The Tune trial of a multi-worker trial: a Ray Train TorchTrainer whose rank-0 reports are
+    forwarded to Tune (TuneReportCallback); it holds no CPU itself, the workers hold theirs."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    res = config["resources"]
+    per_worker = {"CPU": res["cpus"], **({"GPU": res["gpus"]} if res["gpus"] else {})}
+    trainer = TorchTrainer(
+        _ddp_worker,
+        train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(num_workers=res["workers"], use_gpu=res["gpus"] > 0,
+                                               resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(name=f"{config['trial']['id']}-ddp", storage_path=config["storage"],
+                                       callbacks=[TuneReportCallback()],
+                                       failure_config=ray.train.FailureConfig(max_failures=res["retries"])),
+    )
+    trainer.fit()
 
 
 def _maybe_inject_fault(epoch: int) -> None:
@@ -109,9 +163,11 @@ def init_ray(address: str | None = None) -> bool:
 
 
 def run_trials(study: str, trials: list[Trial], sink: TrialSink, *, cpus: float = 1, gpus: float = 0,
-               retries: int = 0, address: str | None = None, storage: str | None = None) -> None:
+               retries: int = 0, workers: int = 1, address: str | None = None, storage: str | None = None,
+               init_weights: str | None = None) -> None:
     """Run ``trials`` as Tune trials with ``cpus``/``gpus`` each; events go to ``sink``. A trial
-    that fails is retried up to ``retries`` times from its last epoch's checkpoint."""
+    that fails is retried up to ``retries`` times from its last epoch's checkpoint. With
+    ``workers > 1`` each trial is a DDP job of that many workers with ``cpus``/``gpus`` each."""
     if not trials:
         return
     import ray
@@ -124,8 +180,21 @@ def run_trials(study: str, trials: list[Trial], sink: TrialSink, *, cpus: float 
     _SINKS[key] = sink
     tmp = None if storage else tempfile.mkdtemp(prefix="ablate-ray-")
     try:
-        trainable = tune.with_resources(_trainable, {"cpu": cpus, "gpu": gpus})
-        space = {"trial": tune.grid_search([dict(t.config, id=t.id) for t in trials]), "threads": cpus}
+        from ablate.artifacts import weights_path
+
+        # "runtime" is not part of the hashed config: where to load and save weights on this setup
+        configs = [dict(t.config, id=t.id, runtime={"init_weights": init_weights,
+                                                    "save_weights": str(weights_path(study, t.id))})
+                   for t in trials]
+        space: dict[str, Any] = {"trial": tune.grid_search(configs),
+                                 "threads": cpus}
+        if workers > 1:
+            # the driver trial must ask for something: one byte of memory, no CPU
+            trainable = tune.with_resources(_ddp_driver, {"cpu": 0, "memory": 1})
+            space.update(resources={"cpus": cpus, "gpus": gpus, "workers": workers, "retries": retries},
+                         storage=storage or tmp)
+        else:
+            trainable = tune.with_resources(_trainable, {"cpu": cpus, "gpu": gpus})
         tuner = tune.Tuner(
             trainable,
             param_space=space,
@@ -133,7 +202,7 @@ def run_trials(study: str, trials: list[Trial], sink: TrialSink, *, cpus: float 
             run_config=tune.RunConfig(name=study, storage_path=storage or tmp, verbose=0,
                                       callbacks=[_make_callback(study, key)],
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                      failure_config=tune.FailureConfig(max_failures=retries)),
+                                      failure_config=tune.FailureConfig(max_failures=0 if workers > 1 else retries)),
         )
         tuner.fit()
     finally:

@@ -93,8 +93,12 @@ class DatasetSpec(_Strict):
 
 
 class ResourceSpec(_Strict):
+    """Per trial. With ``workers > 1`` the trial is one DDP job (Ray Train's TorchTrainer inside the
+    Tune trial) and ``cpus``/``gpus`` are per worker."""
+
     cpus: float = Field(default=1, gt=0)
     gpus: float = Field(default=0, ge=0)
+    workers: int = Field(default=1, ge=1, description="DDP workers per trial (several GPUs or nodes)")
     retries: int = Field(default=0, ge=0, description="retries of a failed trial, from its last checkpoint")
 
 
@@ -154,6 +158,20 @@ class AxesSpec(_Strict):
         return groups
 
 
+class InitFrom(_Strict):
+    """Fine-tune from another study's trial: by its id, or by its axis values (``match``)."""
+
+    study: str
+    trial: str | None = Field(default=None, description="trial id, as `ablate plan` prints it")
+    match: dict[str, Any] | None = Field(default=None, description="axis values, e.g. {model.kwargs.kernel_size: 13}")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> "InitFrom":
+        if (self.trial is None) == (self.match is None):
+            raise ValueError("init_from: give exactly one of 'trial' (an id) or 'match' (axis values)")
+        return self
+
+
 class Study(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
@@ -165,6 +183,7 @@ class Study(_Strict):
     resources: ResourceSpec = Field(default_factory=ResourceSpec)
     metric: MetricSpec = Field(default_factory=MetricSpec)
     table: TableSpec | None = None
+    init_from: InitFrom | None = None
     profile: str | None = Field(default=None, description="set by the loader, not in files")
 
     @field_validator("seeds", mode="before")

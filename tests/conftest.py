@@ -14,6 +14,10 @@ import yaml
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+# trials save their final weights here (ablate.artifacts); keep tests out of the working tree
+import tempfile  # noqa: E402
+
+os.environ["ABLATE_ARTIFACTS"] = tempfile.mkdtemp(prefix="ablate-artifacts-")
 
 CLASSES = ("red", "green", "blue")
 
