@@ -235,6 +235,9 @@ def dashboard(
                                 "(with --serve; 0: never)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Also write every plot as PNG and SVG under "
                                           "this folder (kaleido + a local Chromium)."),
+    artifacts: Optional[Path] = typer.Option(None, "--artifacts", help="Trial artifact folder, for ERF / kernel "
+                                             "heatmaps saved as erf.npy / kernel.npy (default: $ABLATE_ARTIFACTS, "
+                                             "else ./ablate-artifacts)."),
 ) -> None:
     """One self-contained interactive HTML page of every study: tables, learning curves, Top-1 against
     kernel size / FLOPs / params, ERF heatmaps, failed trials."""
@@ -243,13 +246,13 @@ def dashboard(
     store = _store(db)
     if images is not None:
         try:
-            paths = dash.export_images(store.load_many(history=True), images)
+            paths = dash.export_images(store.load_many(history=True), images, artifacts=artifacts)
         except dash.ImageExportError as e:
             _fail(str(e), 1)
         err.print(f"wrote {len(paths)} images under {images}")
     if serve:
         try:
-            server = dash.make_server(store, host, port, refresh)
+            server = dash.make_server(store, host, port, refresh, artifacts)
         except OSError as e:
             _fail(f"--port: a free port on {host} ({e})")
         err.print(f"serving the dashboard of {store.url} at http://{host}:{server.server_address[1]}/ (Ctrl-C stops)")
@@ -260,7 +263,7 @@ def dashboard(
         finally:
             server.server_close()
         return
-    dash.write_report(store, out_file)
+    dash.write_report(store, out_file, artifacts=artifacts)
     err.print(f"wrote {out_file}")
 
 

@@ -1,25 +1,35 @@
 """Render a study's table from the result database, laid out by the study file's ``table`` section.
 
 Rows are arms (trials that differ only by seed); metric cells are the mean over completed seeds,
-with ± std when several seeds completed. The paper's own rows (``table.paper``) can be shown
-beside the measured ones, and ``table.notes`` are printed under the table, so a discrepancy with
-the paper is stated where the table is read.
+with ± std when several seeds completed, and the Seeds column says how many completed. With a
+``table.baseline``, the study's metric gets a Δ column (arm mean - baseline mean) and a paired
+comparison with the baseline over shared seeds (ablate.stats); a difference that is not significant
+carries a dagger, explained in the notes. The best arm of a metric column is in bold. Columns with
+a ``group`` get a grouped header (Table 11's ImageNet / ADE20K). The paper's own rows
+(``table.paper``) are shown beside the measured ones, and ``table.notes`` are printed under the table,
+so a discrepancy with the paper is stated where the table is read.
+
+Formats: md, latex (booktabs), csv (one row per arm with the trial ids behind each cell), html.
 """
 
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
-import statistics
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ablate.expand import get_path
 from ablate.flops import human
+from ablate.stats import ALPHA, Paired, Summary, paired_compare, summarize
 from ablate.store import COMPLETED, FAILED, StudyRecord, TrialRecord
 
-FORMATS = ("md", "csv", "latex")
+FORMATS = ("md", "csv", "latex", "html")
+DAGGER = "†"
+MISSING = "–"
 
 
 def max_rf(config: dict[str, Any]) -> int:
@@ -44,14 +54,26 @@ class Arm:
     def done(self) -> list[TrialRecord]:
         return [t for t in self.trials if t.status == COMPLETED]
 
+    def by_seed(self, metric: str) -> dict[int, float]:
+        """{seed: final value} of ``metric`` over completed trials."""
+        return {t.seed: t.final[metric] for t in self.done if metric in t.final}
+
 
 @dataclass
 class TableData:
     title: str
     headers: list[str]
-    rows: list[list[str]]
+    rows: list[list[str]]  # plain text cells (markup is added per format)
     raw: list[dict[str, Any]]  # one dict per arm, unformatted, for CSV
     notes: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)  # per column, "" when ungrouped
+    bold: list[list[bool]] = field(default_factory=list)  # per cell: the best value of its column
+
+    def __post_init__(self) -> None:
+        if not self.groups:
+            self.groups = [""] * len(self.headers)
+        if not self.bold:
+            self.bold = [[False] * len(r) for r in self.rows]
 
 
 def group_arms(record: StudyRecord) -> list[Arm]:
@@ -63,78 +85,225 @@ def group_arms(record: StudyRecord) -> list[Arm]:
 
 
 def _metric(arm: Arm, name: str) -> tuple[float | None, float | None, int]:
-    vals = [t.final[name] for t in arm.done if name in t.final]
-    if not vals:
-        return None, None, 0
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None), len(vals)
+    s = summarize(arm.by_seed(name).values())
+    return s.mean, s.std, s.n
+
+
+_NO_LABEL = object()
+
+
+def _label(value: Any, col: dict[str, Any]) -> Any:
+    """The column's label for ``value`` (keys match the value, its str or its JSON: 3, "3", null)."""
+    labels = col.get("labels") or {}
+    for key in (value, str(value), json.dumps(value)):
+        try:
+            if key in labels:
+                return labels[key]
+        except TypeError:  # unhashable value
+            break
+    return _NO_LABEL
+
+
+def _fmt_scalar(value: Any, fmt: str | None) -> str:
+    if fmt == "human":
+        return human(value) if isinstance(value, (int, float)) else str(value)
+    if fmt:
+        return fmt.format(v=value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def _fmt(value: Any, col: dict[str, Any]) -> str:
+    label = _label(value, col)
+    if label is not _NO_LABEL:
+        return str(label)
     if value is None:
-        return "–"
+        return MISSING
     if col.get("dash_if") is not None and value == col["dash_if"]:
         return "-"
-    if col.get("format"):
-        return col["format"].format(v=value)
-    return str(value)
+    if isinstance(value, list):  # per-stage values, e.g. kernel sizes 31-29-27-13
+        return "-".join(_fmt_scalar(v, col.get("format")) for v in value)
+    return _fmt_scalar(value, col.get("format"))
+
+
+def _fmt_metric(s: Summary, col: dict[str, Any]) -> str:
+    if s.mean is None:
+        return MISSING
+    fmt = col.get("format")
+    if fmt == "human":
+        return human(s.mean)
+    one = (lambda v: fmt.format(v=v)) if fmt else (lambda v: f"{v:.2f}")
+    return one(s.mean) + (f" ± {one(s.std)}" if s.std is not None else "")
+
+
+def _matches(match: dict[str, Any], arm: Arm) -> bool:
+    def value(k: str) -> Any:
+        if k in arm.params:
+            return arm.params[k]
+        try:
+            return get_path(arm.trials[0].config, k)
+        except KeyError:
+            return KeyError
+
+    return all(value(k) == v for k, v in match.items())
 
 
 def _paper_row(spec: dict[str, Any], arm: Arm) -> dict[str, Any] | None:
     for row in spec.get("paper", []):
-        match = row.get("match", {})
-        if all(arm.params.get(k) == v or get_path(arm.trials[0].config, k) == v for k, v in match.items()):
+        if _matches(row.get("match", {}), arm):
             return row
     return None
 
 
-def build_table(record: StudyRecord) -> TableData:
+def find_baseline(spec: dict[str, Any], arms: list[Arm]) -> Arm | None:
+    """The arm matching ``table.baseline`` (config paths -> values), or None."""
+    base = spec.get("baseline")
+    if not base:
+        return None
+    return next((a for a in arms if _matches(base, a)), None)
+
+
+def _best(vals: list[float], mode: str) -> float | None:
+    """The best of a column's values, or None when nothing should be bold (fewer than 2 values)."""
+    if len(vals) < 2 or mode not in ("max", "min"):
+        return None
+    return max(vals) if mode == "max" else min(vals)
+
+
+def _is_best(v: float | None, best: float | None) -> bool:
+    return v is not None and best is not None and math.isclose(v, best, rel_tol=1e-12, abs_tol=1e-15)
+
+
+@dataclass
+class _Column:
+    header: str
+    group: str
+    cells: list[str]
+    raw: list[dict[str, Any]]
+    numbers: list[float | None] = field(default_factory=list)  # for bold
+    best: str = "none"
+
+
+def _config_value(arm: Arm, src: str) -> Any:
+    try:
+        return get_path(arm.trials[0].config, src)
+    except KeyError:
+        return None
+
+
+def build_table(record: StudyRecord, alpha: float = ALPHA) -> TableData:
     spec = (record.spec.get("table") or {})
     columns = spec.get("columns") or [{"header": "Trial", "source": "trial"}, {"header": "Top-1", "source": "metric:top1"}]
+    main = (record.spec.get("metric") or {}).get("name", "top1")
+    main_mode = (record.spec.get("metric") or {}).get("mode", "max")
+    arms = group_arms(record)
+    baseline = find_baseline(spec, arms)
+    notes = list(spec.get("notes", []))
+    if spec.get("baseline") and baseline is None and arms:
+        notes.append(f"Baseline {json.dumps(spec['baseline'])} matches no arm in the results; no Δ column.")
+
+    cols: list[_Column] = []
+    tests_used: set[str] = set()
+    not_significant = untested = False
+    for col in columns:
+        src, head, group = col["source"], col["header"], col.get("group") or ""
+        c = _Column(head, group, [], [{} for _ in arms])
+        cols.append(c)
+        if src.startswith("metric:"):
+            name = src.split(":", 1)[1]
+            c.best = col.get("best") or (main_mode if name == main else "none")
+            want_delta = col.get("delta") if col.get("delta") is not None else name == main
+            base_seeds = baseline.by_seed(name) if baseline else {}
+            base_mean = summarize(base_seeds.values()).mean
+            d = _Column(f"Δ {head}", group, [], [{} for _ in arms]) if (want_delta and baseline) else None
+            for i, arm in enumerate(arms):
+                seeds = arm.by_seed(name)
+                s = summarize(seeds.values())
+                c.cells.append(_fmt_metric(s, col))
+                c.numbers.append(s.mean)
+                ids = [t.trial_id for t in arm.done if name in t.final]
+                c.raw[i].update({head: s.mean, f"{head} std": s.std, f"{head} n": s.n, f"{head} trials": " ".join(ids)})
+                if d is None:
+                    continue
+                if arm is baseline:
+                    d.cells.append("baseline")
+                    continue
+                if s.mean is None or base_mean is None:
+                    d.cells.append(MISSING)
+                    continue
+                p: Paired = paired_compare(base_seeds, seeds, alpha)
+                delta = s.mean - base_mean
+                text = f"{delta:+.2f}"
+                if p.significant is False:
+                    text += DAGGER
+                    not_significant = True
+                elif p.significant is None:
+                    untested = True
+                if p.method != "none":
+                    tests_used.add(p.method)
+                d.cells.append(text)
+                d.raw[i].update({f"Δ {head}": delta, f"Δ {head} test": p.method, f"Δ {head} pairs": p.n,
+                                 f"Δ {head} p": p.p_value, f"Δ {head} ci_low": p.low, f"Δ {head} ci_high": p.high,
+                                 f"Δ {head} significant": p.significant})
+            if d is not None:
+                cols.append(d)
+        else:
+            c.best = col.get("best") or "none"
+            for i, arm in enumerate(arms):
+                first = arm.trials[0]
+                if src in ("params", "flops"):
+                    v = first.n_params if src == "params" else first.flops
+                    text = _fmt(v, {**col, "format": col.get("format") or "human"}) if v else MISSING
+                elif src.startswith("derived:"):
+                    fn = DERIVED.get(src.split(":", 1)[1])
+                    try:
+                        v = fn(first.config) if fn else None
+                    except (KeyError, TypeError, ValueError):
+                        v = None
+                    text = _fmt(v, col)
+                elif src == "trial":
+                    v = ", ".join(f"{k}={json.dumps(x)}" for k, x in arm.params.items()) or first.trial_id
+                    text = v
+                else:
+                    v = _config_value(arm, src)
+                    text = _fmt(v, col)
+                c.cells.append(text)
+                c.numbers.append(v if isinstance(v, (int, float)) and not isinstance(v, bool) else None)
+                c.raw[i][head] = v
+
     paper_keys = sorted({k for r in spec.get("paper", []) for k in r if k != "match"})
-    headers = [c["header"] for c in columns] + ["Seeds"] + [f"Paper {k}" for k in paper_keys]
-    rows, raw = [], []
-    for arm in group_arms(record):
-        first = arm.trials[0]
-        cells, values = [], {}
-        for col in columns:
-            src = col["source"]
-            if src.startswith("metric:"):
-                mean, std, n = _metric(arm, src.split(":", 1)[1])
-                values[col["header"]] = mean
-                values[col["header"] + " std"] = std
-                cells.append("–" if mean is None else f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else ""))
-            elif src == "params":
-                values[col["header"]] = first.n_params
-                cells.append(human(first.n_params) if first.n_params else "–")
-            elif src == "flops":
-                values[col["header"]] = first.flops
-                cells.append(human(first.flops) if first.flops else "–")
-            elif src.startswith("derived:"):
-                v = DERIVED[src.split(":", 1)[1]](first.config)
-                values[col["header"]] = v
-                cells.append(_fmt(v, col))
-            elif src == "trial":
-                v = ", ".join(f"{k}={json.dumps(x)}" for k, x in arm.params.items()) or first.trial_id
-                values[col["header"]] = v
-                cells.append(v)
-            else:
-                try:
-                    v = get_path(first.config, src)
-                except KeyError:
-                    v = None
-                values[col["header"]] = v
-                cells.append(_fmt(v, col))
+    headers = [c.header for c in cols] + ["Seeds"] + [f"Paper {k}" for k in paper_keys]
+    groups = [c.group for c in cols] + [""] * (1 + len(paper_keys))
+    bests = [_best([v for v in c.numbers if v is not None], c.best) for c in cols]
+    rows, bold, raw = [], [], []
+    for i, arm in enumerate(arms):
+        cells = [c.cells[i] for c in cols]
+        marks = [bool(c.numbers) and _is_best(c.numbers[i], b) for c, b in zip(cols, bests)]
         n_done = len(arm.done)
         cells.append(f"{n_done}/{len(arm.trials)}")
         paper = _paper_row(spec, arm) or {}
-        cells += [str(paper.get(k, "–")) for k in paper_keys]
+        cells += [str(paper.get(k, MISSING)) for k in paper_keys]
+        marks += [False] * (1 + len(paper_keys))
+        values: dict[str, Any] = {f"param {k}": (json.dumps(v) if isinstance(v, (list, dict)) else v)
+                                  for k, v in arm.params.items()}
+        for c in cols:
+            values.update(c.raw[i])
         values.update({"seeds_completed": n_done, "seeds": len(arm.trials),
-                       "trial_ids": " ".join(t.trial_id for t in arm.trials)})
+                       "trial_ids": " ".join(t.trial_id for t in arm.trials),
+                       "baseline": arm is baseline})
         values.update({f"paper_{k}": paper.get(k) for k in paper_keys})
         rows.append(cells)
+        bold.append(marks)
         raw.append(values)
 
-    notes = list(spec.get("notes", []))
+    if not_significant:
+        how = " and ".join(sorted({"t-test": "a paired t-test over seeds (3 or more shared seeds)",
+                                   "bootstrap": "an exact paired bootstrap interval (2 shared seeds)"}[m]
+                                  for m in tests_used))
+        notes.append(f"{DAGGER} Not significantly different from the baseline at α = {alpha:g} by {how}.")
+    if untested:
+        notes.append("Δ without a mark: not tested, fewer than 2 seeds shared with the baseline.")
     total = len(record.trials)
     done = sum(t.status == COMPLETED for t in record.trials)
     failed = sum(t.status == FAILED for t in record.trials)
@@ -143,12 +312,29 @@ def build_table(record: StudyRecord) -> TableData:
                      f"{total - done - failed} not run or running. Rerun the study to finish them.")
     profile = record.spec.get("profile")
     title = record.name + (f" (profile: {profile})" if profile else "")
-    return TableData(title, headers, rows, raw, notes)
+    return TableData(title, headers, rows, raw, notes, groups, bold)
+
+
+# -- formats -----------------------------------------------------------------------------------
+def _spans(groups: list[str]) -> list[tuple[str, int, int]]:
+    """Runs of equal group names: (name, first column, count)."""
+    out: list[tuple[str, int, int]] = []
+    for i, g in enumerate(groups):
+        if out and out[-1][0] == g and g:
+            out[-1] = (g, out[-1][1], out[-1][2] + 1)
+        else:
+            out.append((g, i, 1))
+    return out
 
 
 def to_markdown(t: TableData) -> str:
-    lines = [f"**{t.title}**", "", "| " + " | ".join(t.headers) + " |", "|" + "---|" * len(t.headers)]
-    lines += ["| " + " | ".join(r) + " |" for r in t.rows]
+    def cell(s: str, b: bool) -> str:
+        s = s.replace("|", r"\|")
+        return f"**{s}**" if b else s
+
+    heads = [f"{g} {h}" if g else h for g, h in zip(t.groups, t.headers)]
+    lines = [f"**{t.title}**", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    lines += ["| " + " | ".join(cell(c, b) for c, b in zip(r, bs)) + " |" for r, bs in zip(t.rows, t.bold)]
     if t.notes:
         lines.append("")
         lines += [f"{i}. {n}" for i, n in enumerate(t.notes, 1)]
@@ -168,7 +354,8 @@ def to_csv(t: TableData) -> str:
 
 _LATEX_ESCAPES = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
                   "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
-                  "±": r"$\pm$", "×": r"$\times$", "–": "--"}
+                  "±": r"$\pm$", "×": r"$\times$", "–": "--", "Δ": r"$\Delta$", DAGGER: r"$^\dagger$",
+                  "α": r"$\alpha$"}
 
 
 def latex_escape(s: str) -> str:
@@ -176,10 +363,19 @@ def latex_escape(s: str) -> str:
 
 
 def to_latex(t: TableData) -> str:
-    """A booktabs table, ready to paste into a paper."""
-    out = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{" + "l" * len(t.headers) + "}", r"\toprule",
-           " & ".join(latex_escape(h) for h in t.headers) + r" \\", r"\midrule"]
-    out += [" & ".join(latex_escape(c) for c in r) + r" \\" for r in t.rows]
+    """A booktabs table, ready to paste into a paper (grouped headers via multicolumn/cmidrule)."""
+    n = len(t.headers)
+    out = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{" + "l" + "c" * (n - 1) + "}", r"\toprule"]
+    if any(t.groups):
+        spans = _spans(t.groups)
+        parts: list[str] = []
+        for g, _, k in spans:
+            parts += [r"\multicolumn{%d}{c}{%s}" % (k, latex_escape(g))] if g else [""] * k
+        out.append(" & ".join(parts) + r" \\")
+        out.append(" ".join(r"\cmidrule(lr){%d-%d}" % (a + 1, a + k) for g, a, k in spans if g))
+    out += [" & ".join(latex_escape(h) for h in t.headers) + r" \\", r"\midrule"]
+    out += [" & ".join(r"\textbf{" + latex_escape(c) + "}" if b else latex_escape(c) for c, b in zip(r, bs)) + r" \\"
+            for r, bs in zip(t.rows, t.bold)]
     out += [r"\bottomrule", r"\end{tabular}", r"\caption{" + latex_escape(t.title) + "}"]
     if t.notes:
         out.append(r"\par\footnotesize " + " ".join(f"({i}) {latex_escape(n)}" for i, n in enumerate(t.notes, 1)))
@@ -187,6 +383,47 @@ def to_latex(t: TableData) -> str:
     return "\n".join(out) + "\n"
 
 
+def to_html_fragment(t: TableData) -> str:
+    """The table as an HTML element (no page around it): used by ``to_html`` and the dashboard."""
+    e = html.escape
+    out = ['<table class="ablate-table">', f"<caption>{e(t.title)}</caption>", "<thead>"]
+    if any(t.groups):
+        out.append("<tr>" + "".join(f'<th colspan="{k}" class="group">{e(g)}</th>' if g else
+                                     f'<th colspan="{k}"></th>' for g, _, k in _spans(t.groups)) + "</tr>")
+    out.append("<tr>" + "".join(f"<th>{e(h)}</th>" for h in t.headers) + "</tr>")
+    out.append("</thead>")
+    out.append("<tbody>")
+    for r, bs in zip(t.rows, t.bold):
+        out.append("<tr>" + "".join(f"<td><b>{e(c)}</b></td>" if b else f"<td>{e(c)}</td>" for c, b in zip(r, bs))
+                   + "</tr>")
+    out.append("</tbody></table>")
+    if t.notes:
+        out.append('<ol class="ablate-notes">' + "".join(f"<li>{e(n)}</li>" for n in t.notes) + "</ol>")
+    return "\n".join(out)
+
+
+TABLE_CSS = """
+table.ablate-table { border-collapse: collapse; font: 14px/1.4 system-ui, sans-serif; margin: 8px 0; }
+table.ablate-table caption { font-weight: 600; text-align: left; padding: 4px 0; }
+table.ablate-table th, table.ablate-table td { padding: 3px 10px; text-align: center; white-space: nowrap; }
+table.ablate-table thead tr:last-child th { border-bottom: 1px solid #333; }
+table.ablate-table thead { border-top: 2px solid #333; }
+table.ablate-table tbody { border-bottom: 2px solid #333; }
+table.ablate-table th.group { border-bottom: 1px solid #999; }
+table.ablate-table td:first-child, table.ablate-table th:first-child { text-align: left; }
+ol.ablate-notes { font: 12px/1.4 system-ui, sans-serif; color: #444; max-width: 60em; }
+"""
+
+
+def to_html(t: TableData) -> str:
+    """A standalone HTML page with the table."""
+    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(t.title)}</title><style>{TABLE_CSS}</style></head><body>\n"
+            + to_html_fragment(t) + "\n</body></html>\n")
+
+
 def render(record: StudyRecord, fmt: str = "md") -> str:
+    if fmt not in FORMATS:
+        raise ValueError(f"format: one of {', '.join(FORMATS)}, got '{fmt}'")
     table = build_table(record)
-    return {"md": to_markdown, "csv": to_csv, "latex": to_latex}[fmt](table)
+    return {"md": to_markdown, "csv": to_csv, "latex": to_latex, "html": to_html}[fmt](table)

@@ -1,0 +1,327 @@
+"""Tables: every format on a study really run on Ray (``ran_study``), and the paper's layouts
+(Tables 10, 11, 12, kernel-size and re-param studies) on in-memory records with known numbers."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import math
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from _synth import record, trial
+from ablate.cli import app
+from ablate.store import FAILED, PENDING
+from ablate.study import TableSpec
+from ablate.tables import DAGGER, FORMATS, build_table, render, to_html_fragment
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Cells(HTMLParser):
+    """Rows of an HTML table as lists of (text, bold, colspan)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[list[tuple[str, bool, int]]] = []
+        self._cell: list[str] | None = None
+        self._bold = False
+        self._span = 1
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th"):
+            self._cell, self._bold, self._span = [], False, int(dict(attrs).get("colspan", 1))
+        elif tag == "b":
+            self._bold = True
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.rows[-1].append(("".join(self._cell), self._bold, self._span))
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def html_rows(text: str) -> list[list[tuple[str, bool, int]]]:
+    p = _Cells()
+    p.feed(text)
+    return p.rows
+
+
+# -- the real study ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def real(ran_study):
+    return ran_study["store"].load(ran_study["name"], history=True)
+
+
+def test_markdown_of_real_study(real):
+    md = render(real, "md")
+    lines = md.splitlines()
+    assert lines[0] == "**tiny**"
+    assert lines[2] == "| Kernel | Top-1 | Params | FLOPs | Seeds |"
+    body = [l for l in lines if l.startswith("| 3x3") or l.startswith("| 5x5")]
+    assert len(body) == 2 and all(l.endswith("| 2/2 |") for l in body)
+    # each Top-1 cell is mean ± std over the two seeds, as stored
+    for arm_k, line in zip((3, 5), body):
+        vals = [t.final["top1"] for t in real.trials if t.params["model.kwargs.kernel_size"] == arm_k]
+        mean, std = sum(vals) / 2, abs(vals[0] - vals[1]) / math.sqrt(2)
+        assert f"{mean:.2f} ± {std:.2f}" in line
+    assert "Incomplete" not in md
+
+
+def test_csv_one_row_per_arm_with_trial_ids(real):
+    rows = list(csv.DictReader(io.StringIO(render(real, "csv"))))
+    assert len(rows) == 2
+    ids = {t.trial_id: t for t in real.trials}
+    for row in rows:
+        k = int(row["param model.kwargs.kernel_size"])
+        mine = {t.trial_id for t in real.trials if t.params["model.kwargs.kernel_size"] == k}
+        assert set(row["trial_ids"].split()) == mine
+        assert set(row["Top-1 trials"].split()) == mine  # the trials behind the Top-1 cell
+        assert float(row["Top-1"]) == pytest.approx(sum(ids[i].final["top1"] for i in mine) / 2)
+        assert row["Top-1 n"] == "2" and row["seeds_completed"] == "2"
+        assert int(row["Params"]) == ids[next(iter(mine))].n_params
+
+
+def test_latex_is_booktabs(real):
+    tex = render(real, "latex")
+    assert tex.startswith("\\begin{table}[t]\n\\centering\n\\begin{tabular}{lcccc}\n\\toprule\n")
+    assert "Kernel & Top-1 & Params & FLOPs & Seeds \\\\\n\\midrule" in tex
+    assert "$\\pm$" in tex and "\\bottomrule" in tex and tex.rstrip().endswith("\\end{table}")
+    assert tex.count("\\textbf{") == 1  # the better arm's Top-1
+
+
+def test_html_of_real_study_bolds_the_best(real):
+    page = render(real, "html")
+    assert page.startswith("<!DOCTYPE html>")
+    rows = html_rows(page)
+    assert [c[0] for c in rows[0]] == ["Kernel", "Top-1", "Params", "FLOPs", "Seeds"]
+    top = {r[0][0]: (r[1][0], r[1][1]) for r in rows[1:]}
+    means = {f"{k}x{k}": sum(t.final["top1"] for t in real.trials if t.params["model.kwargs.kernel_size"] == k)
+             for k in (3, 5)}
+    best = max(means, key=means.get)
+    if means["3x3"] != means["5x5"]:
+        assert top[best][1] and not top[min(means, key=means.get)][1]
+
+
+def test_baseline_delta_and_paired_bootstrap_on_real_study(real):
+    rec = copy.deepcopy(real)
+    rec.spec["table"]["baseline"] = {"model.kwargs.kernel_size": 3}
+    t = build_table(rec)
+    assert t.headers[:3] == ["Kernel", "Top-1", "Δ Top-1"]
+    by_k = {r[0]: r for r in t.rows}
+    assert by_k["3x3"][2] == "baseline"
+    diff = (sum(x.final["top1"] for x in rec.trials if x.params["model.kwargs.kernel_size"] == 5)
+            - sum(x.final["top1"] for x in rec.trials if x.params["model.kwargs.kernel_size"] == 3)) / 2
+    assert by_k["5x5"][2].rstrip(DAGGER) == f"{diff:+.2f}"
+    raw = next(r for r in t.raw if r["param model.kwargs.kernel_size"] == 5)
+    assert raw["Δ Top-1 test"] == "bootstrap" and raw["Δ Top-1 pairs"] == 2  # two seeds: exact bootstrap
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_cli_table_every_format(ran_study, tmp_path, fmt):
+    out = tmp_path / f"t.{fmt}"
+    r = CliRunner().invoke(app, ["table", "tiny", "--db", ran_study["url"], "--format", fmt, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.read_text() == render(ran_study["store"].load("tiny"), fmt)
+
+
+def test_cli_table_rejects_unknown_format(ran_study):
+    r = CliRunner().invoke(app, ["table", "tiny", "--db", ran_study["url"], "--format", "docx"])
+    assert r.exit_code == 2 and "md, csv, latex, html" in r.output
+
+
+def test_cli_export_long_format(ran_study, tmp_path):
+    import pandas as pd
+
+    rec = ran_study["store"].load("tiny", history=True)
+    n_points = sum(len(h) for t in rec.trials for h in t.history.values())
+    for suffix in ("csv", "parquet"):
+        out = tmp_path / f"all.{suffix}"
+        r = CliRunner().invoke(app, ["export", "tiny", "--db", ran_study["url"], "--out", str(out)])
+        assert r.exit_code == 0, r.output
+        df = pd.read_csv(out) if suffix == "csv" else pd.read_parquet(out)
+        assert len(df) == n_points
+        assert {"study", "trial_id", "seed", "status", "param.model.kwargs.kernel_size", "epoch", "metric",
+                "value", "final"} <= set(df.columns)
+        final = df[df["final"].astype(bool) & (df["metric"] == "top1")]
+        assert len(final) == 4
+        for _, row in final.iterrows():
+            t = next(t for t in rec.trials if t.trial_id == row["trial_id"])
+            assert row["value"] == pytest.approx(t.final["top1"])
+    r = CliRunner().invoke(app, ["export", "nope", "--db", ran_study["url"], "--out", str(tmp_path / "x.csv")])
+    assert r.exit_code == 2 and "not in" in r.output
+    r = CliRunner().invoke(app, ["export", "tiny", "--db", ran_study["url"], "--out", str(tmp_path / "x"),
+                                 "--format", "xlsx"])
+    assert r.exit_code == 2 and "csv, parquet" in r.output
+
+
+# -- the paper's layouts on in-memory records --------------------------------------------------
+def _spec(table: dict) -> dict:
+    """Validate a table section as the study schema would, and return it as stored (JSON)."""
+    return TableSpec.model_validate(table).model_dump(mode="json")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "studies").glob("*.yaml")), ids=lambda p: p.stem)
+def test_study_files_table_sections_are_valid(path):
+    raw = yaml.safe_load(path.read_text())
+    if raw.get("table"):
+        spec = _spec(raw["table"])
+        assert spec["columns"]
+
+
+def table12_record(seeds=(0, 1, 2)):
+    raw = yaml.safe_load((ROOT / "studies" / "dilation.yaml").read_text())
+    table = _spec(raw["table"])
+    top1 = {(9, 1): [72.6, 72.8, 72.7], (3, 4): [57.1, 57.3, 57.2], (13, 1): [72.5, 72.9, 72.2], (3, 6): [51.2, 51.0, 51.4]}
+    params = {(9, 1): 4_000_000, (3, 4): 3_500_000, (13, 1): 4_600_000, (3, 6): 3_500_000}
+    trials = [trial("dilation", {"model.kwargs.kernel_size": k, "model.kwargs.dilation": d}, s,
+                    {"top1": top1[(k, d)][s]}, n_params=params[(k, d)], flops=466_500_000 if k == 9 else 300_000_000)
+              for (k, d) in top1 for s in seeds]
+    return record("dilation", trials, table)
+
+
+def test_table12_layout_delta_dagger_and_paper_rows():
+    t = build_table(table12_record())
+    assert t.headers == ["Max RF", "Kernel size", "Dilation", "Top-1", "Δ Top-1", "Params", "FLOPs", "Seeds",
+                         "Paper FLOPs", "Paper Params", "Paper Top-1"]
+    rows = {(r[1], r[2]): r for r in t.rows}
+    assert rows[("9×9", "-")][:5] == ["9", "9×9", "-", "72.70 ± 0.10", "baseline"]
+    assert rows[("3×3", "4")][:5] == ["9", "3×3", "4", "57.20 ± 0.10", "-15.50"]  # significant: no dagger
+    # 13x13 vs 9x9: differences -0.1, +0.1, -0.5 over 3 seeds: t = -0.945, p = 0.44, not significant
+    assert rows[("13×13", "-")][4] == f"-0.17{DAGGER}"
+    assert rows[("3×3", "6")][0] == "13"
+    assert rows[("9×9", "-")][8:] == ["319M", "4.0M", "72.67"]
+    assert any(n.startswith(f"{DAGGER} Not significantly different from the baseline at α = 0.05 by a paired t-test")
+               for n in t.notes)
+    assert t.bold[t.rows.index(rows[("9×9", "-")])][3] is True  # best Top-1
+    assert sum(b for r in t.bold for b in r) == 1
+    md = render(table12_record(), "md")
+    assert "| **72.70 ± 0.10** |" in md
+    tex = render(table12_record(), "latex")
+    assert "\\textbf{72.70 $\\pm$ 0.10}" in tex and "-0.17$^\\dagger$" in tex and "$\\Delta$ Top-1" in tex
+
+
+def test_table12_with_one_seed_has_no_test():
+    t = build_table(table12_record(seeds=(0,)))
+    rows = {(r[1], r[2]): r for r in t.rows}
+    assert rows[("3×3", "4")][3:5] == ["57.10", "-15.50"]  # no ± with one seed, no dagger: untested
+    assert any("not tested" in n for n in t.notes)
+    assert all(r[7] == "1/1" for r in t.rows)
+
+
+def table11_record():
+    table = _spec({
+        "columns": [
+            {"header": "Kernel size", "source": "model.kwargs.kernel_sizes"},
+            {"header": "Architecture", "source": "model.kwargs.variant",
+             "labels": {"tiny": "ConvNeXt-Tiny", "small": "ConvNeXt-Small"}},
+            {"header": "Top-1", "source": "metric:top1", "group": "ImageNet"},
+            {"header": "Params", "source": "params", "group": "ImageNet"},
+            {"header": "FLOPs", "source": "flops", "group": "ImageNet"},
+            {"header": "mIoU", "source": "metric:ade20k_miou", "group": "ADE20K", "best": "max"},
+            {"header": "Params", "source": "metric:ade20k_params", "group": "ADE20K", "format": "human"},
+            {"header": "FLOPs", "source": "metric:ade20k_flops", "group": "ADE20K", "format": "human"},
+        ],
+        "baseline": {"model.kwargs.kernel_sizes": [7, 7, 7, 7], "model.kwargs.variant": "tiny"},
+    })
+    model = {"name": "convnext_lk", "kwargs": {}}
+    arms = {((7, 7, 7, 7), "tiny"): (81.0, 29e6, 4.5e9), ((31, 29, 27, 13), "tiny"): (81.6, 32e6, 6.1e9),
+            ((7, 7, 7, 7), "small"): (82.1, 50e6, 8.7e9)}
+    trials = []
+    for (ks, var), (top1, p, f) in arms.items():
+        for s in (0, 1):
+            final = {"top1": top1 + 0.1 * s}
+            if var == "tiny":  # the ADE20K runs exist for the Tiny models only
+                final |= {"ade20k_miou": (44.6 if ks[0] == 7 else 46.2) + 0.2 * s, "ade20k_params": 60e6 if ks[0] == 7 else 64e6,
+                          "ade20k_flops": 939e9 if ks[0] == 7 else 973e9}
+            trials.append(trial("convnext", {"model.kwargs.kernel_sizes": list(ks), "model.kwargs.variant": var}, s,
+                                final, n_params=int(p), flops=int(f), model=model))
+    return record("convnext", trials, table)
+
+
+def test_table11_grouped_headers_and_missing_task():
+    t = build_table(table11_record())
+    assert t.headers == ["Kernel size", "Architecture", "Top-1", "Δ Top-1", "Params", "FLOPs", "mIoU", "Params",
+                         "FLOPs", "Seeds"]
+    assert t.groups == ["", "", "ImageNet", "ImageNet", "ImageNet", "ImageNet", "ADE20K", "ADE20K", "ADE20K", ""]
+    rows = {(r[0], r[1]): r for r in t.rows}
+    assert rows[("31-29-27-13", "ConvNeXt-Tiny")][2:9] == ["81.65 ± 0.07", "+0.60", "32.0M", "6.1G", "46.30 ± 0.14",
+                                                         "64.0M", "973.0G"]
+    small = rows[("7-7-7-7", "ConvNeXt-Small")]
+    assert small[6:9] == ["–", "–", "–"]  # the study did not run ADE20K for Small
+    assert small[3] == "+1.10"  # two seeds, differences 1.1 and 1.1: the bootstrap interval excludes 0
+    page = to_html_fragment(t)
+    head = html_rows(page)[0]
+    assert [(c[0], c[2]) for c in head] == [("", 1), ("", 1), ("ImageNet", 4), ("ADE20K", 3), ("", 1)]
+    tex = render(table11_record(), "latex")
+    assert "\\multicolumn{4}{c}{ImageNet} & \\multicolumn{3}{c}{ADE20K}" in tex
+    assert "\\cmidrule(lr){3-6} \\cmidrule(lr){7-9}" in tex
+    md = render(table11_record(), "md")
+    assert "| Kernel size | Architecture | ImageNet Top-1 | ImageNet Δ Top-1 |" in md
+    bold_cols = {i for r in t.bold for i, b in enumerate(r) if b}
+    assert bold_cols == {2, 6}  # best Top-1 (Small) and best mIoU (the 31x31 Tiny)
+
+
+def test_table10_erf_ratios():
+    table = _spec({"columns": [{"header": "Model", "source": "model.name",
+                                "labels": {"resnet101": "ResNet-101", "replknet31b": "RepLKNet-31"}}]
+                   + [{"header": f"t = {t}%", "source": f"metric:erf_r{t}", "format": "{v:.1%}", "best": "max"}
+                      for t in (20, 30, 50, 99)]})
+    paper = {"resnet101": [0.009, 0.015, 0.032, 0.224], "replknet31b": [0.163, 0.247, 0.432, 0.986]}
+    trials = [trial("erf", {"model.name": m}, 0, {f"erf_r{t}": v for t, v in zip((20, 30, 50, 99), vals)},
+                    model={"name": m, "kwargs": {}}) for m, vals in paper.items()]
+    t = build_table(record("erf", trials, table))
+    assert t.rows == [["ResNet-101", "0.9%", "1.5%", "3.2%", "22.4%", "1/1"],
+                      ["RepLKNet-31", "16.3%", "24.7%", "43.2%", "98.6%", "1/1"]]
+    assert t.bold == [[False] * 6, [False, True, True, True, True, False]]
+
+
+def test_kernel_size_and_reparam_studies():
+    table = _spec({"columns": [{"header": "Kernel size", "source": "model.kwargs.kernel_size", "format": "{v}×{v}"},
+                               {"header": "Re-param", "source": "model.kwargs.small_kernel",
+                                "labels": {"3": "3×3", "null": "-"}},
+                               {"header": "Top-1", "source": "metric:top1"}],
+                   "baseline": {"model.kwargs.kernel_size": 13, "model.kwargs.small_kernel": None}})
+    vals = {(13, None): [72.5, 72.6, 72.4], (13, 3): [73.2, 73.3, 73.25], (31, 3): [73.0, 73.5, 72.1]}
+    trials = [trial("reparam", {"model.kwargs.kernel_size": k, "model.kwargs.small_kernel": sk}, s, {"top1": v[s]})
+              for (k, sk), v in vals.items() for s in range(3)]
+    trials.append(trial("reparam", {"model.kwargs.kernel_size": 31, "model.kwargs.small_kernel": 3}, 3, {},
+                        status=FAILED, error="CUDA out of memory"))
+    t = build_table(record("reparam", trials, table))
+    assert [r[:2] for r in t.rows] == [["13×13", "-"], ["13×13", "3×3"], ["31×31", "3×3"]]
+    assert t.rows[1][3] == "+0.75" and t.rows[2][3].endswith(DAGGER)  # 31x31's seeds disagree
+    assert t.rows[2][4] == "3/4"
+    assert any("Incomplete: 9 of 10 trials completed, 1 failed, 0 not run" in n for n in t.notes)
+
+
+def test_incomplete_and_unmatched_baseline():
+    table = _spec({"columns": [{"header": "K", "source": "model.kwargs.kernel_size"},
+                               {"header": "Top-1", "source": "metric:top1"}],
+                   "baseline": {"model.kwargs.kernel_size": 99}})
+    trials = [trial("inc", {"model.kwargs.kernel_size": 3}, 0, {"top1": 50.0}),
+              trial("inc", {"model.kwargs.kernel_size": 5}, 0, {}, status=PENDING)]
+    t = build_table(record("inc", trials, table))
+    assert t.rows == [["3", "50.00", "1/1"], ["5", "–", "0/1"]]
+    assert any("matches no arm" in n for n in t.notes)
+    assert any(n.startswith("Incomplete: 1 of 2 trials completed, 0 failed, 1 not run") for n in t.notes)
+    assert not any(any(r) for r in t.bold)  # one value: nothing to bold
+
+
+def test_markdown_escapes_pipes_and_html_escapes_markup():
+    table = _spec({"columns": [{"header": "Name", "source": "model.kwargs.tag"}, {"header": "Top-1", "source": "metric:top1"}]})
+    trials = [trial("esc", {"model.kwargs.tag": "a|<b>"}, 0, {"top1": 1.0})]
+    rec = record("esc", trials, table)
+    assert "a\\|<b>" in render(rec, "md")
+    assert "a|&lt;b&gt;" in render(rec, "html")
+    with pytest.raises(ValueError, match="md, csv, latex, html"):
+        render(rec, "docx")
