@@ -9,9 +9,8 @@ from typing import Any
 
 from ablate.data import dataset_info
 from ablate.expand import Trial, expand
-from ablate.flops import count_macs, count_params
-from ablate.models import build_model
 from ablate.study import Study, load_study
+from ablate.zoo import measure_deployed
 
 
 @dataclass
@@ -33,11 +32,13 @@ class Plan:
 
 
 def measure(config: dict[str, Any]) -> tuple[int, int]:
-    """(params, multiply-adds) of the model a trial config builds, at its dataset's input."""
+    """(params, multiply-adds) of the model a trial config builds, at its dataset's input.
+
+    Counted on the deploy form (``reparam.merge``: re-param branches and BNs merged into single
+    convs), as the paper reports them; the model is built on the meta device when it can be."""
     model_cfg = config["model"]
     classes, chans = dataset_info(config["dataset"], int(model_cfg.get("kwargs", {}).get("num_classes", 1000)))
-    model = build_model(model_cfg, classes, chans)
-    return count_params(model), count_macs(model, int(config["dataset"]["image_size"]), chans)
+    return measure_deployed(model_cfg, classes, chans, int(config["dataset"]["image_size"]))
 
 
 def make_plan(path: str | Path, profile: str | None = None) -> Plan:

@@ -84,6 +84,18 @@ def ran_study(tmp_path_factory: pytest.TempPathFactory, image_folder: Path) -> d
 
 
 @pytest.fixture(scope="session")
+def fashion_mnist_dir() -> Path:
+    """Debian's dataset-fashion-mnist, which `make test` installs. Missing: skip locally, fail in CI."""
+    from ablate.data import FASHION_MNIST_DIR
+
+    if not Path(FASHION_MNIST_DIR).is_dir():
+        if os.environ.get("CI"):
+            pytest.fail("Fashion-MNIST missing: `make test` should have installed dataset-fashion-mnist")
+        pytest.skip("Debian dataset-fashion-mnist not installed: run through `make test`")
+    return Path(FASHION_MNIST_DIR)
+
+
+@pytest.fixture(scope="session")
 def pg_url() -> str:
     """The PostgreSQL that `make test` starts. Outside CI a missing server skips; in CI it fails."""
     url = os.environ.get("ABLATE_TEST_PG")

@@ -34,7 +34,15 @@ def conv_bn_act(in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, gr
 def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Kernel and bias of one conv equivalent to conv->bn in eval mode:
     W' = W * gamma / sigma, b' = beta + (b - mu) * gamma / sigma."""
+    gamma, beta = bn_affine(bn)
     std = (bn.running_var + bn.eps).sqrt()
-    scale = bn.weight / std
+    scale = gamma / std
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    return conv.weight * scale.reshape(-1, 1, 1, 1), bn.bias + (bias - bn.running_mean) * scale
+    return conv.weight * scale.reshape(-1, 1, 1, 1), beta + (bias - bn.running_mean) * scale
+
+
+def bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gamma, beta) of a BN, ones and zeros when it was built with ``affine=False``."""
+    if bn.weight is not None and bn.bias is not None:
+        return bn.weight, bn.bias
+    return torch.ones_like(bn.running_mean), torch.zeros_like(bn.running_mean)

@@ -1,6 +1,11 @@
-"""ablate's model zoo, registered in timm's registry on import (``timm.create_model`` builds them)."""
+"""ablate's model zoo, registered in timm's registry on import (``timm.create_model`` builds them).
 
-from ablate.models import mobilenetv2_lk  # noqa: F401  (registers)
+Registered here: ``mobilenetv2_lk`` (Sec. 3, Appendix E), ``replknet_31b`` / ``_31l`` / ``_xl``
+(Sec. 4, Appendix A), ``convnext_lk_tiny`` / ``_small`` / ``_base`` (Appendix D). ResNets are timm's
+own (``resnet101``, ``resnet152``). ``ablate.zoo`` lists them with their params and FLOPs.
+"""
+
+from ablate.models import convnext_lk, mobilenetv2_lk, replknet  # noqa: F401  (registers)
 from ablate.models._registry import model_exists
 
 __all__ = ["model_exists", "build_model"]

@@ -1,0 +1,179 @@
+"""RepLKNet (Ding et al., "Scaling Up Your Kernels to 31x31", CVPR 2022, Sec. 4 and Appendix A).
+
+Written from the paper and the official code (DingXiaoH/RepLKNet-pytorch, ``replknet.py``), reusing
+ablate's layers and timm's. The architecture, layer by layer:
+
+* stem: 3x3 conv s2 -> 3x3 depthwise -> 1x1 conv -> 3x3 depthwise s2 (each conv + BN + ReLU), at C[0];
+* four stages of ``layers[i]`` (RepLK Block, ConvFFN) pairs at C[i]:
+  - RepLK Block: x + DropPath(1x1 conv(BN(ReLU(DW large kernel(ReLU(BN(1x1 conv(BN(x)))))))),
+    the depthwise conv being ``LargeKernelDW`` (KxK + BN, plus a parallel small kernel + BN that
+    ``merge()`` folds into it), at ``int(C * dw_ratio)`` channels (1.5 for the inverted bottleneck of XL);
+  - ConvFFN: x + DropPath(BN(1x1 conv(GELU(BN(1x1 conv(BN(x))))))), hidden width ``C * ffn_ratio``;
+* transitions between stages: 1x1 conv C[i] -> C[i+1] + BN + ReLU, then 3x3 depthwise s2 + BN + ReLU;
+* head: BN -> global average pool -> linear.
+
+Stochastic depth grows linearly from 0 to ``drop_path_rate`` over the blocks (both members of a pair
+share the rate), as in the official code.
+
+Deliberate differences from the official code:
+
+* BatchNorm2d everywhere (the official one defaults to SyncBatchNorm); convert with
+  ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` for multi-GPU training.
+* A stage whose kernel is smaller than ``small_kernel`` gets no re-param branch (the official code
+  asserts instead), so ``kernel_sizes=[3, 3, 3, 3]`` builds RepLKNet-3 with the default small kernel 5.
+* Gradient checkpointing is off by default and set with timm's ``set_grad_checkpointing()``.
+* The deploy form (``ablate.reparam.merge``) also fuses every conv's BN and folds the pre-block BNs
+  into the following 1x1 convs (exact, since those convs have no padding); the official
+  ``structural_reparam`` only merges the large/small kernel pairs.
+* No ``out_indices`` / intermediate-feature mode: classification only (timm's ``features_only``
+  machinery is not wired up).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from timm.layers import DropPath, calculate_drop_path_rates
+from timm.models._manipulate import checkpoint_seq
+from torch import nn
+
+from ablate.layers import ConvBN, LargeKernelDW, conv_bn_act
+from ablate.models._registry import ablate_model
+
+
+def _relu_conv(in_chs: int, out_chs: int, kernel_size: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    return conv_bn_act(in_chs, out_chs, kernel_size, stride, groups, act=nn.ReLU)
+
+
+class RepLKBlock(nn.Module):
+    def __init__(self, channels: int, dw_channels: int, kernel_size: int, small_kernel: int | None,
+                 drop_path: float = 0.0):
+        super().__init__()
+        self.pre_bn = nn.BatchNorm2d(channels)
+        self.pw1 = _relu_conv(channels, dw_channels, 1)
+        self.large_kernel = LargeKernelDW(dw_channels, kernel_size, small_kernel=small_kernel)
+        self.lk_act = nn.ReLU(inplace=True)
+        self.pw2 = ConvBN(dw_channels, channels, 1)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.pw2(self.lk_act(self.large_kernel(self.pw1(self.pre_bn(x)))))
+        return x + self.drop_path(out)
+
+
+class ConvFFN(nn.Module):
+    def __init__(self, channels: int, hidden: int, drop_path: float = 0.0):
+        super().__init__()
+        self.pre_bn = nn.BatchNorm2d(channels)
+        self.pw1 = ConvBN(channels, hidden, 1)
+        self.act = nn.GELU()
+        self.pw2 = ConvBN(hidden, channels, 1)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop_path(self.pw2(self.act(self.pw1(self.pre_bn(x)))))
+
+
+class RepLKStage(nn.Module):
+    """``depth`` (RepLK Block, ConvFFN) pairs, then the transition to the next stage (if any)."""
+
+    def __init__(self, channels: int, depth: int, kernel_size: int, small_kernel: int | None,
+                 drop_paths: Sequence[float], dw_ratio: float, ffn_ratio: float, out_channels: int | None):
+        super().__init__()
+        if small_kernel is not None and small_kernel > kernel_size:
+            small_kernel = None  # a 5x5 cannot be re-parameterized into a 3x3: this stage has none
+        blocks: list[nn.Module] = []
+        for dp in drop_paths:
+            blocks.append(RepLKBlock(channels, int(channels * dw_ratio), kernel_size, small_kernel, dp))
+            blocks.append(ConvFFN(channels, int(channels * ffn_ratio), dp))
+        self.blocks = nn.Sequential(*blocks)
+        self.grad_checkpointing = False
+        if out_channels is None:
+            self.transition: nn.Module = nn.Identity()
+        else:
+            self.transition = nn.Sequential(_relu_conv(channels, out_channels, 1),
+                                            _relu_conv(out_channels, out_channels, 3, 2, groups=out_channels))
+        assert len(drop_paths) == depth
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return self.transition(x)
+
+
+class RepLKNet(nn.Module):
+    """RepLKNet: a pure CNN with re-parameterized depthwise kernels up to 31x31.
+
+    layers / channels / kernel_sizes: per stage (four). small_kernel: the parallel re-param kernel
+    (None: none, as RepLKNet-XL). dw_ratio: width of the RepLK Block's depthwise conv relative to the
+    stage (1.5: XL's inverted bottleneck). ffn_ratio: ConvFFN hidden width.
+    """
+
+    def __init__(self, layers: Sequence[int] = (2, 2, 18, 2), channels: Sequence[int] = (128, 256, 512, 1024),
+                 kernel_sizes: int | Sequence[int] = (31, 29, 27, 13), small_kernel: int | None = 5,
+                 dw_ratio: float = 1.0, ffn_ratio: float = 4.0, num_classes: int = 1000, in_chans: int = 3,
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0):
+        super().__init__()
+        layers, channels = list(layers), list(channels)
+        kernels = [kernel_sizes] * len(layers) if isinstance(kernel_sizes, int) else list(kernel_sizes)
+        if not len(layers) == len(channels) == len(kernels):
+            raise ValueError(f"layers, channels and kernel_sizes need one value per stage, got "
+                             f"{len(layers)}, {len(channels)} and {len(kernels)}")
+        if any(k % 2 == 0 for k in kernels):
+            raise ValueError(f"kernel_sizes must be odd, got {kernels}")
+        self.num_classes, self.drop_rate = num_classes, drop_rate
+        self.kernel_sizes, self.small_kernel = kernels, small_kernel
+        c0 = channels[0]
+        self.stem = nn.Sequential(
+            _relu_conv(in_chans, c0, 3, 2),
+            _relu_conv(c0, c0, 3, groups=c0),
+            _relu_conv(c0, c0, 1),
+            _relu_conv(c0, c0, 3, 2, groups=c0),
+        )
+        dpr = calculate_drop_path_rates(drop_path_rate, sum(layers))
+        stages, start = [], 0
+        for i, (depth, chs, k) in enumerate(zip(layers, channels, kernels)):
+            out = channels[i + 1] if i + 1 < len(layers) else None
+            stages.append(RepLKStage(chs, depth, k, small_kernel, dpr[start:start + depth], dw_ratio, ffn_ratio, out))
+            start += depth
+        self.stages = nn.Sequential(*stages)
+        self.num_features = self.head_hidden_size = channels[-1]
+        self.norm = nn.BatchNorm2d(channels[-1])
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head_drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(channels[-1], num_classes) if num_classes > 0 else nn.Identity()
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        for s in self.stages:
+            s.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.stages(self.stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.head_drop(self.pool(x).flatten(1))
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+# Sec. 4.2 / Appendix A: B = [2, 2, 18, 2], K = [31, 29, 27, 13], 5x5 re-param, FFN ratio 4
+ablate_model(RepLKNet, "replknet_31b", channels=(128, 256, 512, 1024))
+ablate_model(RepLKNet, "replknet_31l", channels=(192, 384, 768, 1536))
+# Appendix A, "RepLKNet-XL": C = [256, 512, 1024, 2048], K = [27, 27, 27, 13], inverted bottleneck 1.5,
+# no structural re-parameterization
+ablate_model(RepLKNet, "replknet_xl", channels=(256, 512, 1024, 2048), kernel_sizes=(27, 27, 27, 13),
+             small_kernel=None, dw_ratio=1.5)
