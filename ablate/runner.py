@@ -21,6 +21,8 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# per-epoch checkpoints of small models trip Tune's snapshot-frequency warning; the store is the record
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")  # TorchTrainer inside a Tune trial (Train V2)
 
 _REPORT_KEY = "ablate"  # the trainer's metrics travel nested under this key
