@@ -183,7 +183,9 @@ def models(
         out.print_json(json.dumps(rows))
         return
     t = Table(title=f"Model zoo at {input_size}x{input_size}, 1000 classes: params and FLOPs (multiply-adds) "
-                    "of the deploy form. A study builds one with model.name and model.kwargs.")
+                    "of the deploy form. A study builds one with model.name and model.kwargs.",
+              caption="≠: the paper's figure is not this count rounded or truncated (Table 12's dense rows "
+                      "print 319M / 361M; the model they describe has 466.5M / 669.1M).")
     t.add_column("model")
     t.add_column("model.name / model.kwargs")
     t.add_column("Params", justify="right", no_wrap=True)
@@ -191,7 +193,9 @@ def models(
     t.add_column("paper")
     for r in rows:
         kw = " ".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in r["kwargs"].items())
-        paper = " / ".join(x for x in (r["paper_params"], r["paper_flops"]) if x)
+        mark = {True: "", False: " ≠", None: ""}
+        paper = " / ".join(x + mark[ok] for x, ok in ((r["paper_params"], r["params_as_printed"]),
+                                                      (r["paper_flops"], r["flops_as_printed"])) if x)
         t.add_row(r["label"], f"{r['model']} {kw}".strip(), human(r["params"]), human(r["flops"]),
                   f"{paper} ({r['source']})" if paper else r["source"])
     out.print(t)

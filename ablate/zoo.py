@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from functools import lru_cache
 from typing import Any
 
@@ -55,6 +56,19 @@ ZOO: tuple[ZooEntry, ...] = (
 )
 
 
+_UNITS = {"K": 10**3, "M": 10**6, "G": 10**9}
+
+
+def as_printed(value: int, printed: str) -> bool:
+    """Whether ``value`` is what the paper prints as ``printed`` ("79M", "15.3G"): rounded half-up
+    *or* truncated to the printed digits. The paper does both: ConvNeXt-B's 15.355G is printed
+    15.4G (Table 11), RepLKNet-31B's 15.354G is printed 15.3G."""
+    number = Decimal(printed[:-1])
+    step = Decimal(1).scaleb(number.as_tuple().exponent)
+    v = Decimal(value) / _UNITS[printed[-1]]
+    return number in (v.quantize(step, ROUND_HALF_UP), v.quantize(step, ROUND_DOWN))
+
+
 def build_for_counting(model: dict[str, Any], num_classes: int = 1000, in_chans: int = 3) -> nn.Module:
     """The model a study's ``model`` section builds, on the meta device when it can be (no memory,
     no init cost), else on the CPU."""
@@ -83,8 +97,11 @@ def zoo_rows(input_size: int = 224, num_classes: int = 1000) -> list[dict[str, A
     rows = []
     for e in ZOO:
         params, flops = measure_deployed({"name": e.model, "kwargs": e.kwargs}, num_classes, 3, input_size)
+        paper_flops = e.paper_flops if input_size == 224 and num_classes == 1000 else None
+        paper_params = e.paper_params if num_classes == 1000 else None
         rows.append({"label": e.label, "model": e.model, "kwargs": e.kwargs, "params": params, "flops": flops,
-                     "input_size": input_size, "paper_params": e.paper_params,
-                     "paper_flops": e.paper_flops if input_size == 224 else None,
+                     "input_size": input_size, "paper_params": paper_params, "paper_flops": paper_flops,
+                     "params_as_printed": as_printed(params, paper_params) if paper_params else None,
+                     "flops_as_printed": as_printed(flops, paper_flops) if paper_flops else None,
                      "source": e.source})
     return rows

@@ -38,6 +38,25 @@ def make_image_folder(root: Path, n_train: int = 8, n_val: int = 4, size: int = 
     return root
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_local_ray():
+    """One local Ray for the whole session, started on first use: ablate's runner joins a running
+    Ray instead of starting (and stopping) its own for every study a test runs."""
+    yield
+    import sys
+
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
+
+
+@pytest.fixture
+def ray_session() -> None:
+    """Join the session's local Ray, starting it if no Ray is up (a test may have stopped it)."""
+    from ablate.runner import init_ray
+
+    init_ray()
+
+
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("imgs"))
@@ -73,8 +92,10 @@ def write_study(path: Path, study: dict[str, Any] | str) -> Path:
 def ran_study(tmp_path_factory: pytest.TempPathFactory, image_folder: Path) -> dict[str, Any]:
     """A real study (2 arms x 2 seeds, 1 epoch) run through Ray into a fresh SQLite file, once per session."""
     from ablate.orchestrate import run_study
+    from ablate.runner import init_ray
     from ablate.store import Store
 
+    init_ray()
     d = tmp_path_factory.mktemp("ran")
     file = write_study(d / "tiny.yaml", tiny_study("tiny", image_folder, seeds=[0, 1]))
     url = f"sqlite:///{d / 'results.db'}"

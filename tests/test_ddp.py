@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from ablate.expand import expand
 from ablate.orchestrate import run_study
 from ablate.store import COMPLETED, Store
 from ablate.study import load_study
 from conftest import tiny_study, write_study
+
+pytestmark = pytest.mark.usefixtures("ray_session")  # one local Ray for the session
 
 
 def test_two_gloo_workers_train_one_trial(tmp_path: Path, image_folder: Path) -> None:

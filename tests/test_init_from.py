@@ -14,6 +14,8 @@ from ablate.orchestrate import InitFromError, run_study
 from ablate.trainer import load_pretrained
 from conftest import tiny_study, write_study
 
+pytestmark = pytest.mark.usefixtures("ray_session")  # one local Ray for the session
+
 
 def test_completed_trials_leave_their_weights(ran_study: dict[str, Any]) -> None:
     for t in ran_study["store"].load("tiny").trials:

@@ -109,9 +109,13 @@ def test_interrupted_and_restored_run_matches_an_uninterrupted_one(image_folder:
 
 def test_ray_retries_a_failed_trial_from_its_checkpoint(tmp_path: Path, image_folder: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import ray
+
     from ablate.orchestrate import run_study
+    from ablate.runner import init_ray
     from ablate.store import Store
 
+    ray.shutdown()  # Ray workers take their environment from the cluster: start one with the fault set
     marker = tmp_path / "fault"
     marker.touch()
     monkeypatch.setenv("ABLATE_FAULT_AFTER_EPOCH", "0")
@@ -120,7 +124,11 @@ def test_ray_retries_a_failed_trial_from_its_checkpoint(tmp_path: Path, image_fo
                        resources={"cpus": 1, "gpus": 0, "retries": 1})
     study["recipe"]["epochs"] = 3
     store = Store(f"sqlite:///{tmp_path / 'r.db'}")
-    summary = run_study(write_study(tmp_path / "r.yaml", study), store=store)
+    init_ray()
+    try:
+        summary = run_study(write_study(tmp_path / "r.yaml", study), store=store)
+    finally:
+        ray.shutdown()  # the next user of the shared Ray starts a clean one
     assert not marker.exists(), "the fault was not injected"
     assert summary.completed == 1
     t = store.load("retry", history=True).trials[0]

@@ -22,6 +22,16 @@ from ablate.reparam import (GATE_TOLERANCE, ReparamError, check_equivalence, fus
 PROPERTY = settings(max_examples=25, deadline=None, derandomize=True)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: a second intra-op thread mostly spins, which on a shared machine costs more
+    than it saves. Restored after the module."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     """Non-trivial BN statistics and affine parameters (fresh BNs are identities in eval mode), so
     a wrong fusion formula cannot pass by accident; eval mode."""
@@ -177,7 +187,8 @@ def test_gate_catches_a_wrong_merge():
     bad = merge(m)
     with torch.no_grad():  # the 3x3 added one pixel off centre
         w = bad.merged.weight
-        sw = m.small.conv.weight * (m.small.bn.weight / (m.small.bn.running_var + m.small.bn.eps).sqrt())[:, None, None, None]
+        bn = m.small.bn
+        sw = m.small.conv.weight * (bn.weight / (bn.running_var + bn.eps).sqrt())[:, None, None, None]
         w[..., 2:5, 2:5] -= sw
         w[..., 1:4, 2:5] += sw
     x = torch.randn(2, 4, 12, 12)
@@ -228,9 +239,9 @@ def test_gate_on_every_family(name, kwargs):
 
 def _config(root, **kwargs):
     return {"model": {"name": "mobilenetv2_lk", "kwargs": {"width_mult": 0.1, "kernel_size": 5, **kwargs}},
-            "recipe": {"epochs": 2, "batch_size": 8, "max_steps_per_epoch": 1, "opt": "sgd", "lr": 0.05, "momentum": 0.9,
-                       "weight_decay": 0.0, "sched": "cosine", "warmup_epochs": 0, "warmup_lr": 1e-6, "min_lr": 0.0,
-                       "channels_last": True},
+            "recipe": {"epochs": 2, "batch_size": 8, "max_steps_per_epoch": 1, "opt": "sgd", "lr": 0.05,
+                       "momentum": 0.9, "weight_decay": 0.0, "sched": "cosine", "warmup_epochs": 0,
+                       "warmup_lr": 1e-6, "min_lr": 0.0, "channels_last": True},
             "dataset": {"name": "folder", "root": str(root), "image_size": 16}, "seed": 0}
 
 

@@ -9,12 +9,16 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 from typing import Any
 
 from ablate.orchestrate import run_study
 from ablate.store import COMPLETED, FAILED, Store
 from ablate.tables import render
 from conftest import tiny_study, write_study
+
+pytestmark = pytest.mark.usefixtures("ray_session")  # one local Ray for the session
 
 
 def test_study_runs_on_ray_into_sqlite(ran_study: dict[str, Any]) -> None:

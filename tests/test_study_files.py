@@ -7,16 +7,29 @@ Planning at 224 builds each model on the meta device, so the paper profiles plan
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from ablate.plan import make_plan
 from ablate.study import load_study, profile_names
+from ablate.zoo import as_printed
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 NEW = ("kernel_size", "reparam", "convnext_kernels", "replknet_kernels")
 FILES = sorted(STUDIES.glob("*.yaml"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: a second intra-op thread mostly spins, which on a shared machine costs more
+    than it saves. Restored after the module."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +51,8 @@ def test_all_new_study_files_exist():
 @pytest.mark.parametrize("file", FILES, ids=[f.stem for f in FILES])
 def test_every_profile_loads(file):
     names = profile_names(file)
-    assert {"paper", "demo"} <= set(names)
+    if file.stem in NEW:
+        assert {"paper", "demo"} <= set(names)
     for p in [None, *names]:
         load_study(file, p)
 
@@ -90,8 +104,6 @@ def test_reparam_study(plans):
 
 def test_convnext_study_matches_table11(plans):
     """Table 11's five ImageNet rows, with the printed Params / FLOPs matching the plan's."""
-    from test_models_zoo import as_printed
-
     plan = plans("convnext_kernels", "paper")
     assert len(plan.trials) == 5
     for row in plan.study.table.paper:
@@ -116,4 +128,6 @@ def test_plan_command_on_a_new_study():
 
     res = CliRunner().invoke(app, ["plan", str(STUDIES / "replknet_kernels.yaml"), "-p", "demo", "-f", "json"])
     assert res.exit_code == 0, res.output
-    assert '"kernel_sizes"' not in res.output or "trials" in res.output
+    trials = json.loads(res.output)["trials"]
+    assert [t["model.kwargs.kernel_sizes"] for t in trials][-1] == [31, 29, 27, 13]
+    assert all(t["params"] > 0 and t["flops"] > 0 for t in trials)

@@ -111,7 +111,8 @@ class ParallelSmallKernel(nn.Module):
     def __init__(self, lk: nn.Conv2d, small_kernel: int):
         super().__init__()
         if type(lk) is not nn.Conv2d:
-            raise ValueError(f"ParallelSmallKernel needs a plain nn.Conv2d with static padding, got {type(lk).__name__}")
+            raise ValueError(f"ParallelSmallKernel needs a plain nn.Conv2d with static padding, "
+                             f"got {type(lk).__name__}")
         kh, kw = lk.kernel_size
         dh, dw = lk.dilation
         size_h, size_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
