@@ -57,6 +57,18 @@ def ray_session() -> None:
     init_ray()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny tensors: a second intra-op thread mostly spins, which on a shared machine costs more
+    than it saves. Restored after the module."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_image_folder(tmp_path_factory.mktemp("imgs"))

@@ -24,15 +24,7 @@ from ablate.layers import LargeKernelDW, ParallelSmallKernel
 from ablate.models import build_model, model_exists
 from ablate.zoo import ZOO, as_printed, build_for_counting, measure_deployed
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second intra-op thread mostly spins, which on a shared machine costs more
-    than it saves. Restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _m(name: str, size: int = 224, **kwargs) -> tuple[int, int]:

@@ -21,15 +21,7 @@ from ablate.reparam import (GATE_TOLERANCE, ReparamError, check_equivalence, fus
 
 PROPERTY = settings(max_examples=25, deadline=None, derandomize=True)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second intra-op thread mostly spins, which on a shared machine costs more
-    than it saves. Restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:

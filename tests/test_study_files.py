@@ -21,15 +21,7 @@ STUDIES = Path(__file__).resolve().parents[1] / "studies"
 NEW = ("kernel_size", "reparam", "convnext_kernels", "replknet_kernels")
 FILES = sorted(STUDIES.glob("*.yaml"))
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: a second intra-op thread mostly spins, which on a shared machine costs more
-    than it saves. Restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
