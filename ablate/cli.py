@@ -141,13 +141,7 @@ def table(
 
     if fmt not in FORMATS:
         _fail(f"--format: one of {', '.join(FORMATS)}, got '{fmt}'")
-    store = _store(db)
-    try:
-        record = store.load(study)
-    except KeyError:
-        known = ", ".join(n for n, _, _ in store.studies()) or "none yet"
-        _fail(f"study '{study}' is not in {store.url} (studies there: {known})")
-    text = render(record, fmt)
+    text = render(_load_study(_store(db), study), fmt)
     if out_file:
         out_file.write_text(text)
         err.print(f"wrote {out_file}")

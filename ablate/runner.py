@@ -37,40 +37,51 @@ class TrialSink(Protocol):
     def finish(self, study: str, trial_id: str, error: str | None = None) -> None: ...
 
 
+def _load_state(checkpoint: Any) -> dict[str, Any] | None:
+    """The training state saved in a Tune/Train checkpoint, or None to start fresh."""
+    if checkpoint is None:
+        return None
+    import torch
+
+    with checkpoint.as_directory() as d:
+        return torch.load(Path(d) / "state.pt", weights_only=False)
+
+
+def _report_state(report: Any, checkpoint_cls: Any, metrics: dict[str, float], state: dict[str, Any]) -> None:
+    """Report an epoch with its training state as a checkpoint (Tune's or Train's ``report``)."""
+    import tempfile as _tempfile
+
+    import torch
+
+    with _tempfile.TemporaryDirectory() as d:
+        torch.save(state, Path(d) / "state.pt")
+        report({_REPORT_KEY: metrics}, checkpoint=checkpoint_cls.from_directory(d))
+
+
 def _trainable(config: dict[str, Any]) -> None:
     """Runs in a Ray worker: train one trial, reporting each epoch (with a checkpoint) to Tune.
     A retried trial (``retries`` in the study's resources) continues from its last checkpoint."""
-    import tempfile as _tempfile
-
     import torch
     from ray import tune
 
     from ablate.trainer import train
 
     torch.set_num_threads(max(1, int(config["threads"])))
-    resume = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            resume = torch.load(Path(d) / "state.pt", weights_only=False)
 
     def report(metrics: dict[str, float], state: dict[str, Any] | None = None) -> None:
         if state is None:
             tune.report({_REPORT_KEY: metrics})
             return
-        with _tempfile.TemporaryDirectory() as d:
-            torch.save(state, Path(d) / "state.pt")
-            tune.report({_REPORT_KEY: metrics}, checkpoint=tune.Checkpoint.from_directory(d))
+        _report_state(tune.report, tune.Checkpoint, metrics, state)
         _maybe_inject_fault(int(metrics["epoch"]))
 
-    train(config["trial"], report=report, resume=resume, checkpoints=bool(config.get("checkpoints", True)))
+    train(config["trial"], report=report, resume=_load_state(tune.get_checkpoint()),
+          checkpoints=bool(config.get("checkpoints", True)))
 
 
 def _ddp_worker(config: dict[str, Any]) -> None:
     """One DDP rank (Ray Train worker): the same trainer, with the model and loader prepared for
     DDP. Rank 0 reports metrics with a checkpoint; Ray Train forwards rank 0's report to Tune."""
-    import tempfile as _tempfile
-
     import ray.train
     import torch
     from ray.train.torch import get_device, prepare_data_loader, prepare_model
@@ -80,22 +91,15 @@ def _ddp_worker(config: dict[str, Any]) -> None:
     torch.set_num_threads(max(1, int(config["threads"])))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    resume = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            resume = torch.load(Path(d) / "state.pt", weights_only=False)
 
     def report(metrics: dict[str, float], state: dict[str, Any] | None = None) -> None:
         if state is None or rank != 0:
             ray.train.report({_REPORT_KEY: metrics})
             return
-        with _tempfile.TemporaryDirectory() as d:
-            torch.save(state, Path(d) / "state.pt")
-            ray.train.report({_REPORT_KEY: metrics}, checkpoint=ray.train.Checkpoint.from_directory(d))
+        _report_state(ray.train.report, ray.train.Checkpoint, metrics, state)
 
     dist = Distributed(wrap_model=prepare_model, wrap_loader=prepare_data_loader, world_size=world, rank=rank)
-    train(config["trial"], report=report, device=str(get_device()), resume=resume,
+    train(config["trial"], report=report, device=str(get_device()), resume=_load_state(ray.train.get_checkpoint()),
           checkpoints=bool(config.get("checkpoints", True)), distributed=dist)
 
 
