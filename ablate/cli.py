@@ -296,7 +296,7 @@ def recipes_list(ctx: typer.Context) -> None:
 def recipes_show(name: str = typer.Argument(..., help="Recipe name, e.g. replknet-in1k."),
                  fmt: str = typer.Option("table", "--format", "-f", help="table or json.")) -> None:
     """Every resolved value of one recipe, as a study's trial will see it."""
-    from ablate.recipes import ASSUMED, PRESETS, SOURCES
+    from ablate.recipes import ASSUMED, PRESETS, SOURCES, paper_resolution
     from ablate.study import RecipeSpec
 
     if name not in PRESETS:
@@ -311,6 +311,7 @@ def recipes_show(name: str = typer.Argument(..., help="Recipe name, e.g. replkne
     for k, v in resolved.items():
         t.add_row(k, json.dumps(v))
     out.print(t)
+    out.print(f"paper input: {paper_resolution(name)}x{paper_resolution(name)} (set dataset.image_size in the study)")
     for note in ASSUMED.get(name, []):
         out.print(f"assumed: {note}")
 

@@ -1,7 +1,9 @@
 """Expand a study into trials: grid x zipped groups x seeds, minus exclusions.
 
-Each trial's id is a hash of its fully resolved config (model, recipe, dataset, seed), so the same
-file gives the same ids on any machine and a rerun recognises the trials it already finished.
+Each trial's id is a hash of the part of its resolved config that changes its numbers (model,
+recipe, dataset, seed, init_from), so the same file gives the same ids on any machine and a rerun
+recognises the trials it already finished. Speed-only settings stay in the config (the trainer needs
+them) but out of the id: see ``SPEED_ONLY`` and docs/trial-identity.md.
 """
 
 from __future__ import annotations
@@ -40,8 +42,31 @@ class Trial:
         return tuple(sorted((k, json.dumps(v)) for k, v in self.params.items() if k != "seed"))
 
 
+# Config paths that change how fast a trial runs, never what it computes. A trial's id leaves them out,
+# so changing one reuses the trials already stored. (Resources are not in the config at all; the
+# effective batch they imply is, as recipe.accum_steps / recipe.lr.)
+SPEED_ONLY: tuple[str, ...] = ("recipe.workers",)
+# Paths that older versions put in configs and that never acted (recipe.resolution: the input size is
+# dataset.image_size). Dropped from the id so databases written by those versions keep their trials.
+RETIRED: tuple[str, ...] = ("recipe.resolution",)
+
+
+def identity(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a trial's config that its id hashes: everything but SPEED_ONLY and RETIRED paths."""
+    out = copy.deepcopy(config)
+    for path in SPEED_ONLY + RETIRED:
+        *parents, leaf = path.split(".")
+        node: Any = out
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
+
+
 def trial_id(config: dict[str, Any]) -> str:
-    blob = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    """12 hex digits of the sha256 of ``identity(config)`` as canonical JSON."""
+    blob = json.dumps(identity(config), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -148,5 +173,6 @@ def expand(study: Study, file: str | Path = "<study>") -> list[Trial]:
         raise StudyError(file, "axes", "at least one trial; the grid is empty after exclusions")
     ids = [t.id for t in trials]
     if len(set(ids)) != len(ids):
-        raise StudyError(file, "axes", "distinct trials; two assignments resolve to the same config")
+        raise StudyError(file, "axes", "distinct trials; two assignments resolve to the same config "
+                         f"(speed-only settings such as {', '.join(SPEED_ONLY)} are not part of a trial)")
     return trials

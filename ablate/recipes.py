@@ -62,12 +62,21 @@ ASSUMED: dict[str, list[str]] = {
 
 
 def resolve(preset: str | None, given: dict[str, Any]) -> dict[str, Any]:
-    """The preset's values under the study's own: ``given`` wins field by field."""
+    """The preset's values under the study's own: ``given`` wins field by field.
+
+    The preset's ``resolution`` is the input size the recipe was designed for; it is not a training
+    setting (``dataset.image_size`` is), so it stays out of the trial (see ``paper_resolution``)."""
     if preset is None:
         return dict(given)
     if preset not in PRESETS:
         raise ValueError(f"unknown recipe preset '{preset}'; one of {', '.join(PRESETS)}")
-    return {**PRESETS[preset], **given}
+    values = {k: v for k, v in PRESETS[preset].items() if k != "resolution"}
+    return {**values, **given}
+
+
+def paper_resolution(preset: str) -> int:
+    """The input size (square) Appendix A gives for a recipe; a study sets it as dataset.image_size."""
+    return int(PRESETS[preset]["resolution"])
 
 
 def total_batch(recipe: dict[str, Any]) -> int:

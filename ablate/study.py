@@ -58,7 +58,6 @@ class RecipeSpec(_Strict):
     warmup_epochs: int = Field(default=5, ge=0)
     warmup_lr: float = Field(default=1e-6, ge=0)
     min_lr: float = Field(default=0.0, ge=0)
-    resolution: int | None = Field(default=None, description="the paper's input size; dataset.image_size is used")
     auto_augment: str | None = Field(default=None, description="timm RandAugment string, e.g. rand-m9-mstd0.5-inc1")
     mixup: float = Field(default=0.0, ge=0)
     cutmix: float = Field(default=0.0, ge=0)
@@ -70,13 +69,16 @@ class RecipeSpec(_Strict):
     channels_last: bool = True
     compile: bool = False
     max_steps_per_epoch: int | None = Field(default=None, ge=1, description="cap for smoke runs")
-    workers: int = Field(default=0, ge=0)
+    workers: int = Field(default=0, ge=0, description="data-loader processes (speed only: not in the trial id)")
 
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, data: Any) -> Any:
         from ablate.recipes import resolve
 
+        if isinstance(data, dict) and "resolution" in data:
+            raise ValueError("resolution: not a training setting; the input size is dataset.image_size "
+                             "(`ablate recipes show NAME` gives each recipe's paper resolution)")
         if isinstance(data, dict) and data.get("preset") is not None:
             return resolve(data["preset"], data)
         return data
@@ -172,6 +174,16 @@ class InitFrom(_Strict):
         return self
 
 
+class ArtifactsSpec(_Strict):
+    """What each trial keeps in the artifact store (``--artifacts`` / ``ABLATE_ARTIFACTS``) once it
+    completes. While a trial runs, its latest epoch checkpoint is always kept, so a crash resumes it.
+    ``final``: the last epoch's weights (what ``init_from`` loads); ``best``: the weights of the epoch
+    with the best ``metric``; ``last_checkpoint``: the full training state of the last epoch (to
+    extend training later). ``[]`` keeps nothing. Not part of the trial id."""
+
+    keep: list[Literal["final", "best", "last_checkpoint"]] = Field(default_factory=lambda: ["final"])
+
+
 class Study(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
@@ -184,6 +196,7 @@ class Study(_Strict):
     metric: MetricSpec = Field(default_factory=MetricSpec)
     table: TableSpec | None = None
     init_from: InitFrom | None = None
+    artifacts: ArtifactsSpec = Field(default_factory=ArtifactsSpec)
     profile: str | None = Field(default=None, description="set by the loader, not in files")
 
     @field_validator("seeds", mode="before")

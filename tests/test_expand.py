@@ -83,3 +83,29 @@ def test_bad_axes_are_study_errors(tmp_path: Path, axes: dict, field: str) -> No
         expand(load_study(f), f)
     assert e.value.field.startswith(field)
     assert e.value.file == str(f)
+
+
+def test_speed_only_settings_do_not_change_trial_ids(tmp_path: Path) -> None:
+    """issue 8: `recipe.workers: 1` (data-loader processes) must not retrain the whole study."""
+    _, a = _load(tmp_path, axes={"grid": {"model.kwargs.kernel_size": [3, 5]}})
+    recipe = {"epochs": 1, "batch_size": 8, "lr": 0.05, "warmup_epochs": 0}  # tiny_study's
+    _, b = _load(tmp_path, axes={"grid": {"model.kwargs.kernel_size": [3, 5]}}, recipe=dict(recipe, workers=3))
+    assert [t.id for t in a] == [t.id for t in b]
+    assert b[0].config["recipe"]["workers"] == 3  # still in the config: the trainer uses it
+    _, c = _load(tmp_path, axes={"grid": {"model.kwargs.kernel_size": [3, 5]}}, recipe=dict(recipe, epochs=2))
+    assert [t.id for t in a] != [t.id for t in c]  # a setting that changes the numbers does change it
+
+
+def test_identity_drops_speed_only_and_retired_paths() -> None:
+    from ablate.expand import identity
+
+    cfg = {"recipe": {"lr": 0.1, "workers": 8, "resolution": 224}, "model": {"name": "m"}, "seed": 0}
+    assert identity(cfg) == {"recipe": {"lr": 0.1}, "model": {"name": "m"}, "seed": 0}
+    assert cfg["recipe"]["workers"] == 8  # the config itself is untouched
+    assert trial_id(cfg) == trial_id({"recipe": {"lr": 0.1}, "model": {"name": "m"}, "seed": 0})
+
+
+def test_recipe_resolution_is_refused_with_where_the_size_goes(tmp_path: Path) -> None:
+    f = write_study(tmp_path / "r.yaml", tiny_study("r", "/nowhere", recipe={"epochs": 1, "resolution": 224}))
+    with pytest.raises(StudyError, match="dataset.image_size"):
+        load_study(f)
