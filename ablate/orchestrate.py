@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ablate.artifacts import weights_path
+from ablate.artifacts import WEIGHTS, ArtifactStore
 from ablate.data import check_dataset
 from ablate.expand import get_path
 from ablate.plan import Plan, make_plan
@@ -17,8 +17,8 @@ class InitFromError(Exception):
     """``init_from`` names a trial that is not in the database, not completed, or has no weights."""
 
 
-def resolve_init_from(store: Store, plan: Plan) -> str | None:
-    """The weights file of the trial a study fine-tunes from, checked before anything runs."""
+def resolve_init_from(store: Store, plan: Plan, artifacts: ArtifactStore) -> dict[str, str] | None:
+    """The trial a study fine-tunes from ({"study", "trial"}), its weights checked before anything runs."""
     ref = plan.study.init_from
     if ref is None:
         return None
@@ -40,10 +40,11 @@ def resolve_init_from(store: Store, plan: Plan) -> str | None:
         what = f"trial '{ref.trial}'" if ref.trial else f"a trial matching {ref.match}"
         raise InitFromError(f"init_from: expected exactly one completed {what} in study '{ref.study}', "
                             f"found {len(found)}" + (" (add seed to match)" if len(found) > 1 else ""))
-    path = weights_path(ref.study, found[0].trial_id)
-    if not path.is_file():
-        raise InitFromError(f"init_from: no weights at {path} (set ABLATE_ARTIFACTS to where that study ran)")
-    return str(path)
+    path = artifacts.path(ref.study, found[0].trial_id, WEIGHTS)
+    if not artifacts.exists(path):
+        raise InitFromError(f"init_from: no weights at {artifacts.display(path)} (set --artifacts / ABLATE_ARTIFACTS "
+                            "to where that study ran; its artifacts.keep must include 'final')")
+    return {"study": ref.study, "trial": found[0].trial_id}
 
 
 @dataclass
@@ -64,19 +65,21 @@ def register_plan(store: Store, plan: Plan) -> dict[str, str]:
 
 
 def run_study(path: str | Path, profile: str | None = None, *, store: Store, sink: TrialSink | None = None,
-              address: str | None = None, plan: Plan | None = None) -> RunSummary:
+              address: str | None = None, plan: Plan | None = None, artifacts: str | None = None) -> RunSummary:
     """Run every trial of the study that has not completed. Bad input raises before anything is
     written; trials already completed (same id) are skipped; failed or interrupted ones rerun."""
     plan = plan or make_plan(path, profile)
     check_dataset(plan.study.dataset.model_dump())
-    init_weights = resolve_init_from(store, plan)
+    files = ArtifactStore(artifacts)
+    init_from = resolve_init_from(store, plan, files)
     status = register_plan(store, plan)
     todo = [p.trial for p in plan.trials if status[p.trial.id] != COMPLETED]
     res = plan.study.resources
     try:
         run_trials(plan.study.name, todo, sink or store, cpus=res.cpus, gpus=res.gpus,
                    retries=res.retries, workers=res.workers, address=address,
-                   init_weights=init_weights)
+                   init_from=init_from, artifacts=files.uri, keep=plan.study.artifacts.keep,
+                   metric=plan.study.metric.name, mode=plan.study.metric.mode)
     finally:
         store.mark_interrupted(plan.study.name)
     after = {t.trial_id: t.status for t in store.load(plan.study.name).trials}

@@ -61,8 +61,11 @@ class ProgressSink:
         shown = ", ".join(f"{k}={values[k]:.4g}" for k in ("train_loss", self.metric) if k in values)
         self._event(f"epoch  {trial_id}  {epoch + 1}/{self.epochs}  {shown}")
 
-    def finish(self, study: str, trial_id: str, error: str | None = None) -> None:
-        self.inner.finish(study, trial_id, error)
+    def update_provenance(self, study: str, trial_id: str, values: dict[str, Any]) -> None:
+        self.inner.update_provenance(study, trial_id, values)
+
+    def finish(self, study: str, trial_id: str, error: str | None = None, *, error_kind: str | None = None) -> None:
+        self.inner.finish(study, trial_id, error, error_kind=error_kind)
         self.state[trial_id] = "failed" if error else "done"
         last = (error or "").strip().splitlines()[-1:] if error else []
         self._event(f"{'FAILED' if error else 'done  '} {trial_id}  {self.labels.get(trial_id, '')}"

@@ -29,78 +29,87 @@ _REPORT_KEY = "ablate"  # the trainer's metrics travel nested under this key
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
 
 
+_ENV_KEY = "ablate_env"  # the worker's environment (provenance), with its first report
+_ERROR_KEY = "ablate_error"  # {"text", "kind"}: the trial's readable error, before it fails
+_DONE_KEY = "ablate_done"  # {"bytes"}: training ended and artifacts.keep was applied
+
+
 class TrialSink(Protocol):
     """Where trial events go on the driver (``ablate.store.Store`` is one)."""
 
     def start(self, study: str, trial_id: str) -> None: ...
     def add_metrics(self, study: str, trial_id: str, epoch: int, values: dict[str, float]) -> None: ...
-    def finish(self, study: str, trial_id: str, error: str | None = None) -> None: ...
+    def update_provenance(self, study: str, trial_id: str, values: dict[str, Any]) -> None: ...
+    def finish(self, study: str, trial_id: str, error: str | None = None, *,
+               error_kind: str | None = None) -> None: ...
 
 
-def _load_state(checkpoint: Any) -> dict[str, Any] | None:
-    """The training state saved in a Tune/Train checkpoint, or None to start fresh."""
-    if checkpoint is None:
-        return None
-    import torch
+def _run_trial(config: dict[str, Any], send: Any, *, rank: int = 0, device: str | None = None,
+               distributed: Any = None) -> None:
+    """One trial (or one DDP rank of it) with durable state: resume from the artifact store, report
+    every epoch after its checkpoint is written, apply ``artifacts.keep`` at the end. A recurring
+    error (the config) is reported and the trial ends without a retry; a transient one is reported
+    and raised, so Ray retries it from the last checkpoint (``resources.retries``)."""
+    from ablate.provenance import environment
+    from ablate.trainer import train
+    from ablate.trial_state import TrialState
 
-    with checkpoint.as_directory() as d:
-        return torch.load(Path(d) / "state.pt", weights_only=False)
+    trial = config["trial"]
+    state = TrialState(trial["id"], trial["runtime"], is_writer=rank == 0)
+    first = [True]
 
+    def report(payload: dict[str, Any]) -> None:
+        if first[0]:
+            payload[_ENV_KEY], first[0] = environment(), False
+        send(payload)
 
-def _report_state(report: Any, checkpoint_cls: Any, metrics: dict[str, float], state: dict[str, Any]) -> None:
-    """Report an epoch with its training state as a checkpoint (Tune's or Train's ``report``)."""
-    import tempfile as _tempfile
+    try:
+        resume = state.resume()
+        for past in state.history:  # epochs done before: their reports may not have reached the database
+            report({_REPORT_KEY: past})
+        if state.completed:
+            report({_DONE_KEY: {"bytes": state.store.size(state.store.trial_dir(state.study, state.trial_id))}})
+            return
+        epochs = int(trial["recipe"]["epochs"])
 
-    import torch
+        def on_epoch(metrics: dict[str, float], s: dict[str, Any] | None = None) -> None:
+            state.on_epoch(metrics, s, last=int(metrics["epoch"]) == epochs - 1)
+            report({_REPORT_KEY: metrics})
+            _maybe_inject_fault(int(metrics["epoch"]))
 
-    with _tempfile.TemporaryDirectory() as d:
-        torch.save(state, Path(d) / "state.pt")
-        report({_REPORT_KEY: metrics}, checkpoint=checkpoint_cls.from_directory(d))
+        train(trial, report=on_epoch, device=device, resume=resume, checkpoints=True, distributed=distributed,
+              init_state=state.init_weights() if resume is None else None)
+        report({_DONE_KEY: {"bytes": state.on_complete()}})
+    except Exception as e:
+        text, kind = state.on_error(e)
+        report({_ERROR_KEY: {"text": text, "kind": kind}})
+        if kind != "recurring" or distributed is not None:
+            raise
 
 
 def _trainable(config: dict[str, Any]) -> None:
-    """Runs in a Ray worker: train one trial, reporting each epoch (with a checkpoint) to Tune.
-    A retried trial (``retries`` in the study's resources) continues from its last checkpoint."""
+    """Runs in a Ray worker: one trial, reporting each epoch to Tune."""
     import torch
     from ray import tune
 
-    from ablate.trainer import train
-
     torch.set_num_threads(max(1, int(config["threads"])))
-
-    def report(metrics: dict[str, float], state: dict[str, Any] | None = None) -> None:
-        if state is None:
-            tune.report({_REPORT_KEY: metrics})
-            return
-        _report_state(tune.report, tune.Checkpoint, metrics, state)
-        _maybe_inject_fault(int(metrics["epoch"]))
-
-    train(config["trial"], report=report, resume=_load_state(tune.get_checkpoint()),
-          checkpoints=bool(config.get("checkpoints", True)))
+    _run_trial(config, tune.report)
 
 
 def _ddp_worker(config: dict[str, Any]) -> None:
-    """One DDP rank (Ray Train worker): the same trainer, with the model and loader prepared for
-    DDP. Rank 0 reports metrics with a checkpoint; Ray Train forwards rank 0's report to Tune."""
+    """One DDP rank (Ray Train worker): the same trial, with the model and loader prepared for DDP.
+    Every rank reports (Ray Train forwards rank 0's reports to Tune); rank 0 alone writes files."""
     import ray.train
     import torch
     from ray.train.torch import get_device, prepare_data_loader, prepare_model
 
-    from ablate.trainer import Distributed, train
+    from ablate.trainer import Distributed
 
     torch.set_num_threads(max(1, int(config["threads"])))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-
-    def report(metrics: dict[str, float], state: dict[str, Any] | None = None) -> None:
-        if state is None or rank != 0:
-            ray.train.report({_REPORT_KEY: metrics})
-            return
-        _report_state(ray.train.report, ray.train.Checkpoint, metrics, state)
-
     dist = Distributed(wrap_model=prepare_model, wrap_loader=prepare_data_loader, world_size=world, rank=rank)
-    train(config["trial"], report=report, device=str(get_device()), resume=_load_state(ray.train.get_checkpoint()),
-          checkpoints=bool(config.get("checkpoints", True)), distributed=dist)
+    _run_trial(config, ray.train.report, rank=rank, device=str(get_device()), distributed=dist)
 
 
 def _ddp_driver(config: dict[str, Any]) -> None:
@@ -121,7 +130,16 @@ def _ddp_driver(config: dict[str, Any]) -> None:
                                        callbacks=[TuneReportCallback()],
                                        failure_config=ray.train.FailureConfig(max_failures=res["retries"])),
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except Exception as e:  # the workers' own error, readable, before Tune records the failure
+        from ray import tune
+
+        from ablate.trial_state import readable_error
+
+        cause = e.__cause__ or e
+        tune.report({_ERROR_KEY: {"text": readable_error(cause), "kind": "transient"}})
+        raise
 
 
 def _maybe_inject_fault(epoch: int) -> None:
@@ -135,10 +153,17 @@ def _maybe_inject_fault(epoch: int) -> None:
 
 
 def _error_text(trial: Any) -> str:
+    """A failed trial's error when it reported none itself (the worker died): the last line of Ray's
+    error file first, without ANSI codes."""
+    from ablate.trial_state import strip_ansi
+
     path = getattr(trial, "error_file", None)
     if path and Path(path).is_file():
-        return Path(path).read_text().strip()[-4000:]
-    return "trial failed (Ray gave no error file)"
+        text = strip_ansi(Path(path).read_text()).strip()
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        head = next((ln for ln in reversed(lines) if not ln.startswith(" ")), "trial failed")
+        return (head + "\n" + text)[-4000:] if head != text else head
+    return "trial failed (Ray gave no error file: the worker or its node was lost)"
 
 
 # Tune pickles its run config (callbacks included) for its experiment state; a sink holds a
@@ -146,10 +171,10 @@ def _error_text(trial: Any) -> str:
 _SINKS: dict[str, TrialSink] = {}
 
 
-def _make_callback(study: str, sink_key: str) -> Any:
+def _make_callback(study: str, sink_key: str, resources: dict[str, float]) -> Any:
     from ablate._tune_callback import StoreCallback
 
-    return StoreCallback(study, sink_key)
+    return StoreCallback(study, sink_key, resources)
 
 
 def init_ray(address: str | None = None) -> bool:
@@ -170,14 +195,19 @@ def init_ray(address: str | None = None) -> bool:
 
 def run_trials(study: str, trials: list[Trial], sink: TrialSink, *, cpus: float = 1, gpus: float = 0,
                retries: int = 0, workers: int = 1, address: str | None = None, storage: str | None = None,
-               init_weights: str | None = None) -> None:
-    """Run ``trials`` as Tune trials with ``cpus``/``gpus`` each; events go to ``sink``. A trial
-    that fails is retried up to ``retries`` times from its last epoch's checkpoint. With
-    ``workers > 1`` each trial is a DDP job of that many workers with ``cpus``/``gpus`` each."""
+               init_from: dict[str, str] | None = None, artifacts: str | None = None,
+               keep: list[str] | None = None, metric: str = "top1", mode: str = "max") -> None:
+    """Run ``trials`` as Tune trials with ``cpus``/``gpus`` each; events go to ``sink``. Each trial
+    keeps its checkpoints in the artifact store (``artifacts``, default ``ABLATE_ARTIFACTS``) and
+    resumes from its last epoch there, whether Ray retries it (``retries``) or a later run does.
+    With ``workers > 1`` each trial is a DDP job of that many workers with ``cpus``/``gpus`` each.
+    ``init_from``: {"study", "trial"} whose final weights each trial starts from."""
     if not trials:
         return
     import ray
     from ray import tune
+
+    from ablate.artifacts import artifacts_root
 
     # Tune's result grid looks for result.json files that ablate does not write (the store has them)
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
@@ -186,14 +216,11 @@ def run_trials(study: str, trials: list[Trial], sink: TrialSink, *, cpus: float 
     _SINKS[key] = sink
     tmp = None if storage else tempfile.mkdtemp(prefix="ablate-ray-")
     try:
-        from ablate.artifacts import weights_path
-
-        # "runtime" is not part of the hashed config: where to load and save weights on this setup
-        configs = [dict(t.config, id=t.id, runtime={"init_weights": init_weights,
-                                                    "save_weights": str(weights_path(study, t.id))})
-                   for t in trials]
-        space: dict[str, Any] = {"trial": tune.grid_search(configs),
-                                 "threads": cpus}
+        # "runtime" is not part of the hashed config: where this setup keeps files, what it keeps
+        runtime = {"artifacts": artifacts or artifacts_root(), "study": study, "init_from": init_from,
+                   "keep": list(keep if keep is not None else ["final"]), "metric": metric, "mode": mode}
+        configs = [dict(t.config, id=t.id, runtime=runtime) for t in trials]
+        space: dict[str, Any] = {"trial": tune.grid_search(configs), "threads": cpus}
         if workers > 1:
             # the driver trial must ask for something: one byte of memory, no CPU
             trainable = tune.with_resources(_ddp_driver, {"cpu": 0, "memory": 1})
@@ -201,13 +228,13 @@ def run_trials(study: str, trials: list[Trial], sink: TrialSink, *, cpus: float 
                          storage=storage or tmp)
         else:
             trainable = tune.with_resources(_trainable, {"cpu": cpus, "gpu": gpus})
+        resources = {"cpus": cpus, "gpus": gpus, "workers": workers}
         tuner = tune.Tuner(
             trainable,
             param_space=space,
             tune_config=tune.TuneConfig(num_samples=1, reuse_actors=False),
             run_config=tune.RunConfig(name=study, storage_path=storage or tmp, verbose=0,
-                                      callbacks=[_make_callback(study, key)],
-                                      checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                      callbacks=[_make_callback(study, key, resources)],
                                       failure_config=tune.FailureConfig(max_failures=0 if workers > 1 else retries)),
         )
         tuner.fit()

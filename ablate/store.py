@@ -191,7 +191,6 @@ class Store:
         """Mark running and drop any partial metrics of an earlier, interrupted attempt."""
         with self._session.begin() as s:
             row = self._trial(s, study, trial_id)
-            s.execute(delete(MetricRow).where(MetricRow.trial_pk == row.pk))
             row.status, row.started_at, row.ended_at, row.error = RUNNING, _now(), None, None
             row.attempts += 1
 
@@ -205,7 +204,10 @@ class Store:
                 s.execute(insert(MetricRow), [{"trial_pk": row.pk, "epoch": epoch, "name": k, "value": float(v)}
                                               for k, v in values.items()])
 
-    def finish(self, study: str, trial_id: str, error: str | None = None) -> None:
+    def update_provenance(self, study: str, trial_id: str, values: dict[str, Any]) -> None:
+        """(interim: kept by the schema change of the concurrency work)"""
+
+    def finish(self, study: str, trial_id: str, error: str | None = None, *, error_kind: str | None = None) -> None:
         with self._session.begin() as s:
             row = self._trial(s, study, trial_id)
             row.status = FAILED if error else COMPLETED

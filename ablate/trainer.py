@@ -129,10 +129,10 @@ def reparam_check(model: nn.Module, loader: DataLoader, device: torch.device,
     return {"reparam_max_abs_diff": diff}
 
 
-def load_pretrained(model: nn.Module, path: str) -> list[str]:
-    """Load another trial's weights; tensors whose shape differs (a new classifier) keep their
-    fresh init. Returns the names that were not loaded."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def load_pretrained(model: nn.Module, weights: str | dict[str, Any]) -> list[str]:
+    """Load another trial's weights (a state dict or a file); tensors whose shape differs (a new
+    classifier) keep their fresh init. Returns the names that were not loaded."""
+    state = torch.load(weights, map_location="cpu", weights_only=True) if isinstance(weights, str) else weights
     own = model.state_dict()
     skipped = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
     model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=False)
@@ -141,13 +141,14 @@ def load_pretrained(model: nn.Module, path: str) -> list[str]:
 
 def train(config: dict[str, Any], report: Report | None = None, device: str | None = None, *,
           resume: dict[str, Any] | None = None, checkpoints: bool = False,
-          distributed: Distributed | None = None) -> dict[str, float]:
+          distributed: Distributed | None = None, init_state: dict[str, Any] | None = None) -> dict[str, float]:
     """Train the trial described by ``config`` (model, recipe, dataset, seed); return the last metrics.
 
     With ``checkpoints`` each epoch's ``report(metrics, state)`` carries everything needed to
     continue (model, optimizer, scheduler, EMA, scaler, epoch, RNG states); ``resume=state``
     continues after that epoch and, on CPU with fixed seeds, reaches the same metrics as an
-    uninterrupted run."""
+    uninterrupted run. ``init_state``: weights to start from (``init_from``; new heads stay fresh).
+    Files (checkpoints, weights) are the caller's: see ``ablate.trial_state``."""
     recipe = config["recipe"]
     generator = seed_everything(int(config["seed"]))
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -155,9 +156,8 @@ def train(config: dict[str, Any], report: Report | None = None, device: str | No
         torch.backends.cudnn.benchmark = True
     splits = build_splits(config["dataset"], {"auto_augment": recipe.get("auto_augment"), "re_prob": recipe.get("re_prob", 0.0)})
     model = build_model(config["model"], splits.num_classes, splits.in_chans, recipe.get("drop_path_rate", 0.0)).to(dev)
-    runtime = config.get("runtime") or {}
-    if runtime.get("init_weights") and resume is None:
-        load_pretrained(model, runtime["init_weights"])
+    if init_state is not None and resume is None:
+        load_pretrained(model, init_state)
     memory_format = torch.channels_last if recipe.get("channels_last", True) else torch.contiguous_format
     model = model.to(memory_format=memory_format)  # large depthwise kernels run far faster in NHWC
     train_loader, val_loader = make_loaders(splits, recipe, generator)
@@ -257,9 +257,4 @@ def train(config: dict[str, Any], report: Report | None = None, device: str | No
                                  "rng": rng_state(generator)})
             else:
                 report(metrics)
-    if runtime.get("save_weights") and (distributed is None or distributed.rank == 0):
-        path = Path(runtime["save_weights"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), path.with_suffix(".tmp"))
-        path.with_suffix(".tmp").replace(path)  # atomic: a killed save leaves no half file
     return metrics
