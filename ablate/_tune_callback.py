@@ -62,6 +62,7 @@ class StoreCallback(tune.Callback):
                                                           "device_kind": "gpu" if r["gpus"] else "cpu"})
         self.sink.finish(self.study, tid, error=error["text"] if error else None,
                          error_kind=error.get("kind") if error else None)
+        runner._FINISHED.setdefault(self.key, set()).add(tid)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, self.errors.pop(self._id(trial), None))  # a recurring error ends the trial "complete"

@@ -31,6 +31,8 @@ out = Console()
 
 DB_HELP = ("Result database, any SQLAlchemy URL (sqlite:///path.db, postgresql://user@host/db). "
            "Default: $ABLATE_DB, else the SQLite file ./ablate.db in the current directory.")
+ARTIFACTS_HELP = ("Artifact store for checkpoints and weights: a folder, a shared path, or a URI such as "
+                  "s3://bucket/prefix (every Ray node must reach it). Default: $ABLATE_ARTIFACTS, else ./ablate-artifacts.")
 PROFILE_HELP = "Profile of the study file to apply (e.g. 'demo' for CPU minutes, 'paper' for Appendix A)."
 
 
@@ -101,6 +103,7 @@ def run(
                                           "(default $RAY_ADDRESS, else a local Ray started by ablate).",
                                           envvar="RAY_ADDRESS"),
     fmt: str = typer.Option("md", "--format", "-f", help="Format of the table printed at the end: md, csv, latex."),
+    artifacts: Optional[str] = typer.Option(None, "--artifacts", envvar="ABLATE_ARTIFACTS", help=ARTIFACTS_HELP),
 ) -> None:
     """Run a study: train every trial not yet completed (reruns skip finished ones), store results, print the table."""
     from ablate.orchestrate import run_study
@@ -114,12 +117,19 @@ def run(
         check_dataset(p.study.dataset.model_dump())
     except _user_errors() as e:
         _fail(f"{file}: dataset: {e}")
+    from ablate.runner import RunInterrupted
+
     store = _store(db)
     try:
         with ProgressSink(store, p, console=err) as sink:
-            summary = run_study(file, profile, store=store, sink=sink, address=address, plan=p)
+            summary = run_study(file, profile, store=store, sink=sink, address=address, plan=p,
+                                artifacts=artifacts)
     except _user_errors() as e:
         _fail(f"{file}: {e}")
+    except (RunInterrupted, KeyboardInterrupt) as e:
+        why = str(e) if isinstance(e, RunInterrupted) else "interrupted; a rerun resumes each unfinished trial"
+        err.print(f"{why}. Results so far in {store.url}", markup=False, highlight=False)
+        raise typer.Exit(130)
     err.print(f"{summary.total} trials: {summary.skipped} already completed, {summary.ran} run now, "
               f"{summary.completed} completed, {summary.failed} failed. Results in {store.url}")
     sys.stdout.write(render(store.load(p.study.name), fmt))

@@ -166,6 +166,17 @@ def _error_text(trial: Any) -> str:
     return "trial failed (Ray gave no error file: the worker or its node was lost)"
 
 
+class RunInterrupted(Exception):
+    """The run was stopped (Ctrl-C / SIGINT) before every trial finished; they resume on a rerun."""
+
+    def __init__(self, unfinished: int):
+        self.unfinished = unfinished
+        super().__init__(f"interrupted with {unfinished} trial(s) unfinished; a rerun resumes each from its last epoch")
+
+
+# trial ids each run's callback saw finish (completed or failed), by sink key
+_FINISHED: dict[str, set[str]] = {}
+
 # Tune pickles its run config (callbacks included) for its experiment state; a sink holds a
 # database engine, which cannot be pickled. The callback carries a key into this driver-side map.
 _SINKS: dict[str, TrialSink] = {}
@@ -211,9 +222,11 @@ def run_trials(study: str, trials: list[Trial], sink: TrialSink, *, cpus: float 
 
     # Tune's result grid looks for result.json files that ablate does not write (the store has them)
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    # ...nor does Tune's "Resume experiment with Tuner.restore" apply: `ablate run` again resumes
+    logging.getLogger("ray.tune.tune").setLevel(logging.ERROR)
     started = init_ray(address)
     key = f"{study}-{id(sink)}"
-    _SINKS[key] = sink
+    _SINKS[key], _FINISHED[key] = sink, set()
     tmp = None if storage else tempfile.mkdtemp(prefix="ablate-ray-")
     try:
         # "runtime" is not part of the hashed config: where this setup keeps files, what it keeps
@@ -237,9 +250,13 @@ def run_trials(study: str, trials: list[Trial], sink: TrialSink, *, cpus: float 
                                       callbacks=[_make_callback(study, key, resources)],
                                       failure_config=tune.FailureConfig(max_failures=0 if workers > 1 else retries)),
         )
-        tuner.fit()
+        tuner.fit()  # Ctrl-C: Tune stops its trials and returns; the unfinished ones tell
+        unfinished = len({t.id for t in trials} - _FINISHED[key])
+        if unfinished:
+            raise RunInterrupted(unfinished)
     finally:
         _SINKS.pop(key, None)
+        _FINISHED.pop(key, None)
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
         if started:
