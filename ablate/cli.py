@@ -275,6 +275,70 @@ def dashboard(
     err.print(f"wrote {out_file}")
 
 
+@app.command()
+def show(
+    trial: str = typer.Argument(..., help="Trial id, or a unique prefix of one (as `ablate plan` prints it)."),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP, envvar="ABLATE_DB"),
+    artifacts: Optional[str] = typer.Option(None, "--artifacts", envvar="ABLATE_ARTIFACTS", help=ARTIFACTS_HELP),
+    fmt: str = typer.Option("text", "--format", "-f", help="text or json."),
+) -> None:
+    """Everything about one trial: config, provenance (code, versions, host, devices, device-hours),
+    metrics per epoch, error, earlier attempts and the files it keeps."""
+    from ablate.show import trial_json, trial_report
+
+    if fmt not in ("text", "json"):
+        _fail(f"--format: one of text, json, got '{fmt}'")
+    store = _store(db)
+    try:
+        study, rec = store.find_trial(trial)
+    except (KeyError, ValueError) as e:
+        _fail(str(e.args[0]) if e.args else str(e))
+    if fmt == "json":
+        sys.stdout.write(json.dumps(trial_json(study, rec), indent=2, default=str) + "\n")
+        return
+    for part in trial_report(study, rec, artifacts):
+        out.print(part)
+
+
+@app.command()
+def gc(
+    file: Path = typer.Argument(..., help="Study file (YAML): every profile of it counts as declared."),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help="Whose artifacts.keep applies (default: "
+                                          "the file's base)."),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP, envvar="ABLATE_DB"),
+    artifacts: Optional[str] = typer.Option(None, "--artifacts", envvar="ABLATE_ARTIFACTS", help=ARTIFACTS_HELP),
+    dry_run: bool = typer.Option(False, "--dry-run", "-n", help="List what would be removed; remove nothing."),
+) -> None:
+    """Free the artifact store: checkpoints and weights of completed trials that `artifacts.keep` does
+    not keep, and folders of trials the study file no longer declares. Unfinished trials keep their
+    checkpoints (a rerun resumes from them)."""
+    from rich.filesize import decimal
+
+    from ablate.artifacts import ArtifactStore
+    from ablate.cleanup import apply_gc, plan_gc
+    from ablate.study import load_study
+
+    try:
+        name = load_study(file, profile).name
+    except _user_errors() as e:
+        _fail(str(e))
+    store = _store(db)
+    try:
+        completed = {t.trial_id for t in store.load(name).trials if t.status == "completed"}
+    except KeyError:
+        completed = set()
+    files = ArtifactStore(artifacts)
+    report = plan_gc(file, completed, files, profile)
+    for r in report.removals:
+        out.print(f"{'would remove' if dry_run else 'removed'} {decimal(r.bytes):>9}  {r.shown}  ({r.why})",
+                  markup=False, highlight=False)
+    if not dry_run:
+        apply_gc(report, files)
+    verb = "would free" if dry_run else "freed"
+    err.print(f"{verb} {decimal(report.freed)} in {len(report.removals)} item(s); {decimal(report.kept_bytes)} kept "
+              f"under {files.display(files.base)}/{name}", markup=False, highlight=False)
+
+
 recipes_app = typer.Typer(help="Appendix A training recipes: `ablate recipes` lists them, "
                           "`ablate recipes show NAME` prints every resolved value.", no_args_is_help=False,
                           invoke_without_command=True)
