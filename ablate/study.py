@@ -363,8 +363,8 @@ def parse_yaml(text: str, path: Path) -> Any:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<file>"
-        problem = getattr(e, "problem", None) or e
-        raise StudyError(path, where, f"valid YAML ({_short_repr.repr(str(problem))[1:-1]})") from None
+        problem = (str(getattr(e, "problem", None) or e).splitlines() or [""])[0][:150]
+        raise StudyError(path, where, f"valid YAML ({problem})") from None
     except (ValueError, TypeError, OverflowError, RecursionError) as e:  # a constructor on an odd value
         raise StudyError(path, "<file>", f"valid YAML values ({type(e).__name__}: {str(e)[:200]})") from None
     finally:
