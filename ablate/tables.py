@@ -386,7 +386,9 @@ def to_latex(t: TableData) -> str:
 
 def to_html_fragment(t: TableData) -> str:
     """The table as an HTML element (no page around it): used by ``to_html`` and the dashboard."""
-    e = html.escape
+    def e(s: str) -> str:  # escaped, and without control sequences for a terminal it may be printed to
+        return html.escape(strip_controls(s))
+
     out = ['<table class="ablate-table">', f"<caption>{e(t.title)}</caption>", "<thead>"]
     if any(t.groups):
         out.append("<tr>" + "".join(f'<th colspan="{k}" class="group">{e(g)}</th>' if g else
@@ -419,7 +421,7 @@ ol.ablate-notes { font: 12px/1.4 system-ui, sans-serif; color: #444; max-width: 
 def to_html(t: TableData) -> str:
     """A standalone HTML page with the table."""
     return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(t.title)}</title><style>{TABLE_CSS}</style></head><body>\n"
+            f"<title>{html.escape(strip_controls(t.title))}</title><style>{TABLE_CSS}</style></head><body>\n"
             + to_html_fragment(t) + "\n</body></html>\n")
 
 

@@ -224,3 +224,31 @@ def test_missing_dataset_is_a_clear_error_before_anything_is_written(tmp_path: P
     msg = " ".join(r.stderr.split())
     assert r.exit_code == 2 and "apt-get install dataset-fashion-mnist" in msg and str(f) in msg, msg
     assert not db.exists()
+
+
+def test_trainer_reports_exactly_the_metric_names_plan_checks_against(image_folder: Path, one_torch_thread) -> None:
+    """ablate.metrics is what plan checks metric.name against; the trainer must report exactly that:
+    every epoch's names, <x>_ema with EMA, reparam_max_abs_diff on the last epoch of a re-param model,
+    resumed_after_epoch on a resumed trial's first epoch."""
+    from ablate import metrics
+    from ablate.expand import expand
+    from ablate.study import Study
+    from ablate.trainer import train
+
+    spec = tiny_study("names", image_folder, axes={},
+                      model={"name": "mobilenetv2_lk", "kwargs": {"width_mult": 0.1, "kernel_size": 5,
+                                                                   "small_kernel": 3}},
+                      recipe={"epochs": 2, "batch_size": 8, "lr": 0.05, "warmup_epochs": 0, "ema_momentum": 0.1,
+                              "max_steps_per_epoch": 1})
+    config = expand(Study.model_validate(spec))[0].config
+    reports: list[tuple[dict, dict | None]] = []
+    train(config, report=lambda m, state=None: reports.append((m, state)), device="cpu", checkpoints=True)
+    every = set(metrics.every_epoch(config["recipe"], cuda=False, ddp=False))
+    assert [set(m) for m, _ in reports] == [every, every | {"reparam_max_abs_diff"}]
+    resumed: list[dict] = []
+    train(config, report=lambda m, state=None: resumed.append(m), device="cpu", resume=reports[0][1])
+    assert set(resumed[0]) == every | {"resumed_after_epoch", "reparam_max_abs_diff"}
+    assert set(metrics.reported(config["recipe"], cuda=False, ddp=False)) == every | set(metrics.SOME_EPOCHS)
+    without_ema = dict(config["recipe"], ema_momentum=None)
+    assert not any(n.endswith("_ema") for n in metrics.every_epoch(without_ema, cuda=False, ddp=False))
+    assert {"peak_mem_gb", "world_size"} <= set(metrics.every_epoch(without_ema, cuda=True, ddp=True))
