@@ -37,7 +37,14 @@ PROFILE_HELP = "Profile of the study file to apply (e.g. 'demo' for CPU minutes,
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """One line on stderr. The message carries user text (file names, values): it is printed as
+    text, never as rich markup, and without terminal control sequences."""
+    from rich.text import Text
+
+    from ablate.text import strip_controls
+
+    err.print(Text.assemble(("error:", "bold red"), " ", strip_controls(message, keep_newlines=False)),
+              highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -57,8 +64,6 @@ def _plan(file: Path, profile: Optional[str]):
         return make_plan(file, profile)
     except _user_errors() as e:
         _fail(str(e))
-    except (TypeError, ValueError) as e:  # the model rejected its kwargs
-        _fail(f"{file}: model.kwargs: arguments the model accepts ({e})")
 
 
 def _store(db: Optional[str]):
@@ -75,6 +80,7 @@ def plan(
 ) -> None:
     """Show the trials a study expands to, with params and FLOPs (multiply-adds); trains nothing."""
     from ablate.flops import human
+    from ablate.text import plain
 
     p = _plan(file, profile)
     if fmt == "json":
@@ -86,11 +92,12 @@ def plan(
                     f"{s.recipe.epochs} epochs each, {s.resources.cpus:g} CPU / {s.resources.gpus:g} GPU per trial")
     t.add_column("trial id")
     for a in axes:
-        t.add_column(a.split(".")[-1])
+        t.add_column(plain(a.split(".")[-1]))
     t.add_column("Params", justify="right")
     t.add_column(f"FLOPs @{s.dataset.image_size}", justify="right")
     for pt in p.trials:
-        t.add_row(pt.trial.id, *[json.dumps(pt.trial.params[a]) for a in axes], human(pt.n_params), human(pt.flops))
+        t.add_row(pt.trial.id, *[plain(json.dumps(pt.trial.params[a])) for a in axes], human(pt.n_params),
+                  human(pt.flops))
     out.print(t)
 
 
@@ -162,12 +169,14 @@ def table(
 @app.command()
 def studies(db: Optional[str] = typer.Option(None, "--db", help=DB_HELP, envvar="ABLATE_DB")) -> None:
     """List the studies in the result database."""
+    from ablate.text import plain
+
     store = _store(db)
-    t = Table(title=f"Studies in {store.url}")
+    t = Table(title=plain(f"Studies in {store.url}"))
     for c in ("name", "trials", "description"):
         t.add_column(c)
-    for name, desc, n in store.studies():
-        t.add_row(name, str(n), desc)
+    for name, desc, n in store.studies():  # text from the database: no markup, no control sequences
+        t.add_row(plain(name), str(n), plain(desc or ""))
     out.print(t)
 
 
@@ -175,6 +184,9 @@ def studies(db: Optional[str] = typer.Option(None, "--db", help=DB_HELP, envvar=
 def models(
     input_size: int = typer.Option(224, "--input-size", min=8, help="Square input resolution for FLOPs."),
     fmt: str = typer.Option("table", "--format", "-f", help="table or json."),
+    all_pattern: Optional[str] = typer.Option(None, "--all", metavar="PATTERN", help="Instead of the zoo, list "
+                                              "every model name in timm's registry matching PATTERN (shell-style, "
+                                              "e.g. 'resnet*', '*' for all; 'resnet18.*' lists pretrained tags)."),
 ) -> None:
     """List the model zoo with params and FLOPs (multiply-adds) of the deployed (re-parameterized) form."""
     from ablate.flops import human
@@ -182,6 +194,16 @@ def models(
 
     if fmt not in ("table", "json"):
         _fail(f"--format: one of table, json, got '{fmt}'")
+    if all_pattern is not None:
+        import timm
+
+        import ablate.models  # noqa: F401  (registers ablate's models)
+
+        names = (timm.list_pretrained(all_pattern) if "." in all_pattern else timm.list_models(all_pattern))
+        if not names:
+            _fail(f"--all: no model in timm's registry matches '{all_pattern}' (try '*{all_pattern}*')")
+        sys.stdout.write(json.dumps(names) + "\n" if fmt == "json" else "\n".join(names) + "\n")
+        return
     rows = zoo_rows(input_size)
     if fmt == "json":
         out.print_json(json.dumps(rows))
@@ -218,14 +240,16 @@ def export(
     study: str = typer.Argument(..., help="Study name (the 'name' in its file)."),
     out_file: Path = typer.Option(..., "--out", "-o", help="File to write."),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="csv or parquet (default: from --out's "
-                                      "suffix, else csv)."),
+                                      "suffix .csv / .parquet; a suffix that says otherwise is an error)."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP, envvar="ABLATE_DB"),
 ) -> None:
     """Write every trial and metric of a study in long format (one row per trial, epoch and metric), for pandas."""
-    from ablate.export import EXPORT_FORMATS, export as write_export
+    from ablate.export import export as write_export, resolve_format
 
-    if fmt is not None and fmt not in EXPORT_FORMATS:
-        _fail(f"--format: one of {', '.join(EXPORT_FORMATS)}, got '{fmt}'")
+    try:  # before the database is opened: a wrong name writes nothing
+        fmt = resolve_format(out_file, fmt)
+    except ValueError as e:
+        _fail(str(e))
     record = _load_study(_store(db), study, history=True)
     n = write_export(record, out_file, fmt)
     err.print(f"wrote {n} rows to {out_file}")

@@ -26,6 +26,7 @@ from typing import Any, Iterable
 from ablate.stats import mean_std
 from ablate.store import COMPLETED, FAILED, PENDING, RUNNING, Store, StudyRecord, TrialRecord
 from ablate.tables import Arm, TableData, build_table, group_arms, to_html_fragment, TABLE_CSS
+from ablate.text import strip_controls
 
 MAX_CURVES = 12  # arms drawn in the learning curves (the best ones by the study metric)
 MAX_FAILED = 200  # failed trials listed per study
@@ -646,7 +647,10 @@ def make_server(store: Store, host: str = "127.0.0.1", port: int = 8050, refresh
             try:
                 body = report(store, refresh=refresh, artifacts=artifacts).encode("utf-8")
             except Exception as e:  # keep serving; show what broke
-                self.send_error(500, f"could not build the dashboard: {type(e).__name__}: {e}")
+                # the status line and headers carry fixed text only: an exception's message can hold text
+                # from the database (a CRLF would inject headers); it goes into the HTML-escaped body
+                self.send_error(500, "Internal Server Error",
+                                f"could not build the dashboard: {type(e).__name__}: {strip_controls(e)}")
                 return
             self.send_response(200)
             self.send_header("Content-Type", "text/html; charset=utf-8")

@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ablate.study import DatasetSpec, RecipeSpec, Study, StudyError
+from ablate.study import DatasetSpec, RecipeSpec, Study, StudyError, max_trials
 
 TRIAL_SECTIONS = ("model", "recipe", "dataset")
 
@@ -133,9 +133,24 @@ def _excluded(assign: dict[str, Any], study: Study) -> bool:
     return any(all(assign.get(k) == v for k, v in ex.items()) for ex in study.axes.exclude)
 
 
+def count_trials(study: Study) -> int:
+    """Trials the axes and seeds give before exclusions, from the axis lengths alone (nothing is
+    expanded, so a grid of 10^9 combinations is counted instantly)."""
+    n = len(study.seeds)
+    for values in study.axes.grid.values():
+        n *= len(values)
+    for group in study.axes.zip:
+        n *= len(next(iter(group.values())))
+    return n
+
+
 def expand(study: Study, file: str | Path = "<study>") -> list[Trial]:
     """All trials of a study, in a stable order. Raises StudyError for unusable axes."""
     file = str(file)
+    limit, n = max_trials(), count_trials(study)
+    if n > limit:
+        raise StudyError(file, "axes", f"at most {limit} trials (set ABLATE_MAX_TRIALS to allow more); the grid, "
+                         f"zipped groups and seeds give {n}")
     names = list(study.axes.grid) + [k for g in study.axes.zip for k in g]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:

@@ -15,6 +15,7 @@ from typing import Any
 from ablate.store import StudyRecord
 
 EXPORT_FORMATS = ("csv", "parquet")
+SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 BASE_COLUMNS = ["study", "trial_id", "seed", "status", "n_params", "flops", "error", "started_at", "ended_at",
                 "epoch", "metric", "value", "final"]
 
@@ -58,13 +59,29 @@ def to_frame(record: StudyRecord):
     return df
 
 
+def resolve_format(path: str | Path, fmt: str | None = None) -> str:
+    """The format to write ``path`` in: ``fmt``, else its suffix (.csv, .parquet / .pq), else csv for
+    a name without a suffix. A suffix that says another format (``-o x.json``, or ``x.parquet`` with
+    ``--format csv``) is a ValueError: a file whose name lies about its content misleads every reader."""
+    path = Path(path)
+    if fmt is not None and fmt not in EXPORT_FORMATS:
+        raise ValueError(f"--format: one of {', '.join(EXPORT_FORMATS)}, got '{fmt}'")
+    suffix = path.suffix.lower()
+    implied = SUFFIXES.get(suffix)
+    if suffix and implied is None:
+        known = ", ".join(SUFFIXES)
+        raise ValueError(f"--out: a file ending in {known} (or no suffix with --format), got '{path.name}'; "
+                         f"ablate export writes {' or '.join(EXPORT_FORMATS)}")
+    if fmt is not None and implied is not None and implied != fmt:
+        raise ValueError(f"--out: '{path.name}' says {implied} but --format is {fmt}; make them agree")
+    return fmt or implied or "csv"
+
+
 def export(record: StudyRecord, path: str | Path, fmt: str | None = None) -> int:
-    """Write the long-format table to ``path`` (csv or parquet, default from the suffix, else csv).
+    """Write the long-format table to ``path`` (format from ``resolve_format``).
     Returns the number of rows written."""
     path = Path(path)
-    fmt = fmt or (path.suffix.lstrip(".") if path.suffix.lstrip(".") in EXPORT_FORMATS else "csv")
-    if fmt not in EXPORT_FORMATS:
-        raise ValueError(f"format: one of {', '.join(EXPORT_FORMATS)}, got '{fmt}'")
+    fmt = resolve_format(path, fmt)
     df = to_frame(record)
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "csv":

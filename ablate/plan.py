@@ -10,6 +10,7 @@ from typing import Any
 from ablate.data import dataset_info
 from ablate.expand import Trial, expand
 from ablate.study import Study, load_study
+from ablate.validate import check_plan, measure_checked
 from ablate.zoo import measure_deployed
 
 
@@ -45,11 +46,12 @@ def make_plan(path: str | Path, profile: str | None = None) -> Plan:
     """Load, validate and expand a study file, then measure each distinct model once."""
     study = load_study(path, profile)
     trials = expand(study, path)
+    check_plan(study, [t.config for t in trials], str(path))  # before any compute: names, kwargs, formats
     cache: dict[str, tuple[int, int]] = {}
     planned = []
     for t in trials:
         key = json.dumps([t.config["model"], t.config["dataset"]], sort_keys=True)
         if key not in cache:
-            cache[key] = measure(t.config)
+            cache[key] = measure_checked(measure, t.config, str(path))
         planned.append(PlannedTrial(t, *cache[key]))
     return Plan(str(path), study, planned)

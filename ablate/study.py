@@ -7,7 +7,8 @@ All profiles are validated at load time: a typo in ``paper`` fails even when run
 
 from __future__ import annotations
 
-import copy
+import os
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,8 +24,41 @@ class StudyError(Exception):
         super().__init__(f"{self.file}: {field}: {expected}")
 
 
+# Hostile-input bounds: a study file is a few KB; these refuse alias bombs, deep nesting and huge
+# strings or numbers in well under a second, before anything expands them.
+MAX_FILE_BYTES = 1 << 20  # 1 MiB
+MAX_NODES = 50_000  # YAML nodes, counting each use of an alias again (what expansion would create)
+MAX_DEPTH = 32  # nesting of mappings and lists
+MAX_STRING = 20_000  # characters in one string
+MAX_NUMBER_DIGITS = 64  # characters of one number literal (Python refuses ints of > 4300 digits anyway)
+MAX_PROFILES = 64
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+NAME_RULE = ("letters, digits, '_', '.', '-', starting with a letter or digit, at most 100 characters "
+             "(it becomes a folder name)")
+_ALLOWED_TAGS = {"tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool", "null", "seq", "map", "merge")}
+_short_repr = reprlib.Repr()  # error messages quote values, briefly: never a megabyte of them
+_short_repr.maxstring, _short_repr.maxother, _short_repr.maxlist, _short_repr.maxdict = 60, 60, 4, 4
+_short_repr.maxlevel = 2
+
+
+def max_trials() -> int:
+    """The most trials one study may expand to: $ABLATE_MAX_TRIALS, default 10,000."""
+    try:
+        return max(1, int(os.environ.get("ABLATE_MAX_TRIALS", "10000")))
+    except ValueError:
+        return 10_000
+
+
+def _check_name(v: str) -> str:
+    import re
+
+    if not re.fullmatch(NAME_PATTERN, v):
+        raise ValueError(f"a name of {NAME_RULE}, got {_short_repr.repr(v)}")
+    return v
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ModelSpec(_Strict):
@@ -167,6 +201,11 @@ class InitFrom(_Strict):
     trial: str | None = Field(default=None, description="trial id, as `ablate plan` prints it")
     match: dict[str, Any] | None = Field(default=None, description="axis values, e.g. {model.kwargs.kernel_size: 13}")
 
+    @field_validator("study")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        return _check_name(v)
+
     @model_validator(mode="after")
     def _one_way(self) -> "InitFrom":
         if (self.trial is None) == (self.match is None):
@@ -185,7 +224,7 @@ class ArtifactsSpec(_Strict):
 
 
 class Study(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(description=NAME_RULE)
     description: str = ""
     model: ModelSpec
     axes: AxesSpec = Field(default_factory=AxesSpec)
@@ -199,28 +238,41 @@ class Study(_Strict):
     artifacts: ArtifactsSpec = Field(default_factory=ArtifactsSpec)
     profile: str | None = Field(default=None, description="set by the loader, not in files")
 
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        return _check_name(v)
+
     @field_validator("seeds", mode="before")
     @classmethod
     def _seeds_int(cls, v: Any) -> Any:
-        return list(range(v)) if isinstance(v, int) and not isinstance(v, bool) else v
+        if isinstance(v, int) and not isinstance(v, bool):
+            if not 1 <= v <= max_trials():
+                raise ValueError(f"a seed count from 1 to {max_trials()} (ABLATE_MAX_TRIALS), got {v}")
+            return list(range(v))
+        return v
 
     @model_validator(mode="after")
     def _known_model(self) -> "Study":
-        from ablate.models import model_exists
+        from ablate.validate import model_name_problem
 
-        if not model_exists(self.model.name):
-            raise ValueError(f"model.name: unknown model '{self.model.name}'; `ablate models` lists them")
+        problem = model_name_problem(self.model.name)
+        if problem:
+            raise ValueError(f"model.name: {problem}")
         return self
 
 
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Merge ``override`` into a copy of ``base``; dicts merge, everything else replaces."""
-    out = copy.deepcopy(base)
+    """Merge ``override`` onto ``base`` into a new dict; dicts merge, everything else replaces.
+
+    Unchanged subtrees are shared, not copied (validation never mutates them), so a file with many
+    profiles costs the size of its overrides, not profiles x file size."""
+    out = dict(base)
     for k, v in override.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = deep_merge(out[k], v)
         else:
-            out[k] = copy.deepcopy(v)
+            out[k] = v
     return out
 
 
@@ -232,7 +284,7 @@ def _describe(err: dict[str, Any], prefix: str) -> tuple[str, str]:
     elif err["type"] == "missing":
         msg = "required field is missing"
     elif "input" in err and err["type"] not in ("value_error",):
-        msg = f"{msg} (got {err['input']!r})"
+        msg = f"{msg} (got {_short_repr.repr(err['input'])})"
     msg = msg.removeprefix("Value error, ")
     # model_validator errors carry their own field name inside the message
     if not loc and ": " in msg:
@@ -252,19 +304,96 @@ def _validate(raw: dict[str, Any], path: Path, prefix: str) -> Study:
         raise StudyError(path, field, expected) from None
 
 
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: a 1 MiB file parses in ~0.1 s
+
+
+def _where(node: yaml.Node) -> str:
+    m = node.start_mark
+    return f"line {m.line + 1}, column {m.column + 1}"
+
+
+def _check_nodes(root: yaml.Node, path: Path) -> None:
+    """Walk the composed YAML graph before constructing Python objects from it: plain tags only,
+    bounded depth, strings and numbers, and a bounded node count where every use of an alias counts
+    again (an alias bomb is small as a graph and huge once anything expands it)."""
+    count = 0
+    stack: list[tuple[yaml.Node, int]] = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_NODES:
+            raise StudyError(path, _where(node), f"at most {MAX_NODES} values in a study file, counting each use "
+                             "of an alias (&anchor / *alias) again")
+        if depth > MAX_DEPTH:
+            raise StudyError(path, _where(node), f"nesting at most {MAX_DEPTH} levels deep")
+        if node.tag not in _ALLOWED_TAGS:
+            hint = "; quote dates and times" if node.tag.endswith(":timestamp") else ""
+            raise StudyError(path, _where(node), f"plain YAML values (strings, numbers, booleans, null, lists, "
+                             f"mappings), got the tag {_short_repr.repr(node.tag)}{hint}")
+        if isinstance(node, yaml.ScalarNode):
+            v = node.value
+            if len(v) > MAX_STRING:
+                raise StudyError(path, _where(node), f"strings of at most {MAX_STRING} characters, got {len(v)}")
+            if node.tag.endswith((":int", ":float")) and len(v) > MAX_NUMBER_DIGITS:
+                raise StudyError(path, _where(node), f"numbers of at most {MAX_NUMBER_DIGITS} characters")
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                raise StudyError(path, _where(node), "text without lone surrogates (\\ud800-\\udfff)") from None
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend((child, depth + 1) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                stack.extend(((k, depth + 1), (v, depth + 1)))
+
+
+def _read_text(path: Path) -> str:
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise StudyError(path, "<file>", f"a study file of at most {MAX_FILE_BYTES // 1024} KiB, got {size} bytes")
+        with path.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise StudyError(path, "<file>", f"a readable study file ({e.strerror or e})") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise StudyError(path, "<file>", f"a study file of at most {MAX_FILE_BYTES // 1024} KiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise StudyError(path, f"byte {e.start}", "UTF-8 text") from None
+
+
+def parse_yaml(text: str, path: Path) -> Any:
+    """The YAML document in ``text``, bounded (see ``_check_nodes``); every failure a StudyError."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node, path)
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<file>"
+        problem = (str(getattr(e, "problem", None) or e).splitlines() or [""])[0][:150]
+        raise StudyError(path, where, f"valid YAML ({problem})") from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as e:  # a constructor on an odd value
+        raise StudyError(path, "<file>", f"valid YAML values ({type(e).__name__}: {str(e)[:200]})") from None
+    finally:
+        loader.dispose()
+
+
 def read_raw(path: str | Path) -> dict[str, Any]:
     """Read the YAML mapping of a study file, turning every failure into a StudyError."""
     path = Path(path)
     if not path.is_file():
         raise StudyError(path, "<file>", "a readable study file (no such file)")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "<file>"
-        raise StudyError(path, where, f"valid YAML ({getattr(e, 'problem', None) or e})") from None
+    raw = parse_yaml(_read_text(path), path)
     if not isinstance(raw, dict):
         raise StudyError(path, "<top level>", "a mapping with keys name, model, dataset, ...")
+    if not all(isinstance(k, str) for k in raw):
+        raise StudyError(path, "<top level>", "string keys")
     return raw
 
 
@@ -278,6 +407,8 @@ def load_study(path: str | Path, profile: str | None = None) -> Study:
     profiles = raw.pop("profiles", {}) or {}
     if not isinstance(profiles, dict) or not all(isinstance(v, dict) for v in profiles.values()):
         raise StudyError(path, "profiles", "a mapping of profile name to a mapping of overrides")
+    if len(profiles) > MAX_PROFILES:
+        raise StudyError(path, "profiles", f"at most {MAX_PROFILES} profiles, got {len(profiles)}")
     if "profile" in raw:
         raise StudyError(path, "profile", "unknown key (profiles are chosen with --profile)")
     base = _validate(raw, path, "")

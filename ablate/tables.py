@@ -26,6 +26,7 @@ from ablate.expand import get_path
 from ablate.flops import human
 from ablate.stats import ALPHA, Paired, Summary, paired_compare, summarize
 from ablate.store import COMPLETED, FAILED, StudyRecord, TrialRecord
+from ablate.text import markdown_cell, safe_format, strip_controls
 
 FORMATS = ("md", "csv", "latex", "html")
 DAGGER = "†"
@@ -107,11 +108,8 @@ def _label(value: Any, col: dict[str, Any]) -> Any:
 def _fmt_scalar(value: Any, fmt: str | None) -> str:
     if fmt == "human":
         return human(value) if isinstance(value, (int, float)) else str(value)
-    if fmt:
-        return fmt.format(v=value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
+    # a format read from the database may be one no plan checked: safe_format never raises or allocates
+    return safe_format(fmt, value, "{v:g}" if isinstance(value, float) else "{v}")
 
 
 def _fmt(value: Any, col: dict[str, Any]) -> str:
@@ -133,7 +131,7 @@ def _fmt_metric(s: Summary, col: dict[str, Any]) -> str:
     fmt = col.get("format")
     if fmt == "human":
         return human(s.mean)
-    one = (lambda v: fmt.format(v=v)) if fmt else (lambda v: f"{v:.2f}")
+    one = (lambda v: safe_format(fmt, v, "{v:.2f}"))
     return one(s.mean) + (f" ± {one(s.std)}" if s.std is not None else "")
 
 
@@ -328,16 +326,18 @@ def _spans(groups: list[str]) -> list[tuple[str, int, int]]:
 
 
 def to_markdown(t: TableData) -> str:
+    """GitHub Markdown. Every text from the study file or the database is escaped (``markdown_cell``):
+    HTML shows as text, a pipe or line break cannot split a row, no terminal control sequences."""
     def cell(s: str, b: bool) -> str:
-        s = s.replace("|", r"\|")
+        s = markdown_cell(s)
         return f"**{s}**" if b else s
 
-    heads = [f"{g} {h}" if g else h for g, h in zip(t.groups, t.headers)]
-    lines = [f"**{t.title}**", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    heads = [markdown_cell(f"{g} {h}" if g else h) for g, h in zip(t.groups, t.headers)]
+    lines = [f"**{markdown_cell(t.title)}**", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
     lines += ["| " + " | ".join(cell(c, b) for c, b in zip(r, bs)) + " |" for r, bs in zip(t.rows, t.bold)]
     if t.notes:
         lines.append("")
-        lines += [f"{i}. {n}" for i, n in enumerate(t.notes, 1)]
+        lines += [f"{i}. {markdown_cell(n)}" for i, n in enumerate(t.notes, 1)]
     return "\n".join(lines) + "\n"
 
 
@@ -348,8 +348,9 @@ def to_csv(t: TableData) -> str:
         keys += [k for k in r if k not in keys]
     w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
     w.writeheader()
+    # values stay exact, but no terminal control sequence reaches a terminal the CSV is printed to
     w.writerows(t.raw)
-    return buf.getvalue()
+    return strip_controls(buf.getvalue())
 
 
 _LATEX_ESCAPES = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
@@ -359,7 +360,7 @@ _LATEX_ESCAPES = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{
 
 
 def latex_escape(s: str) -> str:
-    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in s)
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in strip_controls(s, keep_newlines=False))
 
 
 def to_latex(t: TableData) -> str:
@@ -385,7 +386,9 @@ def to_latex(t: TableData) -> str:
 
 def to_html_fragment(t: TableData) -> str:
     """The table as an HTML element (no page around it): used by ``to_html`` and the dashboard."""
-    e = html.escape
+    def e(s: str) -> str:  # escaped, and without control sequences for a terminal it may be printed to
+        return html.escape(strip_controls(s))
+
     out = ['<table class="ablate-table">', f"<caption>{e(t.title)}</caption>", "<thead>"]
     if any(t.groups):
         out.append("<tr>" + "".join(f'<th colspan="{k}" class="group">{e(g)}</th>' if g else
@@ -418,7 +421,7 @@ ol.ablate-notes { font: 12px/1.4 system-ui, sans-serif; color: #444; max-width: 
 def to_html(t: TableData) -> str:
     """A standalone HTML page with the table."""
     return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(t.title)}</title><style>{TABLE_CSS}</style></head><body>\n"
+            f"<title>{html.escape(strip_controls(t.title))}</title><style>{TABLE_CSS}</style></head><body>\n"
             + to_html_fragment(t) + "\n</body></html>\n")
 
 

@@ -166,6 +166,57 @@ def test_server_regenerates_each_request(tmp_path):
         th.join(10)
 
 
+def _raw_get(port: int) -> tuple[str, list[str], bytes]:
+    """(status line, header lines, body) of GET / read off the socket, as a browser or proxy sees them."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status, *headers = head.decode("latin-1").split("\r\n")
+    return status, headers, body
+
+
+def test_served_dashboard_keeps_database_text_out_of_the_status_line_and_headers(tmp_path, monkeypatch):
+    """A table format with CRLF in the database (issue 14: it reached the status line) renders as a
+    plain value; and when building the page fails with a message holding CRLF, the response is a
+    fixed 500 status line and headers, the message only HTML-escaped in the body."""
+    from ablate import dashboard
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    evil = "{v}\r\nX-Injected: yes\r\n\r\n<script>alert(1)</script>"
+    table = {"columns": [{"header": "K\r\nX-Header: 1", "source": "model.kwargs.kernel_size", "format": evil},
+                         {"header": "Top-1", "source": "metric:top1", "format": "{v:>200000000}"}]}
+    store.import_records([record("crlf", [trial("crlf", {"model.kwargs.kernel_size": 3}, 0, {"top1": 1.0})], table)])
+    server = make_server(store, "127.0.0.1", 0, refresh=0)
+    port = server.server_address[1]
+    th = threading.Thread(target=server.serve_forever, daemon=True)
+    th.start()
+    try:
+        status, headers, body = _raw_get(port)
+        assert status == "HTTP/1.0 200 OK", status
+        assert not any(h.lower().startswith(("x-injected", "x-header")) for h in headers), headers
+        assert b"<script>alert(1)</script>" not in body and len(body) < 50_000_000
+        assert b"<td>3</td>" in body  # the value, with the default format
+
+        def broken(*a, **k):
+            raise RuntimeError("boom\r\nX-Injected: yes\r\n\r\n<script>alert(2)</script>")
+
+        monkeypatch.setattr(dashboard, "report", broken)
+        status, headers, body = _raw_get(port)
+        assert status == "HTTP/1.0 500 Internal Server Error", status
+        assert not any(h.lower().startswith("x-injected") for h in headers), headers
+        assert b"boom" in body and b"<script>alert(2)" not in body and b"&lt;script&gt;" in body
+    finally:
+        server.shutdown()
+        server.server_close()
+        th.join(10)
+        store.close()
+
+
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_bulk_import_and_load_many_roundtrip(tmp_path, backend, request):
     if backend == "sqlite":

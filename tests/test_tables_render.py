@@ -321,7 +321,55 @@ def test_markdown_escapes_pipes_and_html_escapes_markup():
     table = _spec({"columns": [{"header": "Name", "source": "model.kwargs.tag"}, {"header": "Top-1", "source": "metric:top1"}]})
     trials = [trial("esc", {"model.kwargs.tag": "a|<b>"}, 0, {"top1": 1.0})]
     rec = record("esc", trials, table)
-    assert "a\\|<b>" in render(rec, "md")
+    assert "a\\|&lt;b&gt;" in render(rec, "md")  # Markdown renders inline HTML: escaped, shown as text
     assert "a|&lt;b&gt;" in render(rec, "html")
     with pytest.raises(ValueError, match="md, csv, latex, html"):
         render(rec, "docx")
+
+
+def test_markdown_and_terminal_output_of_hostile_text():
+    """Values, headers, notes and the title come from the study file or the database: in Markdown no
+    HTML, no row split by a pipe or line break, and in every text format no terminal control sequence."""
+    table = _spec({"columns": [{"header": "<img src=x onerror=alert(1)>", "source": "model.kwargs.tag"},
+                               {"header": "Top-1", "source": "metric:top1"}],
+                   "notes": ["a & b <script>x</script>\nsecond line | pipe"]})
+    evil = "<b>bold</b>|x\n| new row \x1b]0;title\x07\x1b[31mred\x1b[0m\x9b2J\u202eevil &amp;"
+    rec = record("esc2", [trial("esc2", {"model.kwargs.tag": evil}, 0, {"top1": 1.0})], table)
+    md = render(rec, "md")
+    body = md.split("\n")
+    rows = [ln for ln in body if ln.startswith("| ")]
+    assert len(rows) == 2  # header + the one arm: nothing split the row
+    assert "<" not in md and ">" not in md and "&lt;b&gt;bold&lt;/b&gt;\\|x" in md and "&amp;amp;" in md
+    assert "1. a &amp; b &lt;script&gt;x&lt;/script&gt; second line \\| pipe" in md
+    for fmt in FORMATS:
+        text = render(rec, fmt)
+        assert not any(c in text for c in "\x1b\x07\x9b\u202e"), fmt
+
+
+@pytest.mark.parametrize("fmt", ["{x}", "{v:>200000000}", "{v.__class__}", "{v[0]}", "{v:d}", "{", "{v}\r\nX: 1",
+                                 "{v:{v}}", "no field", "{v!x}", "{0}", "{v:.999f}"])
+def test_a_bad_format_from_the_database_renders_plainly(fmt):
+    """A format no plan checked (an older database, a hand edit) never crashes or allocates: the
+    value is shown with the default format instead."""
+    import time
+
+    table = _spec({"columns": [{"header": "K", "source": "model.kwargs.kernel_size", "format": fmt},
+                               {"header": "P", "source": "params", "format": fmt},
+                               {"header": "Top-1", "source": "metric:top1", "format": fmt}]})
+    trials = [trial("bad", {"model.kwargs.kernel_size": [3, 5]}, 0, {"top1": 71.234}),
+              trial("bad", {"model.kwargs.kernel_size": 7}, 0, {"top1": 70.0})]
+    rec = record("bad", trials, table)
+    start = time.perf_counter()
+    t = build_table(rec)
+    assert time.perf_counter() - start < 1.0
+    assert t.rows[0][:3] == ["3-5", "4000000", "71.23"] and t.rows[1][0] == "7"
+    for f in FORMATS:
+        assert len(render(rec, f)) < 20_000
+
+
+def test_good_formats_still_apply():
+    table = _spec({"columns": [{"header": "K", "source": "model.kwargs.kernel_size", "format": "{v}×{v}"},
+                               {"header": "Top-1", "source": "metric:top1", "format": "{v:>8.3f}"},
+                               {"header": "P", "source": "params", "format": "human"}]})
+    t = build_table(record("ok", [trial("ok", {"model.kwargs.kernel_size": 3}, 0, {"top1": 71.2345})], table))
+    assert t.rows[0][:3] == ["3×3", "  71.234", "4.0M"]

@@ -1,0 +1,255 @@
+"""Checks that need timm or torch, run by ``ablate plan`` (and so ``run``) before any compute.
+
+``study.py`` checks the shape of a study file; this module checks that what it names exists and
+fits: the metric is one the trainer reports, timm has the optimizer, scheduler, augmentation and
+model (with its pretrained tag), the model accepts its kwargs and is of a size a machine can hold,
+and every table format applies to the values it will format. Each failure is a ``StudyError``
+naming the file and field, with "did you mean" where a close name exists.
+"""
+
+from __future__ import annotations
+
+import difflib
+from functools import lru_cache
+from typing import Any, Iterable
+
+from ablate import metrics
+from ablate.study import Study, StudyError
+from ablate.text import format_problem
+
+MAX_PARAMS = 10**10  # 10 B parameters: far above the paper's largest model (RepLKNet-XL, 335 M)
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest choice, or ''."""
+    close = difflib.get_close_matches(str(name), list(choices), n=3, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+# -- models ----------------------------------------------------------------------------------------
+def model_name_problem(name: str) -> str | None:
+    """Why timm's registry cannot build ``name`` (``arch`` or ``arch.pretrained_tag``), or None."""
+    import timm
+    from timm.models import get_pretrained_cfg, split_model_name_tag
+
+    import ablate.models  # noqa: F401  (registers ablate's models)
+
+    arch, tag = split_model_name_tag(name)
+    if not timm.is_model(arch):
+        return (f"unknown model '{name}'{did_you_mean(arch, timm.list_models())}; `ablate models` lists the "
+                "zoo, `ablate models --all PATTERN` timm's names")
+    if tag:
+        try:
+            cfg = get_pretrained_cfg(name)
+        except RuntimeError:
+            cfg = None
+        if cfg is None:
+            tags = [n.split(".", 1)[1] for n in timm.list_pretrained(f"{arch}.*")]
+            return (f"model '{arch}' has no pretrained tag '{tag}'"
+                    + (did_you_mean(tag, tags) or (f"; its tags: {', '.join(tags[:8])}" if tags else "; it has none")))
+    return None
+
+
+def _meta_failure_is_data_dependent(e: Exception) -> bool:
+    """A constructor that needs real tensor values (``.item()``) cannot be built on the meta device;
+    that is no fault of the kwargs, and counting falls back to the CPU for it."""
+    return isinstance(e, NotImplementedError) or "meta" in str(e).lower()
+
+
+@lru_cache(maxsize=256)
+def _model_problem(name: str, kwargs_json: str, num_classes: int, in_chans: int) -> tuple[str, str] | None:
+    import json
+
+    import torch
+
+    from ablate.models import build_model
+    from ablate.flops import count_params
+
+    kwargs = json.loads(kwargs_json)
+    try:
+        with torch.device("meta"):  # shapes only: a model of 10^12 parameters costs nothing here
+            model = build_model({"name": name, "kwargs": kwargs}, num_classes, in_chans)
+    except Exception as e:  # noqa: BLE001 - constructors raise anything (TypeError, AssertionError, ...)
+        if _meta_failure_is_data_dependent(e):
+            return None
+        return "model.kwargs", f"arguments {name} accepts ({type(e).__name__}: {_short(e)})"
+    n = count_params(model)
+    if n > MAX_PARAMS:
+        return "model.kwargs", f"a model of at most {MAX_PARAMS:.0e} parameters; these give {n:.3g}"
+    return None
+
+
+def check_model(config: dict[str, Any], file: str, where: str = "") -> None:
+    """The trial's model exists in timm's registry and accepts its kwargs (built on the meta device)."""
+    import json
+
+    from ablate.data import dataset_info
+
+    model = config["model"]
+    problem = model_name_problem(str(model["name"]))
+    if problem:
+        raise StudyError(file, f"{where}model.name", problem)
+    kwargs = model.get("kwargs") or {}
+    default = kwargs.get("num_classes", 1000)
+    if not isinstance(default, int) or isinstance(default, bool) or not 1 <= default <= 10**6:
+        raise StudyError(file, f"{where}model.kwargs.num_classes", f"an integer from 1 to 10^6, got {default!r:.60}")
+    try:
+        classes, chans = dataset_info(config["dataset"], default)
+    except (OSError, ValueError) as e:
+        raise StudyError(file, f"{where}dataset.root", f"a readable folder ({_short(e)})") from None
+    found = _model_problem(model["name"], json.dumps(kwargs, sort_keys=True), classes, chans)
+    if found:
+        raise StudyError(file, where + found[0], found[1])
+
+
+def measure_checked(measure: Any, config: dict[str, Any], file: str) -> tuple[int, int]:
+    """``measure(config)`` (params, FLOPs), with a failure (a kernel larger than the input, say)
+    reported against the model and dataset instead of as a traceback."""
+    try:
+        return measure(config)
+    except Exception as e:  # noqa: BLE001
+        raise StudyError(file, "model / dataset.image_size",
+                         f"a model that runs on a {config['dataset'].get('image_size')}px image "
+                         f"({type(e).__name__}: {_short(e)})") from None
+
+
+def _short(e: BaseException, limit: int = 300) -> str:
+    s = " ".join(str(e).split())
+    return s if len(s) <= limit else s[:limit] + " …"
+
+
+# -- recipe ----------------------------------------------------------------------------------------
+@lru_cache(maxsize=1)
+def optimizers() -> tuple[str, ...]:
+    from timm.optim import list_optimizers
+
+    return tuple(list_optimizers())
+
+
+@lru_cache(maxsize=64)
+def _sched_problem(sched: str) -> str | None:
+    import warnings
+
+    import torch
+    from timm.scheduler import create_scheduler_v2
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            create_scheduler_v2(opt, sched=sched, num_epochs=10, updates_per_epoch=1)
+    except Exception as e:  # noqa: BLE001
+        return _short(e)
+    return None
+
+
+SCHEDULERS = ("cosine", "tanh", "step", "multistep", "plateau", "poly")  # for "did you mean" only
+
+
+@lru_cache(maxsize=64)
+def _augment_problem(aa: str) -> str | None:
+    from timm.data import create_transform
+
+    try:
+        create_transform(32, is_training=True, auto_augment=aa)
+    except Exception as e:  # noqa: BLE001 - timm asserts on an unknown policy or section
+        return f"{type(e).__name__}: {_short(e)}" if str(e) else type(e).__name__
+    return None
+
+
+def check_recipe(recipe: dict[str, Any], file: str) -> None:
+    opt = str(recipe["opt"])
+    # timm accepts a 'lookahead_' prefix and is case-insensitive
+    base = opt.lower().removeprefix("lookahead_")
+    if base not in optimizers():
+        raise StudyError(file, "recipe.opt", f"an optimizer timm has, got '{opt}'{did_you_mean(base, optimizers())}; "
+                         "timm.optim.list_optimizers() lists them")
+    sched = str(recipe["sched"])
+    problem = _sched_problem(sched)
+    if problem:
+        raise StudyError(file, "recipe.sched", f"a scheduler timm's create_scheduler_v2 knows, got '{sched}' "
+                         f"({problem}){did_you_mean(sched, SCHEDULERS)}")
+    aa = recipe.get("auto_augment")
+    if aa:
+        problem = _augment_problem(str(aa))
+        if problem:
+            raise StudyError(file, "recipe.auto_augment", f"an augmentation string timm's create_transform parses "
+                             f"(e.g. rand-m9-mstd0.5-inc1, augmix-m5, v0), got '{aa}' ({problem})")
+
+
+# -- metrics ---------------------------------------------------------------------------------------
+def check_metrics(study: Study, configs: list[dict[str, Any]], file: str) -> None:
+    """``metric.name`` is reported by every trial, a table's ``metric:`` column by some trial."""
+    cuda, ddp = study.resources.gpus > 0, study.resources.workers > 1
+    every = [set(metrics.reported(c["recipe"], cuda=cuda, ddp=ddp)) for c in configs]
+    name = study.metric.name
+    if not all(name in s for s in every):
+        why = ""
+        if name in metrics.ALL:
+            why = (" only with recipe.ema_momentum set" if name.endswith("_ema") else
+                   " only on a GPU (resources.gpus > 0)" if name in metrics.CUDA_ONLY else
+                   " only with resources.workers > 1" if name in metrics.DDP_ONLY else "")
+            raise StudyError(file, "metric.name", f"a metric every trial reports; the trainer reports '{name}'{why}")
+        raise StudyError(file, "metric.name", f"a metric the trainer reports, got '{name}'"
+                         f"{did_you_mean(name, metrics.ALL)}; it reports {', '.join(sorted(set().union(*every)))}")
+    any_trial = set().union(*every)
+    for i, col in enumerate(study.table.columns if study.table else []):
+        if col.source.startswith("metric:"):
+            m = col.source.split(":", 1)[1]
+            if m not in any_trial:
+                raise StudyError(file, f"table.columns[{i}].source", f"a metric the trainer reports for these trials, "
+                                 f"got '{m}'{did_you_mean(m, any_trial)}")
+
+
+# -- table formats ---------------------------------------------------------------------------------
+def check_table(study: Study, configs: list[dict[str, Any]], file: str) -> None:
+    """Every column's format is safe and applies to the values it will format (a config value of
+    each trial, a float for metrics, an int for params / FLOPs)."""
+    from ablate.expand import get_path
+
+    for i, col in enumerate(study.table.columns if study.table else []):
+        if col.format is None:
+            continue
+        problem = format_problem(col.format)
+        if problem:
+            raise StudyError(file, f"table.columns[{i}].format", problem)
+        if col.format == "human":
+            continue
+        src = col.source
+        samples: list[Any]
+        if src.startswith("metric:"):
+            samples = [76.54321]
+        elif src in ("params", "flops"):
+            samples = [4_000_000]
+        elif src.startswith("derived:") or src == "trial":
+            samples = [3]
+        else:
+            samples = []
+            for c in configs:
+                try:
+                    v = get_path(c, src)
+                except KeyError:
+                    continue
+                samples += v if isinstance(v, list) else [v]
+        for v in samples:
+            try:
+                col.format.format(v=v)
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+                raise StudyError(file, f"table.columns[{i}].format", f"a format that applies to {v!r} "
+                                 f"(from {src}), got '{col.format}' ({_short(e)})") from None
+
+
+# -- all -------------------------------------------------------------------------------------------
+def check_plan(study: Study, configs: list[dict[str, Any]], file: str) -> None:
+    """Everything above, over the trials' resolved configs (axes may vary any of these)."""
+    seen: set[str] = set()
+    for c in configs:
+        key = repr((c["model"], c["dataset"], c["recipe"].get("opt"), c["recipe"].get("sched"),
+                    c["recipe"].get("auto_augment")))
+        if key in seen:
+            continue
+        seen.add(key)
+        check_recipe(c["recipe"], file)
+        check_model(c, file)
+    check_metrics(study, configs, file)
+    check_table(study, configs, file)
