@@ -59,10 +59,16 @@ def _plan(file: Path, profile: Optional[str]):
         _fail(f"{file}: model.kwargs: arguments the model accepts ({e})")
 
 
-def _store(db: Optional[str]):
-    from ablate.store import Store
+def _store(db: Optional[str], *, create: bool = False):
+    """The result database; a database that cannot be used (unreachable, wrong password, not
+    SQLite, read-only, foreign, missing folder) is one line and exit 2. ``create=False`` (every
+    command but ``run``) never creates a file, folder or schema."""
+    from ablate.store import DatabaseError, Store
 
-    return Store(db)
+    try:
+        return Store(db, create=create)
+    except DatabaseError as e:
+        _fail(str(e))
 
 
 @app.command()
@@ -114,16 +120,38 @@ def run(
         check_dataset(p.study.dataset.model_dump())
     except _user_errors() as e:
         _fail(f"{file}: dataset: {e}")
-    store = _store(db)
+    from ablate.journal import JournalingSink
+    from ablate.store import DatabaseError, describe_error, is_connection_error
+
+    store = _store(db, create=True)
+    journal = JournalingSink(store)
     try:
-        with ProgressSink(store, p, console=err) as sink:
-            summary = run_study(file, profile, store=store, sink=sink, address=address, plan=p)
+        with ProgressSink(journal, p, console=err) as sink:
+            summary = run_study(file, profile, store=store, sink=sink, address=address, plan=p, journal=journal)
+        record = store.load(p.study.name)
     except _user_errors() as e:
         _fail(f"{file}: {e}")
-    err.print(f"{summary.total} trials: {summary.skipped} already completed, {summary.ran} run now, "
-              f"{summary.completed} completed, {summary.failed} failed. Results in {store.url}")
-    sys.stdout.write(render(store.load(p.study.name), fmt))
-    if summary.failed:
+    except DatabaseError as e:
+        _fail(str(e))
+    except Exception as e:
+        if not is_connection_error(e):
+            raise
+        left = f"; results not yet written are kept in {journal.path} for the next run" if journal.pending else ""
+        _fail(describe_error(e, store.url) + left)
+    parts = [f"{summary.skipped} already completed", f"{summary.ran} run now"]
+    if summary.elsewhere:
+        parts.append(f"{summary.elsewhere} running under another driver")
+    parts += [f"{summary.completed} completed", f"{summary.failed} failed"]
+    if summary.interrupted:
+        parts.append(f"{summary.interrupted} interrupted")
+    err.print(f"{summary.total} trials: {', '.join(parts)}. Results in {store.display_url}",
+              highlight=False, markup=False)
+    if summary.journaled:
+        err.print(f"{summary.journaled} results waited in a local journal while the database was unreachable"
+                  + (f"; {summary.unsaved} are still only in {summary.journal} (the next run writes them)"
+                     if summary.unsaved else "; all written since"), highlight=False, markup=False)
+    sys.stdout.write(render(record, fmt))
+    if summary.failed or summary.unsaved:
         raise typer.Exit(1)
 
 
@@ -153,7 +181,7 @@ def table(
 def studies(db: Optional[str] = typer.Option(None, "--db", help=DB_HELP, envvar="ABLATE_DB")) -> None:
     """List the studies in the result database."""
     store = _store(db)
-    t = Table(title=f"Studies in {store.url}")
+    t = Table(title=f"Studies in {store.display_url}")
     for c in ("name", "trials", "description"):
         t.add_column(c)
     for name, desc, n in store.studies():
@@ -200,7 +228,7 @@ def _load_study(store, study: str, history: bool = False):
         return store.load(study, history=history)
     except KeyError:
         known = ", ".join(n for n, _, _ in store.studies()) or "none yet"
-        _fail(f"study '{study}' is not in {store.url} (studies there: {known})")
+        _fail(f"study '{study}' is not in {store.display_url} (studies there: {known})")
 
 
 @app.command()
@@ -253,7 +281,7 @@ def dashboard(
             server = dash.make_server(store, host, port, refresh, artifacts)
         except OSError as e:
             _fail(f"--port: a free port on {host} ({e})")
-        err.print(f"serving the dashboard of {store.url} at http://{host}:{server.server_address[1]}/ (Ctrl-C stops)")
+        err.print(f"serving the dashboard of {store.display_url} at http://{host}:{server.server_address[1]}/ (Ctrl-C stops)")
         try:
             server.serve_forever()
         except KeyboardInterrupt:

@@ -241,7 +241,10 @@ def _sqlite_begin(conn: Any) -> None:
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; creates nothing (SQLite files appear on first write)."""
     url = normalize_url(url)
-    engine = create_engine(url, pool_pre_ping=True)
+    kw: dict[str, Any] = {}
+    if url.startswith("postgresql"):
+        kw["connect_args"] = {"connect_timeout": 10}  # an unreachable host fails in seconds, not minutes
+    engine = create_engine(url, pool_pre_ping=True, **kw)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
