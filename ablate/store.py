@@ -258,6 +258,7 @@ def _alembic_config(conn: Any = None) -> Any:
     cfg.set_main_option("script_location", str(MIGRATIONS))
     if conn is not None:
         cfg.attributes["connection"] = conn
+        cfg.attributes["target_metadata"] = Base.metadata
     return cfg
 
 
