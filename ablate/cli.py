@@ -66,10 +66,16 @@ def _plan(file: Path, profile: Optional[str]):
         _fail(str(e))
 
 
-def _store(db: Optional[str]):
-    from ablate.store import Store
+def _store(db: Optional[str], *, create: bool = False):
+    """The result database; a database that cannot be used (unreachable, wrong password, not
+    SQLite, read-only, foreign, missing folder) is one line and exit 2. ``create=False`` (every
+    command but ``run``) never creates a file, folder or schema."""
+    from ablate.store import DatabaseError, Store
 
-    return Store(db)
+    try:
+        return Store(db, create=create)
+    except DatabaseError as e:
+        _fail(str(e))
 
 
 @app.command()
@@ -124,23 +130,44 @@ def run(
         check_dataset(p.study.dataset.model_dump())
     except _user_errors() as e:
         _fail(f"{file}: dataset: {e}")
+    from ablate.journal import JournalingSink
     from ablate.runner import RunInterrupted
+    from ablate.store import DatabaseError, describe_error, is_connection_error
 
-    store = _store(db)
+    store = _store(db, create=True)
+    journal = JournalingSink(store)
     try:
-        with ProgressSink(store, p, console=err) as sink:
-            summary = run_study(file, profile, store=store, sink=sink, address=address, plan=p,
+        with ProgressSink(journal, p, console=err) as sink:
+            summary = run_study(file, profile, store=store, sink=sink, address=address, plan=p, journal=journal,
                                 artifacts=artifacts)
+        record = store.load(p.study.name)
     except _user_errors() as e:
         _fail(f"{file}: {e}")
     except (RunInterrupted, KeyboardInterrupt) as e:
         why = str(e) if isinstance(e, RunInterrupted) else "interrupted; a rerun resumes each unfinished trial"
-        err.print(f"{why}. Results so far in {store.url}", markup=False, highlight=False)
+        err.print(f"{why}. Results so far in {store.display_url}", markup=False, highlight=False)
         raise typer.Exit(130)
-    err.print(f"{summary.total} trials: {summary.skipped} already completed, {summary.ran} run now, "
-              f"{summary.completed} completed, {summary.failed} failed. Results in {store.url}")
-    sys.stdout.write(render(store.load(p.study.name), fmt))
-    if summary.failed:
+    except DatabaseError as e:
+        _fail(str(e))
+    except Exception as e:
+        if not is_connection_error(e):
+            raise
+        left = f"; results not yet written are kept in {journal.path} for the next run" if journal.pending else ""
+        _fail(describe_error(e, store.url) + left)
+    parts = [f"{summary.skipped} already completed", f"{summary.ran} run now"]
+    if summary.elsewhere:
+        parts.append(f"{summary.elsewhere} running under another driver")
+    parts += [f"{summary.completed} completed", f"{summary.failed} failed"]
+    if summary.interrupted:
+        parts.append(f"{summary.interrupted} interrupted")
+    err.print(f"{summary.total} trials: {', '.join(parts)}. Results in {store.display_url}",
+              highlight=False, markup=False)
+    if summary.journaled:
+        err.print(f"{summary.journaled} results waited in a local journal while the database was unreachable"
+                  + (f"; {summary.unsaved} are still only in {summary.journal} (the next run writes them)"
+                     if summary.unsaved else "; all written since"), highlight=False, markup=False)
+    sys.stdout.write(render(record, fmt))
+    if summary.failed or summary.unsaved:
         raise typer.Exit(1)
 
 
@@ -172,7 +199,7 @@ def studies(db: Optional[str] = typer.Option(None, "--db", help=DB_HELP, envvar=
     from ablate.text import plain
 
     store = _store(db)
-    t = Table(title=plain(f"Studies in {store.url}"))
+    t = Table(title=plain(f"Studies in {store.display_url}"))
     for c in ("name", "trials", "description"):
         t.add_column(c)
     for name, desc, n in store.studies():  # text from the database: no markup, no control sequences
@@ -232,7 +259,7 @@ def _load_study(store, study: str, history: bool = False):
         return store.load(study, history=history)
     except KeyError:
         known = ", ".join(n for n, _, _ in store.studies()) or "none yet"
-        _fail(f"study '{study}' is not in {store.url} (studies there: {known})")
+        _fail(f"study '{study}' is not in {store.display_url} (studies there: {known})")
 
 
 @app.command()
@@ -287,7 +314,7 @@ def dashboard(
             server = dash.make_server(store, host, port, refresh, artifacts)
         except OSError as e:
             _fail(f"--port: a free port on {host} ({e})")
-        err.print(f"serving the dashboard of {store.url} at http://{host}:{server.server_address[1]}/ (Ctrl-C stops)")
+        err.print(f"serving the dashboard of {store.display_url} at http://{host}:{server.server_address[1]}/ (Ctrl-C stops)")
         try:
             server.serve_forever()
         except KeyboardInterrupt:

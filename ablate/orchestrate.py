@@ -1,16 +1,27 @@
-"""``ablate run``: plan a study, record it, run what is missing on Ray, read the table back."""
+"""``ablate run``: plan a study, record it, claim what is missing, run it on Ray, read the table back.
+
+Several drivers may run one study against one database: each claims the trials it will run with a
+lease that a heartbeat thread renews, runs only those, and waits for the trials another live driver
+holds, taking over any whose lease runs out (a killed driver). Results go through a
+``JournalingSink``, so a database that goes away mid-run costs no training."""
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 from ablate.artifacts import WEIGHTS, ArtifactStore
 from ablate.data import check_dataset
 from ablate.expand import get_path
 from ablate.plan import Plan, make_plan
 from ablate.runner import TrialSink, run_trials
-from ablate.store import COMPLETED, Store
+from ablate.journal import JournalingSink, replay_leftovers
+from ablate.store import COMPLETED, FAILED, INTERRUPTED, Store, is_connection_error, lease_seconds
 
 
 class InitFromError(Exception):
@@ -25,7 +36,7 @@ def resolve_init_from(store: Store, plan: Plan, artifacts: ArtifactStore) -> dic
     try:
         source = store.load(ref.study)
     except KeyError:
-        raise InitFromError(f"init_from: study '{ref.study}' is not in {store.url}; run it first") from None
+        raise InitFromError(f"init_from: study '{ref.study}' is not in {store.display_url}; run it first") from None
     done = [t for t in source.trials if t.status == COMPLETED]
     if ref.trial is not None:
         found = [t for t in done if t.trial_id == ref.trial]
@@ -47,13 +58,22 @@ def resolve_init_from(store: Store, plan: Plan, artifacts: ArtifactStore) -> dic
     return {"study": ref.study, "trial": found[0].trial_id}
 
 
+log = logging.getLogger("ablate.orchestrate")
+T = TypeVar("T")
+
+
 @dataclass
 class RunSummary:
     total: int
     skipped: int  # completed earlier
-    ran: int
+    ran: int  # run by this driver
     completed: int
     failed: int
+    interrupted: int = 0
+    elsewhere: int = 0  # trials that another live driver was running when this one wanted them
+    journaled: int = 0  # results that waited in the local journal while the database was away
+    unsaved: int = 0  # results still only in the journal at the end (the database stayed away)
+    journal: str = ""
 
 
 def register_plan(store: Store, plan: Plan) -> dict[str, str]:
@@ -64,26 +84,123 @@ def register_plan(store: Store, plan: Plan) -> dict[str, str]:
     return store.register(plan.study.name, plan.study.description, spec, rows)
 
 
+def _patient(fn: Callable[[], T], what: str) -> T:
+    """A database call of the driver's own bookkeeping, retried while the database is away
+    (up to ``ABLATE_DB_PATIENCE_S``, default 600 s), so an outage between trials ends no run."""
+    deadline, delay = time.monotonic() + _patience(), 0.5
+    while True:
+        try:
+            return fn()
+        except Exception as e:
+            if not is_connection_error(e) or time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: database unreachable, retrying in %.0f s (%s)", what, delay, str(e).splitlines()[0][:200])
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+
+def _patience() -> float:
+    return float(os.environ.get("ABLATE_DB_PATIENCE_S") or 600)
+
+
+class Heartbeat:
+    """Renews the driver's leases every lease/4 in a daemon thread; a failed renewal (database
+    away) is retried at the next beat, so only a lease/0.75 outage lets a successor take over."""
+
+    def __init__(self, store: Store, owner: str, lease_s: float):
+        self.store, self.owner, self.lease_s = store, owner, lease_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ablate-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.lease_s / 4):
+            try:
+                self.store.renew(self.owner, self.lease_s)
+            except Exception as e:  # the journal keeps the results; the lease may lapse
+                log.warning("lease renewal failed: %s", str(e).splitlines()[0][:200])
+
+    def __enter__(self) -> "Heartbeat":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 def run_study(path: str | Path, profile: str | None = None, *, store: Store, sink: TrialSink | None = None,
-              address: str | None = None, plan: Plan | None = None, artifacts: str | None = None) -> RunSummary:
+              address: str | None = None, plan: Plan | None = None,
+              journal: JournalingSink | None = None, artifacts: str | None = None) -> RunSummary:
     """Run every trial of the study that has not completed. Bad input raises before anything is
-    written; trials already completed (same id) are skipped; failed or interrupted ones rerun."""
+    written; trials already completed (same id) are skipped; failed or interrupted ones rerun.
+
+    ``journal``: the driver's ``JournalingSink`` (its ``owner`` is the driver id); ``sink``, if
+    given, must forward to it (a progress display). Trials another live driver holds are waited
+    for; those whose lease runs out are claimed and run here, so the study is done at the end."""
     plan = plan or make_plan(path, profile)
     check_dataset(plan.study.dataset.model_dump())
     files = ArtifactStore(artifacts)
     init_from = resolve_init_from(store, plan, files)
+    journal = journal or JournalingSink(store)
+    sink = sink or journal
+    owner, lease = journal.owner, lease_seconds()
+    name = plan.study.name
+    replay_leftovers(store)
     status = register_plan(store, plan)
-    todo = [p.trial for p in plan.trials if status[p.trial.id] != COMPLETED]
+    by_id = {p.trial.id: p.trial for p in plan.trials}
+    ids = list(by_id)
+    skipped = sum(status[i] == COMPLETED for i in ids)
+    t0 = _now_utc()
+    ran: set[str] = set()
+    elsewhere: set[str] = set()
     res = plan.study.resources
+    poll = min(max(lease / 4, 0.2), 5.0)
     try:
-        run_trials(plan.study.name, todo, sink or store, cpus=res.cpus, gpus=res.gpus,
-                   retries=res.retries, workers=res.workers, address=address,
-                   init_from=init_from, artifacts=files.uri, keep=plan.study.artifacts.keep,
-                   metric=plan.study.metric.name, mode=plan.study.metric.mode)
+        with Heartbeat(store, owner, lease):
+            while True:
+                states = _patient(lambda: store.trial_states(name), "reading trial states")
+
+                def wanted(i: str) -> bool:  # not done, not run here, not just failed under another driver
+                    st = states[i]
+                    return (st.status != COMPLETED and i not in ran
+                            and not (st.status == FAILED and st.ended_at is not None and st.ended_at >= t0))
+
+                todo = [i for i in ids if wanted(i)]
+                if not todo:
+                    break
+                claimed = _patient(lambda: store.claim(name, todo, owner, lease), "claiming trials")
+                if claimed:
+                    ran.update(claimed)
+                    run_trials(name, [by_id[i] for i in claimed], sink, cpus=res.cpus, gpus=res.gpus,
+                               retries=res.retries, workers=res.workers, address=address,
+                               init_from=init_from, artifacts=files.uri, keep=plan.study.artifacts.keep,
+                               metric=plan.study.metric.name, mode=plan.study.metric.mode)
+                    journal.flush(_patience())  # results first, then the claims end
+                    _patient(lambda: store.release(owner), "releasing claims")  # anything left running
+                    continue
+                states = _patient(lambda: store.trial_states(name), "reading trial states")
+                held = [i for i in todo if states[i].held_by_other(owner)]
+                if held and not elsewhere.issuperset(held):
+                    log.warning("%s: %d trial(s) running under another driver; waiting for them", name, len(held))
+                elsewhere.update(held)
+                time.sleep(poll)  # until they finish, or their lease runs out and they are claimable
     finally:
-        store.mark_interrupted(plan.study.name)
-    after = {t.trial_id: t.status for t in store.load(plan.study.name).trials}
-    ids = [p.trial.id for p in plan.trials]
-    return RunSummary(total=len(ids), skipped=len(ids) - len(todo), ran=len(todo),
+        unsaved = journal.close(timeout=float(os.environ.get("ABLATE_JOURNAL_FLUSH_S") or 60))
+        try:
+            store.release(owner)
+        except Exception as e:  # the database is away: the lease runs out by itself
+            if not is_connection_error(e):
+                raise
+    after = {i: st.status for i, st in _patient(lambda: store.trial_states(name), "reading results").items()}
+    return RunSummary(total=len(ids), skipped=skipped, ran=len(ran),
                       completed=sum(after[i] == COMPLETED for i in ids),
-                      failed=sum(after[i] == "failed" for i in ids))
+                      failed=sum(after[i] == FAILED for i in ids),
+                      interrupted=sum(after[i] == INTERRUPTED for i in ids),
+                      elsewhere=len(elsewhere), journaled=journal.journaled, unsaved=unsaved,
+                      journal=str(journal.path) if unsaved else "")
+
+
+def _now_utc():
+    from ablate.store import _now
+
+    return _now()

@@ -1,27 +1,43 @@
 """The result database: studies, trials and per-epoch metrics (SQLAlchemy 2 typed ORM).
 
-Only this module touches SQL. The driver is the single writer; every method is one transaction, so
-a crash or kill at any point leaves the database consistent. A rerun resets trials that did not
-complete (deleting their partial metrics) and leaves completed ones alone.
+Only this module touches SQL. Every method is one short transaction, so a crash or kill at any
+point leaves the database consistent. Several drivers may share one database: a trial is claimed
+with a lease (``claim``/``renew``/``release``) so that exactly one driver writes it, and a killed
+driver's lease runs out for a successor to take over. Results are append-only: a completed
+trial's status and metrics are never changed again, except by ``rerun`` (an explicit user request),
+which keeps the replaced attempt in ``trial_attempts``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
+import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
-from sqlalchemy import (JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text,
-                        UniqueConstraint, create_engine, delete, event, func, insert, select)
-from sqlalchemy.engine import Engine
+from sqlalchemy import (JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text,
+                        UniqueConstraint, and_, create_engine, delete, event, func, insert, inspect, or_,
+                        select, text, update)
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
 DEFAULT_DB_FILE = "ablate.db"
 MIGRATIONS = Path(__file__).resolve().parent.parent / "db"
 
-PENDING, RUNNING, COMPLETED, FAILED = "pending", "running", "completed", "failed"
+PENDING, RUNNING, COMPLETED, FAILED, INTERRUPTED = "pending", "running", "completed", "failed", "interrupted"
+RECURRING, TRANSIENT = "recurring", "transient"  # error_kind: fails again on rerun / may pass on rerun
+INTERRUPTED_ERROR = "interrupted: the driver stopped"
+DEFAULT_LEASE_S = 60.0
+SQLITE_BUSY_MS = 30_000
+PG_LOCK_KEY = int.from_bytes(b"ablate", "big")  # advisory lock around migrations
+
+log = logging.getLogger("ablate.store")
+T = TypeVar("T")
 
 
 def default_db_url() -> str:
@@ -36,8 +52,59 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def masked(url: str) -> str:
+    """The URL as it may be printed: password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not even a URL: print nothing after the scheme's credentials
+        return url.split("@", 1)[-1] if "@" in url else url
+
+
+def lease_seconds() -> float:
+    """How long a claim holds without renewal: ``ABLATE_LEASE_S``, default 60 s."""
+    try:
+        return max(0.5, float(os.environ.get("ABLATE_LEASE_S") or DEFAULT_LEASE_S))
+    except ValueError:
+        return DEFAULT_LEASE_S
+
+
+def new_owner() -> str:
+    """A driver id, ``host:pid:random``: unique per run, and on this host checkable for liveness."""
+    return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """True only when ``owner`` is a driver of this host whose process is gone (a killed driver
+    whose lease has not run out yet); other hosts' drivers are judged by their lease alone."""
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    try:  # a zombie (killed, not yet reaped by its parent) is dead too
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _utc(dt: datetime | None) -> datetime | None:
+    """SQLite gives naive datetimes back; they were written in UTC."""
+    return dt.replace(tzinfo=timezone.utc) if dt is not None and dt.tzinfo is None else dt
+
+
+class DatabaseError(Exception):
+    """The database cannot be used; the message is one line naming the (masked) URL."""
 
 
 class Base(DeclarativeBase):
@@ -71,6 +138,10 @@ class TrialRow(Base):
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    error_kind: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     study: Mapped[StudyRow] = relationship(back_populates="trials")
 
 
@@ -82,6 +153,24 @@ class MetricRow(Base):
     epoch: Mapped[int] = mapped_column(Integer)
     name: Mapped[str] = mapped_column(String(64))
     value: Mapped[float] = mapped_column(Float)
+
+
+class TrialAttemptRow(Base):
+    """An attempt replaced by ``rerun``: what the trial was before, metrics included."""
+
+    __tablename__ = "trial_attempts"
+    __table_args__ = (Index("ix_trial_attempts_trial_pk_attempt", "trial_pk", "attempt"),)
+    pk: Mapped[int] = mapped_column(Integer, primary_key=True)
+    trial_pk: Mapped[int] = mapped_column(ForeignKey("trials.pk", ondelete="CASCADE"))
+    attempt: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error_kind: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON)  # {name: [[epoch, value], ...]}
+    archived_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
 @dataclass
@@ -100,6 +189,10 @@ class TrialRecord:
     ended_at: datetime | None
     final: dict[str, float] = field(default_factory=dict)
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 0
+    error_kind: str | None = None
+    past_attempts: list[dict[str, Any]] = field(default_factory=list)  # replaced by rerun, oldest first
 
 
 @dataclass
@@ -110,76 +203,273 @@ class StudyRecord:
     trials: list[TrialRecord]
 
 
+@dataclass
+class TrialState:
+    """Who holds a trial and in which state (what the claim loop of ``orchestrate`` polls)."""
+
+    status: str
+    claimed_by: str | None
+    lease_until: datetime | None
+    ended_at: datetime | None
+
+    def held_by_other(self, owner: str, now: datetime | None = None) -> bool:
+        return (self.claimed_by is not None and self.claimed_by != owner and self.lease_until is not None
+                and self.lease_until > (now or _now()) and not owner_is_dead(self.claimed_by))
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # transactions are begun by _sqlite_begin, not by pysqlite
     cur = dbapi_conn.cursor()
+    cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")  # first: the pragmas below may wait for a lock
     cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA journal_mode=WAL")  # readers (dashboard) never block the writer
-    cur.execute("PRAGMA busy_timeout=10000")
+    if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")  # readers (dashboard) never block the writer
+        except Exception:  # a read-only file stays in its mode; reading still works
+            pass
+    cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, no fsync per commit
     cur.close()
 
 
+def _sqlite_begin(conn: Any) -> None:
+    """Writers take the write lock at BEGIN (IMMEDIATE), so two drivers queue on busy_timeout
+    instead of failing with "database is locked" when a read transaction upgrades to a write."""
+    immediate = conn.get_execution_options().get("ablate_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
 def make_engine(url: str) -> Engine:
+    """An engine for ``url``; creates nothing (SQLite files appear on first write)."""
     url = normalize_url(url)
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, future=True, pool_pre_ping=True)
+    kw: dict[str, Any] = {}
+    if url.startswith("postgresql"):
+        kw["connect_args"] = {"connect_timeout": 10}  # an unreachable host fails in seconds, not minutes
+    engine = create_engine(url, pool_pre_ping=True, **kw)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
     return engine
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest alembic revision (db/versions)."""
-    from alembic import command
+def _alembic_config(conn: Any = None) -> Any:
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
-    with engine.begin() as conn:
+    if conn is not None:
         cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+        cfg.attributes["target_metadata"] = Base.metadata
+    return cfg
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+def _current_revision(conn: Any) -> str | None:
+    from alembic.migration import MigrationContext
+
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest alembic revision (db/versions), safe with any number of
+    processes at once: SQLite serializes on BEGIN IMMEDIATE, PostgreSQL on an advisory lock, and
+    whoever comes second finds the schema at head and does nothing."""
+    from alembic import command
+
+    head = head_revision()
+    with engine.connect() as conn:  # read first: a database at head is never written (read-only files)
+        if _current_revision(conn) == head:
+            return
+    with engine.execution_options(ablate_write=True).begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_LOCK_KEY})  # released at commit
+        if _current_revision(conn) != head:
+            command.upgrade(_alembic_config(conn), "head")
+
+
+# -- what is wrong with a database, in one line ---------------------------------------------------
+def _sqlite_path(url: str) -> Path | None:
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:" or u.query.get("uri"):
+        return None
+    return Path(u.database)
+
+
+def describe_error(exc: BaseException, url: str) -> str:
+    """One line: the masked URL and what is wrong with the database behind it."""
+    where = masked(url)
+    msg = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    first = msg[0] if msg else type(exc).__name__
+    low = str(getattr(exc, "orig", None) or exc).lower()
+    if isinstance(exc, sa_exc.NoSuchModuleError) or "can't load plugin" in low:
+        what = "unknown database URL scheme or driver (use sqlite:///path.db or postgresql://user@host/db)"
+    elif isinstance(exc, sa_exc.ArgumentError):
+        what = f"not a database URL ({first})"
+    elif "password authentication failed" in low or "authentication failed" in low:
+        what = "wrong user name or password"
+    elif "does not exist" in low and "database" in low:
+        what = "the database does not exist (create it first)"
+    elif "role" in low and "does not exist" in low:
+        what = "the database user does not exist"
+    elif any(s in low for s in ("connection refused", "could not connect", "connection timed out",
+                                "name or service not known", "could not translate host", "no route to host",
+                                "server closed the connection", "connection is bad", "timeout expired")):
+        what = f"database server unreachable ({first})"
+    elif "file is not a database" in low or "file is encrypted" in low:
+        what = "the file is not an SQLite database"
+    elif "readonly" in low or "read-only" in low or "permission denied" in low:
+        what = "the database is read-only (file or folder not writable)"
+    elif "unable to open database file" in low:
+        what = "cannot open the database file (missing folder or no permission)"
+    elif "database is locked" in low:
+        what = f"the database stayed locked by another process for {SQLITE_BUSY_MS // 1000} s"
+    else:
+        what = first
+    return f"database {where}: {what}"
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Errors that a later retry of the same write may not hit: connection lost or refused, server
+    restarting, lock timeouts. Not: constraint violations, unknown trials, programming errors."""
+    if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError,
+                            sa_exc.DisconnectionError, ConnectionError))
 
 
 class Store:
-    """Typed access to the result database at ``url`` (any SQLAlchemy URL)."""
+    """Typed access to the result database at ``url`` (any SQLAlchemy URL).
+
+    ``create=False`` (read-only commands) never creates a file, folder or schema: a missing SQLite
+    file or an empty database raises ``DatabaseError``. ``create=True`` creates the SQLite file and
+    the schema, never a missing folder. Every problem with the database itself (unreachable, wrong
+    password, not SQLite, read-only, foreign tables) is a ``DatabaseError`` with one line.
+    """
 
     def __init__(self, url: str | None = None, *, create: bool = True):
         self.url = normalize_url(url or default_db_url())
-        self.engine = make_engine(self.url)
-        if create:
-            migrate(self.engine)
+        self.display_url = masked(self.url)
+        try:
+            path = _sqlite_path(self.url)
+        except sa_exc.ArgumentError as e:
+            raise DatabaseError(describe_error(e, self.url)) from None
+        if path is not None:
+            if not path.parent.is_dir():
+                raise DatabaseError(f"database {self.display_url}: folder {path.parent} does not exist "
+                                    "(ablate creates the database file, not folders)")
+            if not create and not path.is_file():
+                raise DatabaseError(f"database {self.display_url}: no such file (run a study with "
+                                    "`ablate run` to create it)")
+            if path.is_dir():
+                raise DatabaseError(f"database {self.display_url}: {path} is a folder, not a file")
+        try:
+            self.engine = make_engine(self.url)
+        except Exception as e:  # unknown scheme or driver, bad URL
+            raise DatabaseError(describe_error(e, self.url)) from None
+        self._write_engine = self.engine.execution_options(ablate_write=True)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self._wsession = sessionmaker(self._write_engine, expire_on_commit=False)
+        try:
+            self._check_schema(create)
+        except DatabaseError:
+            self.engine.dispose()
+            raise
+        except sa_exc.SQLAlchemyError as e:
+            self.engine.dispose()
+            raise DatabaseError(describe_error(e, self.url)) from None
+
+    def _check_schema(self, create: bool) -> None:
+        with self.engine.connect() as conn:
+            tables = set(inspect(conn).get_table_names())
+            revision = _current_revision(conn) if "alembic_version" in tables else None
+        ours = {m.__tablename__ for m in Base.__subclasses__()} | {"alembic_version"}
+        if not tables:
+            if not create:
+                raise DatabaseError(f"database {self.display_url}: holds no ablate results yet (empty; "
+                                    "`ablate run` creates the schema)")
+        elif revision is None:
+            foreign = sorted(tables - ours)[:5]
+            raise DatabaseError(f"database {self.display_url}: not an ablate database (tables "
+                                f"{', '.join(foreign or sorted(tables)[:5])} without ablate's schema version); "
+                                "use another database")
+        else:
+            from alembic.script import ScriptDirectory
+
+            try:
+                ScriptDirectory.from_config(_alembic_config()).get_revision(revision)
+            except Exception:
+                raise DatabaseError(f"database {self.display_url}: schema revision {revision} is not one this "
+                                    "ablate knows (written by a newer ablate, or not ablate's)") from None
+        if tables and revision == head_revision():
+            return
+        migrate(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
 
-    # -- writing (driver only) -------------------------------------------------------------
+    def _retry(self, fn: Callable[[], T], tries: int = 5) -> T:
+        """Run a write transaction again when a concurrent writer won a unique-key race."""
+        for i in range(tries):
+            try:
+                return fn()
+            except sa_exc.IntegrityError:
+                if i == tries - 1:
+                    raise
+                time.sleep(0.05 * (i + 1))
+        raise AssertionError("unreachable")
+
+    # -- registration --------------------------------------------------------------------------
     def register(self, name: str, description: str, spec: dict[str, Any],
                  trials: Iterable[dict[str, Any]]) -> dict[str, str]:
-        """Create or update the study and insert its missing trials as pending.
+        """Create or update the study and insert its missing trials as pending; safe to run from
+        several processes at once. Writes nothing when nothing changed.
 
         ``trials``: dicts with trial_id, params, config, seed, n_params, flops.
         Returns {trial_id: status} for every trial of this expansion.
         """
-        with self._session.begin() as s:
+        trials = list(trials)
+
+        def changes(s: Session) -> tuple[StudyRow | None, dict[str, TrialRow], bool]:
             study = s.scalar(select(StudyRow).where(StudyRow.name == name))
-            if study is None:
-                study = StudyRow(name=name, description=description, spec=spec)
-                s.add(study)
-                s.flush()
-            else:
-                study.description, study.spec, study.updated_at = description, spec, _now()
-            existing = {t.trial_id: t for t in s.scalars(select(TrialRow).where(TrialRow.study_id == study.id))}
-            status: dict[str, str] = {}
-            for t in trials:
-                row = existing.get(t["trial_id"])
-                if row is None:
-                    s.add(TrialRow(study_id=study.id, status=PENDING, attempts=0, **t))
-                    status[t["trial_id"]] = PENDING
-                else:
-                    row.n_params, row.flops = t.get("n_params"), t.get("flops")
-                    status[t["trial_id"]] = row.status
-            return status
+            existing = {} if study is None else {
+                t.trial_id: t for t in s.scalars(select(TrialRow).where(TrialRow.study_id == study.id))}
+            dirty = (study is None or study.description != description or study.spec != spec
+                     or any(t["trial_id"] not in existing
+                            or (existing[t["trial_id"]].n_params, existing[t["trial_id"]].flops)
+                            != (t.get("n_params"), t.get("flops")) for t in trials))
+            return study, existing, dirty
+
+        with self._session() as s:
+            study, existing, dirty = changes(s)
+            if not dirty:
+                return {t["trial_id"]: existing[t["trial_id"]].status for t in trials}
+
+        def write() -> dict[str, str]:
+            with self._wsession.begin() as s:
+                study, existing, _ = changes(s)
+                if study is None:
+                    study = StudyRow(name=name, description=description, spec=spec)
+                    s.add(study)
+                    s.flush()
+                elif study.description != description or study.spec != spec:
+                    study.description, study.spec, study.updated_at = description, spec, _now()
+                status: dict[str, str] = {}
+                for t in trials:
+                    row = existing.get(t["trial_id"])
+                    if row is None:
+                        s.add(TrialRow(study_id=study.id, status=PENDING, attempts=0, **t))
+                        status[t["trial_id"]] = PENDING
+                    else:
+                        if (row.n_params, row.flops) != (t.get("n_params"), t.get("flops")):
+                            row.n_params, row.flops = t.get("n_params"), t.get("flops")
+                        status[t["trial_id"]] = row.status
+                return status
+
+        return self._retry(write)
 
     def _trial(self, s: Session, study: str, trial_id: str) -> TrialRow:
         row = s.scalar(select(TrialRow).join(StudyRow).where(StudyRow.name == study, TrialRow.trial_id == trial_id))
@@ -187,41 +477,170 @@ class Store:
             raise KeyError(f"trial {trial_id} of study {study} is not registered")
         return row
 
-    def start(self, study: str, trial_id: str) -> None:
-        """Mark running and drop any partial metrics of an earlier, interrupted attempt."""
-        with self._session.begin() as s:
-            row = self._trial(s, study, trial_id)
-            row.status, row.started_at, row.ended_at, row.error = RUNNING, _now(), None, None
-            row.attempts += 1
+    # -- claims --------------------------------------------------------------------------------
+    def claim(self, study: str, trial_ids: Iterable[str], owner: str, lease_s: float) -> list[str]:
+        """Atomically claim those of ``trial_ids`` that are not completed and not held by another
+        driver's live lease (a lease runs out, or its driver on this host is gone). Returns the ids
+        now held by ``owner``; writes nothing when there is nothing to claim."""
+        ids = list(trial_ids)
+        if not ids:
+            return []
+        now = _now()
+        with self._session() as s:
+            rows = s.execute(select(TrialRow.trial_id, TrialRow.claimed_by, TrialRow.lease_until)
+                             .join(StudyRow).where(StudyRow.name == study, TrialRow.trial_id.in_(ids),
+                                                   TrialRow.status != COMPLETED)).all()
+        free = [tid for tid, by, until in rows
+                if by is None or by == owner or _utc(until) is None or _utc(until) <= now or owner_is_dead(by)]
+        if not free:
+            return []
+        dead = sorted({by for _, by, until in rows if by and by != owner and owner_is_dead(by)})
+        with self._wsession.begin() as s:
+            sid = select(StudyRow.id).where(StudyRow.name == study).scalar_subquery()
+            cond = [TrialRow.claimed_by.is_(None), TrialRow.claimed_by == owner, TrialRow.lease_until.is_(None),
+                    TrialRow.lease_until <= now]
+            if dead:
+                cond.append(TrialRow.claimed_by.in_(dead))
+            res = s.execute(update(TrialRow)
+                            .where(TrialRow.study_id == sid, TrialRow.trial_id.in_(free),
+                                   TrialRow.status != COMPLETED, or_(*cond))
+                            .values(claimed_by=owner, lease_until=now + timedelta(seconds=lease_s))
+                            .returning(TrialRow.trial_id)
+                            .execution_options(synchronize_session=False))
+            got = {r[0] for r in res}
+        return [i for i in ids if i in got]
 
-    def add_metrics(self, study: str, trial_id: str, epoch: int, values: dict[str, float]) -> None:
-        """One epoch's metrics in one batched insert (re-reported epochs replace the old values)."""
-        with self._session.begin() as s:
+    def renew(self, owner: str, lease_s: float) -> int:
+        """Extend every lease ``owner`` holds (the driver's heartbeat). Returns how many."""
+        with self._session() as s:
+            if not s.scalar(select(func.count()).select_from(TrialRow).where(TrialRow.claimed_by == owner)):
+                return 0
+        with self._wsession.begin() as s:
+            return s.execute(update(TrialRow).where(TrialRow.claimed_by == owner)
+                             .values(lease_until=_now() + timedelta(seconds=lease_s))
+                             .execution_options(synchronize_session=False)).rowcount
+
+    def release(self, owner: str) -> int:
+        """The driver stops: its claims end, and its trials still running become interrupted.
+        Returns how many trials were interrupted."""
+        with self._session() as s:
+            if not s.scalar(select(func.count()).select_from(TrialRow).where(TrialRow.claimed_by == owner)):
+                return 0
+        with self._wsession.begin() as s:
+            n = s.execute(update(TrialRow).where(TrialRow.claimed_by == owner, TrialRow.status == RUNNING)
+                          .values(status=INTERRUPTED, error=INTERRUPTED_ERROR, error_kind=TRANSIENT,
+                                  ended_at=_now(), claimed_by=None, lease_until=None)
+                          .execution_options(synchronize_session=False)).rowcount
+            s.execute(update(TrialRow).where(TrialRow.claimed_by == owner)
+                      .values(claimed_by=None, lease_until=None).execution_options(synchronize_session=False))
+            return n
+
+    def trial_states(self, study: str) -> dict[str, TrialState]:
+        """Status and holder of every trial of ``study``."""
+        with self._session() as s:
+            q = (select(TrialRow.trial_id, TrialRow.status, TrialRow.claimed_by, TrialRow.lease_until,
+                        TrialRow.ended_at).join(StudyRow).where(StudyRow.name == study))
+            return {tid: TrialState(st, by, _utc(until), _utc(ended)) for tid, st, by, until, ended in s.execute(q)}
+
+    # -- one trial's life (the driver holding its claim) ------------------------------------------
+    def start(self, study: str, trial_id: str, owner: str | None = None, *, at: datetime | None = None) -> bool:
+        """Mark running, one more attempt. Metrics already stored stay (a resumed trial keeps its
+        epochs). A completed trial is left alone (results are append-only), and so is a trial that
+        another live driver holds. ``at``: the start time, when replaying a journal (a start already
+        applied is not counted twice). Returns whether the trial was marked running."""
+        with self._wsession.begin() as s:
             row = self._trial(s, study, trial_id)
+            if row.status == COMPLETED:
+                log.warning("not starting %s of %s: it is completed (results are append-only)", trial_id, study)
+                return False
+            if at is not None and row.status == RUNNING and _utc(row.started_at) == _utc(at):
+                return True  # replayed twice
+            if (owner is not None and row.claimed_by not in (None, owner) and _utc(row.lease_until) is not None
+                    and _utc(row.lease_until) > _now() and not owner_is_dead(row.claimed_by)):
+                log.warning("not starting %s of %s: held by driver %s", trial_id, study, row.claimed_by)
+                return False
+            row.status, row.started_at, row.ended_at = RUNNING, at or _now(), None
+            row.error, row.error_kind = None, None
+            row.attempts += 1
+            if owner is not None and row.claimed_by != owner:
+                row.claimed_by, row.lease_until = owner, _now() + timedelta(seconds=lease_seconds())
+            return True
+
+    def add_metrics(self, study: str, trial_id: str, epoch: int, values: dict[str, float]) -> bool:
+        """One epoch's metrics in one transaction; a re-reported epoch replaces its values (upsert
+        of trial, epoch, name), so replays and resumed trials never duplicate rows. Ignored for a
+        completed trial. Returns whether anything was written."""
+        with self._wsession.begin() as s:
+            row = self._trial(s, study, trial_id)
+            if row.status == COMPLETED:
+                log.warning("ignoring epoch %d of %s (%s): the trial is completed", epoch, trial_id, study)
+                return False
             s.execute(delete(MetricRow).where(MetricRow.trial_pk == row.pk, MetricRow.epoch == epoch,
                                               MetricRow.name.in_(list(values))))
             if values:
                 s.execute(insert(MetricRow), [{"trial_pk": row.pk, "epoch": epoch, "name": k, "value": float(v)}
                                               for k, v in values.items()])
+            return True
+
+    def finish(self, study: str, trial_id: str, error: str | None = None, *, error_kind: str | None = None) -> bool:
+        """Completed, or failed with ``error`` (``error_kind``: recurring or transient); the claim
+        ends. A completed trial is never finished again. Returns whether anything changed."""
+        with self._wsession.begin() as s:
+            row = self._trial(s, study, trial_id)
+            if row.status == COMPLETED:
+                log.warning("not finishing %s of %s again: it is completed", trial_id, study)
+                return False
+            row.status = FAILED if error else COMPLETED
+            row.error, row.error_kind, row.ended_at = error, (error_kind if error else None), _now()
+            row.claimed_by, row.lease_until = None, None
+            return True
+
+    def mark_interrupted(self, study: str, owner: str) -> int:
+        """The trials of ``study`` that ``owner`` left running: interrupted (a rerun resumes them).
+        Another driver's trials are not touched."""
+        with self._session() as s:
+            q = (select(func.count()).select_from(TrialRow).join(StudyRow)
+                 .where(StudyRow.name == study, TrialRow.status == RUNNING, TrialRow.claimed_by == owner))
+            if not s.scalar(q):
+                return 0
+        with self._wsession.begin() as s:
+            sid = select(StudyRow.id).where(StudyRow.name == study).scalar_subquery()
+            return s.execute(update(TrialRow)
+                             .where(TrialRow.study_id == sid, TrialRow.status == RUNNING, TrialRow.claimed_by == owner)
+                             .values(status=INTERRUPTED, error=INTERRUPTED_ERROR, error_kind=TRANSIENT,
+                                     ended_at=_now())
+                             .execution_options(synchronize_session=False)).rowcount
 
     def update_provenance(self, study: str, trial_id: str, values: dict[str, Any]) -> None:
-        """(interim: kept by the schema change of the concurrency work)"""
-
-    def finish(self, study: str, trial_id: str, error: str | None = None, *, error_kind: str | None = None) -> None:
-        with self._session.begin() as s:
+        """Merge ``values`` into the trial's provenance (keys added or replaced, none removed)."""
+        with self._wsession.begin() as s:
             row = self._trial(s, study, trial_id)
-            row.status = FAILED if error else COMPLETED
-            row.error, row.ended_at = error, _now()
+            row.provenance = {**(row.provenance or {}), **values}
 
-    def mark_interrupted(self, study: str) -> int:
-        """Trials left running by a driver that stopped: failed, so a rerun redoes them."""
-        with self._session.begin() as s:
-            rows = s.scalars(select(TrialRow).join(StudyRow).where(StudyRow.name == study, TrialRow.status == RUNNING))
-            n = 0
+    def rerun(self, study: str, trial_ids: Iterable[str]) -> int:
+        """The user asked to train these again: each completed, failed or interrupted one keeps its
+        current attempt (status, error, provenance, metrics) in ``trial_attempts``, loses its metrics
+        and becomes pending. Pending or running trials are left alone. Returns how many."""
+        ids = list(trial_ids)
+        n = 0
+        with self._wsession.begin() as s:
+            rows = s.scalars(select(TrialRow).join(StudyRow).where(
+                StudyRow.name == study, TrialRow.trial_id.in_(ids),
+                TrialRow.status.in_([COMPLETED, FAILED, INTERRUPTED]))).all()
             for row in rows:
-                row.status, row.error, row.ended_at = FAILED, "interrupted: the driver stopped", _now()
+                metrics: dict[str, list[list[float]]] = {}
+                for epoch, name, value in s.execute(select(MetricRow.epoch, MetricRow.name, MetricRow.value)
+                                                    .where(MetricRow.trial_pk == row.pk).order_by(MetricRow.epoch)):
+                    metrics.setdefault(name, []).append([epoch, value])
+                s.add(TrialAttemptRow(trial_pk=row.pk, attempt=row.attempts, status=row.status, error=row.error,
+                                      error_kind=row.error_kind, provenance=row.provenance,
+                                      started_at=row.started_at, ended_at=row.ended_at, metrics=metrics,
+                                      archived_at=_now()))
+                s.execute(delete(MetricRow).where(MetricRow.trial_pk == row.pk))
+                row.status, row.error, row.error_kind, row.provenance = PENDING, None, None, None
+                row.started_at, row.ended_at, row.claimed_by, row.lease_until = None, None, None, None
                 n += 1
-            return n
+        return n
 
     # -- reading ---------------------------------------------------------------------------
     def studies(self) -> list[tuple[str, str, int]]:
@@ -231,6 +650,12 @@ class Store:
                  .outerjoin(TrialRow).group_by(StudyRow.id).order_by(StudyRow.name))
             return [tuple(r) for r in s.execute(q)]  # type: ignore[misc]
 
+    @staticmethod
+    def _record(r: TrialRow) -> TrialRecord:
+        return TrialRecord(r.trial_id, r.params, r.config, r.seed, r.status, r.n_params, r.flops, r.error,
+                           r.started_at, r.ended_at, provenance=dict(r.provenance or {}), attempts=r.attempts,
+                           error_kind=r.error_kind)
+
     def load(self, name: str, *, history: bool = False) -> StudyRecord:
         """A study with its trials, each trial's last-epoch metrics, and optionally all epochs."""
         with self._session() as s:
@@ -238,8 +663,7 @@ class Store:
             if study is None:
                 raise KeyError(name)
             rows = list(s.scalars(select(TrialRow).where(TrialRow.study_id == study.id).order_by(TrialRow.pk)))
-            by_pk = {r.pk: TrialRecord(r.trial_id, r.params, r.config, r.seed, r.status, r.n_params, r.flops,
-                                       r.error, r.started_at, r.ended_at) for r in rows}
+            by_pk = {r.pk: self._record(r) for r in rows}
             q = (select(MetricRow.trial_pk, MetricRow.epoch, MetricRow.name, MetricRow.value)
                  .join(TrialRow).where(TrialRow.study_id == study.id).order_by(MetricRow.epoch))
             for pk, epoch, metric, value in s.execute(q):
@@ -249,11 +673,44 @@ class Store:
                     rec.history.setdefault(metric, []).append((epoch, value))
             return StudyRecord(study.name, study.description, study.spec, list(by_pk.values()))
 
+    def find_trial(self, trial_id: str) -> tuple[str, TrialRecord]:
+        """(study name, the trial with every epoch and its replaced attempts) for a trial id or a
+        unique prefix of one. KeyError if none matches, ValueError if several do."""
+        with self._session() as s:
+            like = trial_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            rows = s.execute(select(TrialRow, StudyRow.name).join(StudyRow)
+                             .where(TrialRow.trial_id.like(like, escape="\\")).limit(11)).all()
+            exact = [r for r in rows if r[0].trial_id == trial_id]
+            rows = exact or rows
+            if not rows:
+                raise KeyError(f"no trial '{trial_id}' in {self.display_url}")
+            if len(rows) > 1:
+                found = ", ".join(f"{t.trial_id} ({name})" for t, name in rows[:10])
+                raise ValueError(f"'{trial_id}' matches several trials in {self.display_url}: {found}")
+            row, study = rows[0]
+            rec = self._record(row)
+            for epoch, metric, value in s.execute(select(MetricRow.epoch, MetricRow.name, MetricRow.value)
+                                                  .where(MetricRow.trial_pk == row.pk).order_by(MetricRow.epoch)):
+                rec.final[metric] = value
+                rec.history.setdefault(metric, []).append((epoch, value))
+            for a in s.scalars(select(TrialAttemptRow).where(TrialAttemptRow.trial_pk == row.pk)
+                               .order_by(TrialAttemptRow.attempt, TrialAttemptRow.pk)):
+                rec.past_attempts.append({"attempt": a.attempt, "status": a.status, "error": a.error,
+                                          "error_kind": a.error_kind, "provenance": a.provenance or {},
+                                          "started_at": a.started_at, "ended_at": a.ended_at,
+                                          "metrics": a.metrics, "archived_at": a.archived_at})
+            return study, rec
+
     def counts(self) -> dict[str, int]:
-        """Row counts per table (for tests and `ablate db`)."""
+        """Row counts of the result tables (for tests and `ablate db`); replaced attempts are
+        counted by ``attempt_count``."""
         with self._session() as s:
             return {m.__tablename__: s.scalar(select(func.count()).select_from(m)) or 0
                     for m in (StudyRow, TrialRow, MetricRow)}
+
+    def attempt_count(self) -> int:
+        with self._session() as s:
+            return s.scalar(select(func.count()).select_from(TrialAttemptRow)) or 0
 
     # -- bulk (dashboard, import) ------------------------------------------------------------
     def load_many(self, names: Iterable[str] | None = None, *, history: bool = False) -> list[StudyRecord]:
@@ -268,14 +725,17 @@ class Store:
                 return []
             tq = (select(TrialRow.pk, TrialRow.study_id, TrialRow.trial_id, TrialRow.params, TrialRow.config,
                          TrialRow.seed, TrialRow.status, TrialRow.n_params, TrialRow.flops, TrialRow.error,
-                         TrialRow.started_at, TrialRow.ended_at).order_by(TrialRow.pk))
+                         TrialRow.started_at, TrialRow.ended_at, TrialRow.provenance, TrialRow.attempts,
+                         TrialRow.error_kind).order_by(TrialRow.pk))
             mq = select(MetricRow.trial_pk, MetricRow.epoch, MetricRow.name, MetricRow.value).order_by(MetricRow.epoch)
             if names is not None:
                 tq = tq.where(TrialRow.study_id.in_(list(studies)))
                 mq = mq.join(TrialRow).where(TrialRow.study_id.in_(list(studies)))
             by_pk: dict[int, TrialRecord] = {}
-            for pk, sid, tid, params, config, seed, status, n_params, flops, error, started, ended in s.execute(tq):
-                rec = TrialRecord(tid, params, config, seed, status, n_params, flops, error, started, ended)
+            for (pk, sid, tid, params, config, seed, status, n_params, flops, error, started, ended, prov, attempts,
+                 kind) in s.execute(tq):
+                rec = TrialRecord(tid, params, config, seed, status, n_params, flops, error, started, ended,
+                                  provenance=dict(prov or {}), attempts=attempts, error_kind=kind)
                 by_pk[pk] = rec
                 studies[sid].trials.append(rec)
             for pk, epoch, metric, value in s.execute(mq):
@@ -290,7 +750,7 @@ class Store:
         metrics (``history`` per epoch; a ``final`` value without history is stored at the last epoch).
         Returns the number of trials inserted. Raises ValueError if a study name already exists."""
         n = 0
-        with self._session.begin() as s:
+        with self._wsession.begin() as s:
             for rec in records:
                 if s.scalar(select(StudyRow.id).where(StudyRow.name == rec.name)) is not None:
                     raise ValueError(f"study '{rec.name}' already exists in {self.url}")
@@ -300,7 +760,8 @@ class Store:
                 rows = [{"study_id": study.id, "trial_id": t.trial_id, "params": t.params, "config": t.config,
                          "seed": t.seed, "status": t.status, "n_params": t.n_params, "flops": t.flops,
                          "error": t.error, "started_at": t.started_at, "ended_at": t.ended_at,
-                         "attempts": 0 if t.status == PENDING else 1} for t in rec.trials]
+                         "attempts": t.attempts or (0 if t.status == PENDING else 1),
+                         "provenance": t.provenance or None, "error_kind": t.error_kind} for t in rec.trials]
                 conn = s.connection()  # Core executemany: the ORM's per-row bookkeeping costs 5x here
                 for i in range(0, len(rows), chunk):
                     conn.execute(insert(TrialRow.__table__), rows[i:i + chunk])

@@ -2,9 +2,12 @@
 
 from alembic import context
 
-from ablate.store import Base
+# ablate.store passes its metadata (importing the ablate package here would load torch for nothing)
+target_metadata = context.config.attributes.get("target_metadata")
+if target_metadata is None:
+    from ablate.store import Base
 
-target_metadata = Base.metadata
+    target_metadata = Base.metadata
 connection = context.config.attributes.get("connection")
 if connection is None:  # `alembic -c db/alembic.ini upgrade head` from a shell
     from ablate.store import default_db_url, make_engine

@@ -1,5 +1,7 @@
-"""The result database on SQLite and on a real PostgreSQL: schema by migration, registration,
-skip-on-rerun bookkeeping, partial metrics dropped on restart, failures keep their error."""
+"""The result database on SQLite and on a real PostgreSQL: schema by migration (0001 -> 0002
+carries old rows over), registration, skip-on-rerun bookkeeping, resumed trials keep their
+epochs, completed results are append-only (only rerun replaces them, keeping the old attempt),
+failures keep their error, claims with a lease."""
 
 from __future__ import annotations
 
@@ -8,15 +10,18 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from ablate.store import COMPLETED, FAILED, PENDING, RUNNING, Base, Store
+from ablate.store import (COMPLETED, FAILED, INTERRUPTED, PENDING, RUNNING, TRANSIENT, Base, Store,
+                          head_revision)
 
 
 def _fresh(url: str) -> Store:
-    store = Store(url, create=False)
-    with store.engine.begin() as c:
+    from ablate.store import make_engine
+
+    engine = make_engine(url)
+    with engine.begin() as c:
         Base.metadata.drop_all(c)
         c.execute(text("DROP TABLE IF EXISTS alembic_version"))
-    store.close()
+    engine.dispose()
     return Store(url)
 
 
@@ -41,7 +46,7 @@ def test_schema_comes_from_the_migration_and_matches_the_orm(store: Store) -> No
 
     with store.engine.connect() as c:
         assert compare_metadata(MigrationContext.configure(c), Base.metadata) == []
-        assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == head_revision()
     Store(store.url)  # migrating again is a no-op
 
 
@@ -56,19 +61,49 @@ def test_register_is_idempotent_and_reports_status(store: Store) -> None:
     assert store.load("s").description == "d2"
 
 
-def test_restart_drops_partial_metrics_and_keeps_errors_until_rerun(store: Store) -> None:
+def test_restart_keeps_stored_epochs_and_errors_clear_on_the_new_attempt(store: Store) -> None:
     store.register("s", "", {}, _trials(2))
     store.start("s", "t1")
     store.add_metrics("s", "t1", 0, {"top1": 5.0})
     store.add_metrics("s", "t1", 1, {"top1": 6.0})
-    store.finish("s", "t1", error="RuntimeError: boom")
+    store.finish("s", "t1", error="RuntimeError: boom", error_kind=TRANSIENT)
     rec = {t.trial_id: t for t in store.load("s", history=True).trials}
-    assert rec["t1"].status == FAILED and "boom" in rec["t1"].error
+    assert rec["t1"].status == FAILED and "boom" in rec["t1"].error and rec["t1"].error_kind == TRANSIENT
     assert rec["t1"].final == {"top1": 6.0} and rec["t1"].history["top1"] == [(0, 5.0), (1, 6.0)]
-    store.start("s", "t1")  # the rerun
-    rec = {t.trial_id: t for t in store.load("s").trials}
-    assert rec["t1"].status == RUNNING and rec["t1"].error is None and rec["t1"].final == {}
-    assert store.counts()["metrics"] == 0
+    store.start("s", "t1")  # the rerun resumes: the epochs already stored stay, re-reported ones replace
+    store.add_metrics("s", "t1", 1, {"top1": 6.5})
+    rec = {t.trial_id: t for t in store.load("s", history=True).trials}
+    assert rec["t1"].status == RUNNING and rec["t1"].error is None and rec["t1"].error_kind is None
+    assert rec["t1"].history["top1"] == [(0, 5.0), (1, 6.5)] and rec["t1"].attempts == 2
+    assert store.counts()["metrics"] == 2
+
+
+def test_completed_results_are_append_only_until_an_explicit_rerun(store: Store) -> None:
+    store.register("s", "", {}, _trials(1))
+    store.start("s", "t0")
+    store.update_provenance("s", "t0", {"host": "a", "torch": "2"})
+    store.update_provenance("s", "t0", {"host": "b"})
+    store.add_metrics("s", "t0", 0, {"top1": 1.0})
+    store.finish("s", "t0")
+    before = store.load("s", history=True).trials[0]
+    assert before.provenance == {"host": "b", "torch": "2"}
+    # a second driver, a race or a replayed journal cannot touch it
+    assert store.start("s", "t0", "other:1:x") is False
+    assert store.add_metrics("s", "t0", 0, {"top1": 99.0}) is False
+    assert store.finish("s", "t0", error="late") is False
+    after = store.load("s", history=True).trials[0]
+    assert (after.status, after.history, after.attempts, after.ended_at) == (
+        COMPLETED, before.history, 1, before.ended_at)
+    # the explicit request keeps the old attempt
+    assert store.rerun("s", ["t0", "nope"]) == 1
+    assert store.rerun("s", ["t0"]) == 0  # pending now: nothing to replace
+    fresh = store.load("s").trials[0]
+    assert fresh.status == PENDING and fresh.final == {} and fresh.provenance == {}
+    assert store.counts()["metrics"] == 0 and store.attempt_count() == 1
+    study, rec = store.find_trial("t0")
+    assert study == "s" and rec.past_attempts[0]["status"] == COMPLETED
+    assert rec.past_attempts[0]["metrics"] == {"top1": [[0, 1.0]]}
+    assert rec.past_attempts[0]["provenance"] == {"host": "b", "torch": "2"}
 
 
 def test_reported_epoch_twice_replaces_instead_of_duplicating(store: Store) -> None:
@@ -80,15 +115,57 @@ def test_reported_epoch_twice_replaces_instead_of_duplicating(store: Store) -> N
     assert store.counts()["metrics"] == 2
 
 
-def test_driver_stopping_mid_run_leaves_trials_for_the_rerun(store: Store) -> None:
-    store.register("s", "", {}, _trials(2))
-    store.start("s", "t0")
-    store.start("s", "t1")
+def test_driver_stopping_mid_run_interrupts_only_its_own_trials(store: Store) -> None:
+    store.register("s", "", {}, _trials(3))
+    assert store.claim("s", ["t0", "t1"], "a:1:x", 60) == ["t0", "t1"]
+    assert store.claim("s", ["t0", "t1", "t2"], "b:2:y", 60) == ["t2"]  # a's leases are live
+    for t, owner in (("t0", "a:1:x"), ("t1", "a:1:x"), ("t2", "b:2:y")):
+        store.start("s", t, owner)
     store.finish("s", "t1")
-    assert store.mark_interrupted("s") == 1
-    status = store.register("s", "", {}, _trials(2))
-    assert status == {"t0": FAILED, "t1": COMPLETED}
-    assert "interrupted" in store.load("s").trials[0].error
+    assert store.mark_interrupted("s", "a:1:x") == 1
+    status = store.register("s", "", {}, _trials(3))
+    assert status == {"t0": INTERRUPTED, "t1": COMPLETED, "t2": RUNNING}  # b's trial untouched
+    rec = {t.trial_id: t for t in store.load("s").trials}
+    assert "interrupted" in rec["t0"].error and rec["t0"].error_kind == TRANSIENT
+    assert store.release("b:2:y") == 1 and store.load("s").trials[2].status == INTERRUPTED
+
+
+def test_claims_lease_renew_release_and_takeover(store: Store) -> None:
+    import time
+
+    store.register("s", "", {}, _trials(3))
+    store.start("s", "t2")
+    store.finish("s", "t2")
+    assert store.claim("s", ["t0", "t1", "t2"], "a:1:x", 0.6) == ["t0", "t1"]  # completed: never claimed
+    assert store.claim("s", ["t0", "t1"], "a:1:x", 0.6) == ["t0", "t1"]  # re-claiming one's own is fine
+    assert store.claim("s", ["t0", "t1"], "b:2:y", 60) == []
+    assert store.renew("a:1:x", 0.6) == 2 and store.renew("nobody", 1) == 0
+    store.start("s", "t0", "a:1:x")
+    assert store.start("s", "t1", "b:2:y") is False  # held by a
+    time.sleep(0.8)  # a stops renewing: its leases run out
+    assert store.claim("s", ["t0", "t1"], "b:2:y", 60) == ["t0", "t1"]
+    assert store.release("a:1:x") == 0  # a no longer holds anything
+    states = store.trial_states("s")
+    assert states["t0"].claimed_by == "b:2:y" and states["t0"].held_by_other("a:1:x")
+    assert store.release("b:2:y") == 1  # t0 was running: interrupted; t1 only unclaimed
+    states = store.trial_states("s")
+    assert (states["t0"].status, states["t1"].status) == (INTERRUPTED, PENDING)
+    assert all(st.claimed_by is None for st in states.values())
+
+
+def test_find_trial_by_id_or_prefix(store: Store) -> None:
+    store.register("a", "", {}, [dict(t, trial_id=f"abc{i}") for i, t in enumerate(_trials(2))])
+    store.register("b", "", {}, [dict(_trials(1)[0], trial_id="xyz")])
+    store.add_metrics("a", "abc1", 0, {"top1": 3.0})
+    study, rec = store.find_trial("abc1")
+    assert study == "a" and rec.history == {"top1": [(0, 3.0)]}
+    assert store.find_trial("xy")[0] == "b"
+    with pytest.raises(ValueError, match="several"):
+        store.find_trial("abc")
+    with pytest.raises(KeyError):
+        store.find_trial("q")
+    with pytest.raises(KeyError):
+        store.find_trial("%")  # no LIKE wildcards from the user
 
 
 def test_same_trial_id_in_two_studies_is_two_rows(store: Store) -> None:

@@ -1,0 +1,208 @@
+"""Several drivers and processes on one database, with real processes (SQLite and PostgreSQL):
+schema creation and registration races, two studies side by side on one SQLite file, two
+`ablate run` of one study started together, and a second driver that takes over the trials of
+a first one killed with SIGKILL. Every case ends with every trial trained once and nothing lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from ablate.store import COMPLETED, Base, Store, make_engine
+from conftest import tiny_study, write_study
+
+ABLATE = [sys.executable, "-m", "ablate.cli"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+               ABLATE_STATE_DIR=str(tmp_path / "state"), ABLATE_LEASE_S="3")
+    env.pop("RAY_ADDRESS", None)
+    env.update(extra)
+    return env
+
+
+def _fresh_pg(url: str) -> str:
+    from sqlalchemy import text
+
+    engine = make_engine(url)
+    with engine.begin() as c:
+        Base.metadata.drop_all(c)
+        c.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    engine.dispose()
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared.db'}"
+    return _fresh_pg(request.getfixturevalue("pg_url"))
+
+
+# The race tests load ablate/store.py by itself: `import ablate` loads torch and timm (15 s of CPU
+# per process on a busy 2-core machine), which the store does not need.
+LOAD_STORE = textwrap.dedent(f"""
+    import importlib.util, os, sys, time
+    spec = importlib.util.spec_from_file_location("ablate_store", {str(ROOT / "ablate" / "store.py")!r})
+    store_mod = importlib.util.module_from_spec(spec)
+    sys.modules["ablate_store"] = store_mod
+    spec.loader.exec_module(store_mod)
+    Store = store_mod.Store
+""")
+
+REGISTER = LOAD_STORE + textwrap.dedent("""
+    url, name, barrier, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    open(os.path.join(barrier, name), "w").close()
+    while len(os.listdir(barrier)) < n:  # all processes hit the fresh database at once
+        time.sleep(0.01)
+    s = Store(url)
+    trials = [{"trial_id": f"t{i}", "params": {}, "config": {}, "seed": 0, "n_params": 1, "flops": 1} for i in range(5)]
+    s.register(name, "", {"name": name}, trials)
+    s.register("shared", "", {"name": "shared"}, trials)
+    print("ok")
+""")
+
+
+def test_many_processes_create_the_schema_and_register_at_once(db_url: str, tmp_path: Path) -> None:
+    n = 6
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", REGISTER, db_url, f"study{i}", str(barrier), str(n)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(tmp_path))
+             for i in range(n)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * n, [e[-800:] for _, e in outs]
+    store = Store(db_url, create=False)
+    assert store.counts() == {"studies": n + 1, "trials": 5 * (n + 1), "metrics": 0}
+    store.close()
+
+
+SIDE_BY_SIDE = LOAD_STORE + textwrap.dedent("""
+    url, name = sys.argv[1], sys.argv[2]
+    s = Store(url)
+    s.register(name, "", {}, [{"trial_id": f"t{i}", "params": {}, "config": {}, "seed": 0} for i in range(4)])
+    owner = f"x:{name}:0"
+    for i in range(4):
+        assert s.claim(name, [f"t{i}"], owner, 30) == [f"t{i}"]
+        s.start(name, f"t{i}", owner)
+        for epoch in range(40):
+            s.add_metrics(name, f"t{i}", epoch, {"top1": float(epoch), "loss": 1.0 / (epoch + 1)})
+            s.renew(owner, 30)
+        s.finish(name, f"t{i}")
+    s.release(owner)
+""")
+
+
+def test_two_studies_side_by_side_on_one_sqlite_file_never_see_database_is_locked(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'two.db'}"
+    procs = [subprocess.Popen([sys.executable, "-c", SIDE_BY_SIDE, url, name], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=_env(tmp_path)) for name in ("a", "b", "c")]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [e[-800:] for _, e in outs]
+    assert not any("locked" in e for _, e in outs)
+    store = Store(url, create=False)
+    assert store.counts() == {"studies": 3, "trials": 12, "metrics": 3 * 4 * 40 * 2}
+
+
+# -- real `ablate run` drivers ------------------------------------------------------------------
+def _study(tmp_path: Path, image_folder: Path, name: str, epochs: int = 2) -> Path:
+    study = tiny_study(name, image_folder, axes={"grid": {"model.kwargs.kernel_size": [3, 5, 7]}})
+    study["recipe"]["epochs"] = epochs
+    return write_study(tmp_path / f"{name}.yaml", study)
+
+
+def _driver(f: Path, url: str, tmp_path: Path, log: str) -> subprocess.Popen:
+    return subprocess.Popen(ABLATE + ["run", str(f), "--db", url], stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / log, "w"), env=_env(tmp_path), start_new_session=True)
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of a session: the driver and the local Ray it started."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[3]) == sid:
+                os.kill(int(pid), signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            pass
+
+
+def _assert_trained_once(store: Store, name: str, epochs: int) -> None:
+    rec = store.load(name, history=True)
+    assert len(rec.trials) == 3
+    for t in rec.trials:
+        assert t.status == COMPLETED, (t.trial_id, t.status, t.error)
+        for metric, hist in t.history.items():
+            assert [e for e, _ in hist] == list(range(epochs)), (t.trial_id, metric, hist)  # once per epoch
+    states = store.trial_states(name)
+    assert all(st.claimed_by is None for st in states.values())  # every claim released
+
+
+def test_two_drivers_started_together_train_each_trial_once(db_url: str, tmp_path: Path, image_folder: Path) -> None:
+    f = _study(tmp_path, image_folder, "together")
+    Store(db_url).close()  # the schema exists; registration still races
+    procs = [_driver(f, db_url, tmp_path, f"d{i}.log") for i in range(2)]
+    try:
+        for p in procs:
+            p.wait(timeout=420)
+    finally:
+        for p in procs:
+            _kill_session(p.pid)
+    logs = [(tmp_path / f"d{i}.log").read_text() for i in range(2)]
+    assert [p.returncode for p in procs] == [0, 0], [x[-1500:] for x in logs]
+    store = Store(db_url, create=False)
+    _assert_trained_once(store, "together", 2)
+    assert [t.attempts for t in store.load("together").trials] == [1, 1, 1]  # nobody trained a trial twice
+    ran = [int(x.split(" run now")[0].rsplit(" ", 1)[1]) for x in logs]
+    assert sum(ran) == 3, logs
+
+
+def test_second_driver_waits_then_takes_over_from_a_killed_first(db_url: str, tmp_path: Path,
+                                                                 image_folder: Path) -> None:
+    f = _study(tmp_path, image_folder, "takeover", epochs=3)
+    first = _driver(f, db_url, tmp_path, "first.log")
+    second = None
+    store = None
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:  # the first driver is mid-run: some epoch stored
+            try:
+                store = store or Store(db_url, create=False)
+                if store.counts()["metrics"] > 0:
+                    break
+            except Exception:
+                pass
+            time.sleep(0.3)
+        else:
+            raise AssertionError("the first driver stored no epoch within 240 s: "
+                                 + (tmp_path / "first.log").read_text()[-1500:])
+        second = _driver(f, db_url, tmp_path, "second.log")  # staggered: registers while the first trains
+        time.sleep(8)  # the second has found every unfinished trial held, and waits
+        before = {t.trial_id: (t.status, t.ended_at, t.history) for t in store.load("takeover", history=True).trials}
+        assert any(s != COMPLETED for s, _, _ in before.values()), "the first driver finished too early"
+        _kill_session(first.pid)
+        first.wait(timeout=30)
+        second.wait(timeout=420)
+    finally:
+        for p in (first, second):
+            if p is not None:
+                _kill_session(p.pid)
+    log2 = (tmp_path / "second.log").read_text()
+    assert second.returncode == 0, log2[-2000:]
+    assert "running under another driver" in log2, log2[-2000:]
+    _assert_trained_once(store, "takeover", 3)
+    after = {t.trial_id: t for t in store.load("takeover", history=True).trials}
+    for tid, (status, ended, hist) in before.items():
+        if status == COMPLETED:  # finished by the first driver: kept exactly, not trained again
+            assert after[tid].ended_at == ended and after[tid].history == hist and after[tid].attempts == 1
