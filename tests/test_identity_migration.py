@@ -1,0 +1,49 @@
+"""db/versions/0003: a database written before trial ids left out speed-only settings keeps its
+trials under their new ids; rows that now share an id become one trial, the other kept in
+trial_attempts (nothing deleted)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command
+
+from ablate.expand import trial_id
+from ablate.store import Store, _alembic_config, make_engine
+
+
+def test_old_ids_are_carried_over_and_speed_only_twins_merge(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), "0002")  # the schema as the previous ablate left it
+    base = {"model": {"name": "mobilenetv2_lk", "kwargs": {"kernel_size": 3}}, "dataset": {"name": "folder"},
+            "recipe": {"lr": 0.1, "epochs": 1, "resolution": None}, "seed": 0}
+    fast = {**base, "recipe": {**base["recipe"], "workers": 8}}
+    slow = {**base, "recipe": {**base["recipe"], "workers": 0}}
+    other = {**base, "recipe": {**base["recipe"], "lr": 0.2, "workers": 0}}
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO studies (id, name, description, spec, created_at, updated_at) "
+                             "VALUES (1, 's', '', '{}', '2026-01-01', '2026-01-01')"))
+        meta = sa.MetaData()
+        trials = sa.Table("trials", meta, autoload_with=conn)
+        metrics = sa.Table("metrics", meta, autoload_with=conn)
+        for pk, (old_id, cfg, status) in enumerate([("aaaaaaaaaaaa", fast, "completed"), ("bbbbbbbbbbbb", slow, "failed"),
+                                                    ("cccccccccccc", other, "completed")], start=1):
+            conn.execute(trials.insert().values(pk=pk, study_id=1, trial_id=old_id, params={}, config=cfg, seed=0,
+                                                status=status, attempts=1))
+            conn.execute(metrics.insert().values(trial_pk=pk, epoch=0, name="top1", value=float(pk)))
+    engine.dispose()
+
+    store = Store(url)  # migrates to head
+    rec = store.load("s", history=True)
+    ids = {t.trial_id: t for t in rec.trials}
+    assert set(ids) == {trial_id(slow), trial_id(other)} and trial_id(fast) == trial_id(slow)
+    merged = ids[trial_id(fast)]
+    assert merged.status == "completed" and merged.final["top1"] == 1.0  # the completed twin stays
+    assert store.attempt_count() == 1  # the failed twin is kept, not deleted
+    _, whole = store.find_trial(trial_id(fast))
+    assert whole.past_attempts[0]["status"] == "failed"
+    assert whole.past_attempts[0]["metrics"] == {"top1": [[0, 2.0]]}
+    assert ids[trial_id(other)].final["top1"] == 3.0
