@@ -51,10 +51,10 @@ def _fail(message: str, code: int = 2) -> None:
 def _user_errors():
     """Exceptions that are the user's input, not ablate's bugs."""
     from ablate.data import DatasetError
-    from ablate.orchestrate import InitFromError
+    from ablate.orchestrate import InitFromError, RerunError
     from ablate.study import StudyError
 
-    return (StudyError, DatasetError, InitFromError)
+    return (StudyError, DatasetError, InitFromError, RerunError)
 
 
 def _plan(file: Path, profile: Optional[str]):
@@ -83,28 +83,87 @@ def plan(
     file: Path = typer.Argument(..., help="Study file (YAML)."),
     profile: Optional[str] = typer.Option(None, "--profile", "-p", help=PROFILE_HELP),
     fmt: str = typer.Option("table", "--format", "-f", help="table or json."),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP + " Read only: plan creates nothing.",
+                                     envvar="ABLATE_DB"),
 ) -> None:
-    """Show the trials a study expands to, with params and FLOPs (multiply-adds); trains nothing."""
+    """Show the trials a study expands to, with params, FLOPs (multiply-adds) and what the database
+    already holds of each (completed, failed, interrupted, to run; 'stale' = completed by other
+    code: another ablate version or commit, or a dirty tree; `run --rerun-stale` retrains those).
+    Trains nothing and checks everything a run would check before it starts."""
     from ablate.flops import human
+    from ablate.status import plan_status, stale_ids
     from ablate.text import plain
 
     p = _plan(file, profile)
+    record, where = _existing_record(db, p.study.name)
+    states = plan_status(p, record)
     if fmt == "json":
-        out.print_json(json.dumps({"study": p.study.name, "profile": profile, "trials": p.rows()}))
+        rows = [dict(r, status=states[r["trial_id"]].status, stale=states[r["trial_id"]].stale) for r in p.rows()]
+        out.print_json(json.dumps({"study": p.study.name, "profile": profile, "database": where, "trials": rows}))
         return
     s = p.study
     axes = [k for k in p.trials[0].trial.params]
-    t = Table(title=f"{s.name}{f' (profile: {profile})' if profile else ''}: {len(p.trials)} trials, "
+    t = Table(title=f"{plain(s.name)}{f' (profile: {plain(profile)})' if profile else ''}: {len(p.trials)} trials, "
                     f"{s.recipe.epochs} epochs each, {s.resources.cpus:g} CPU / {s.resources.gpus:g} GPU per trial")
     t.add_column("trial id")
     for a in axes:
         t.add_column(plain(a.split(".")[-1]))
     t.add_column("Params", justify="right")
     t.add_column(f"FLOPs @{s.dataset.image_size}", justify="right")
+    t.add_column("in the database")
     for pt in p.trials:
         t.add_row(pt.trial.id, *[plain(json.dumps(pt.trial.params[a])) for a in axes], human(pt.n_params),
-                  human(pt.flops))
+                  human(pt.flops), states[pt.trial.id].label)
+    counts: dict[str, int] = {}
+    for st in states.values():
+        counts[st.status] = counts.get(st.status, 0) + 1
+    t.caption = plain(", ".join(f"{n} {k}" for k, n in counts.items()) + f" ({where})")
     out.print(t)
+    stale = stale_ids(states)
+    if stale:
+        reasons = sorted({r for tid in stale for r in states[tid].stale})
+        out.print(plain(f"{len(stale)} completed trial(s) were made by other code ({'; '.join(reasons)}); "
+                        f"`ablate run {file} --rerun-stale` retrains them, keeping the old results as earlier attempts."),
+                  markup=False, highlight=False)
+
+
+def _report_artifacts(study: str, root: Optional[str], keep: list[str]) -> None:
+    """One line: how much the study's trials keep in the artifact store, and where."""
+    from rich.filesize import decimal
+
+    from ablate.artifacts import ArtifactStore
+
+    try:
+        files = ArtifactStore(root)
+        folder = f"{files.base}/{study}"
+        size = files.size(folder)
+    except (OSError, ValueError) as e:
+        err.print(f"artifacts: not readable ({e})", markup=False, highlight=False)
+        return
+    err.print(f"artifacts: {decimal(size)} under {files.display(folder)} (keep: {', '.join(keep) or 'nothing'}; "
+              "`ablate gc` frees what a study no longer needs)", markup=False, highlight=False)
+
+
+def _existing_record(db: Optional[str], study: str):
+    """(the study as the database holds it with history, or None; where that was looked for).
+    Reads only: a database that does not exist yet is no error here, and is not created."""
+    from ablate.store import DatabaseError, Store, default_db_url, masked, normalize_url
+
+    url = normalize_url(db or default_db_url())
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return None, f"no database at {url} yet"
+    try:
+        store = Store(url, create=False)
+    except DatabaseError as e:
+        if "holds no ablate results yet" in str(e):
+            return None, f"{masked(url)} is empty"
+        _fail(str(e))
+    try:
+        return store.load(study, history=True), store.display_url
+    except KeyError:
+        return None, f"{store.display_url} holds no study '{study}'"
+    finally:
+        store.close()
 
 
 @app.command()
@@ -117,6 +176,11 @@ def run(
                                           envvar="RAY_ADDRESS"),
     fmt: str = typer.Option("md", "--format", "-f", help="Format of the table printed at the end: md, csv, latex."),
     artifacts: Optional[str] = typer.Option(None, "--artifacts", envvar="ABLATE_ARTIFACTS", help=ARTIFACTS_HELP),
+    rerun: Optional[list[str]] = typer.Option(None, "--rerun", metavar="TRIAL_ID", help="Train this completed or "
+                                              "failed trial again (repeatable; an id prefix will do). Its old "
+                                              "results are kept as an earlier attempt (`ablate show`)."),
+    rerun_stale: bool = typer.Option(False, "--rerun-stale", help="Train again every completed trial made by "
+                                     "other code (see `ablate plan`), keeping the old results as earlier attempts."),
 ) -> None:
     """Run a study: train every trial not yet completed (reruns skip finished ones), store results, print the table."""
     from ablate.orchestrate import run_study
@@ -139,7 +203,7 @@ def run(
     try:
         with ProgressSink(journal, p, console=err) as sink:
             summary = run_study(file, profile, store=store, sink=sink, address=address, plan=p, journal=journal,
-                                artifacts=artifacts)
+                                artifacts=artifacts, rerun=rerun, rerun_stale=rerun_stale)
         record = store.load(p.study.name)
     except _user_errors() as e:
         _fail(f"{file}: {e}")
@@ -166,6 +230,7 @@ def run(
         err.print(f"{summary.journaled} results waited in a local journal while the database was unreachable"
                   + (f"; {summary.unsaved} are still only in {summary.journal} (the next run writes them)"
                      if summary.unsaved else "; all written since"), highlight=False, markup=False)
+    _report_artifacts(p.study.name, artifacts, p.study.artifacts.keep)
     sys.stdout.write(render(record, fmt))
     if summary.failed or summary.unsaved:
         raise typer.Exit(1)

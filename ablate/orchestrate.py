@@ -58,6 +58,33 @@ def resolve_init_from(store: Store, plan: Plan, artifacts: ArtifactStore) -> dic
     return {"study": ref.study, "trial": found[0].trial_id}
 
 
+def retrain_ids(store: Store, plan: Plan, named: list[str], stale: bool) -> list[str]:
+    """The trials the user asked to train again: ids (or unique prefixes) given by name, and with
+    ``stale`` every completed trial made by other code. An unknown name is an InitFromError-like
+    user error (RerunError)."""
+    ids = [p.trial.id for p in plan.trials]
+    out: list[str] = []
+    for n in named:
+        hits = [i for i in ids if i.startswith(n)]
+        if len(hits) != 1:
+            raise RerunError(f"--rerun {n}: {'no' if not hits else 'several'} trials of study '{plan.study.name}' "
+                             f"{'match' if not hits else 'start with it: ' + ', '.join(hits)}; `ablate plan` lists them")
+        out.append(hits[0])
+    if stale:
+        from ablate.status import plan_status, stale_ids
+
+        try:
+            record = store.load(plan.study.name)
+        except KeyError:
+            record = None
+        out += [i for i in stale_ids(plan_status(plan, record)) if i not in out]
+    return out
+
+
+class RerunError(Exception):
+    """``--rerun`` names no trial of the study."""
+
+
 log = logging.getLogger("ablate.orchestrate")
 T = TypeVar("T")
 
@@ -130,7 +157,8 @@ class Heartbeat:
 
 def run_study(path: str | Path, profile: str | None = None, *, store: Store, sink: TrialSink | None = None,
               address: str | None = None, plan: Plan | None = None,
-              journal: JournalingSink | None = None, artifacts: str | None = None) -> RunSummary:
+              journal: JournalingSink | None = None, artifacts: str | None = None,
+              rerun: list[str] | None = None, rerun_stale: bool = False) -> RunSummary:
     """Run every trial of the study that has not completed. Bad input raises before anything is
     written; trials already completed (same id) are skipped; failed or interrupted ones rerun.
 
@@ -147,6 +175,10 @@ def run_study(path: str | Path, profile: str | None = None, *, store: Store, sin
     name = plan.study.name
     replay_leftovers(store)
     status = register_plan(store, plan)
+    again = retrain_ids(store, plan, rerun or [], rerun_stale)
+    if again:  # the user's explicit request: the old results become earlier attempts
+        store.rerun(name, again)
+        status = {**status, **{i: "pending" for i in again}}
     by_id = {p.trial.id: p.trial for p in plan.trials}
     ids = list(by_id)
     skipped = sum(status[i] == COMPLETED for i in ids)
