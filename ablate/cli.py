@@ -195,8 +195,10 @@ def run(
     except _user_errors() as e:
         _fail(f"{file}: dataset: {e}")
     from ablate.journal import JournalingSink
+    from sqlalchemy.exc import SQLAlchemyError
+
     from ablate.runner import RunInterrupted
-    from ablate.store import DatabaseError, describe_error, is_connection_error
+    from ablate.store import DatabaseError, describe_error
 
     store = _store(db, create=True)
     journal = JournalingSink(store)
@@ -213,9 +215,7 @@ def run(
         raise typer.Exit(130)
     except DatabaseError as e:
         _fail(str(e))
-    except Exception as e:
-        if not is_connection_error(e):
-            raise
+    except SQLAlchemyError as e:  # the database went away for good, or cannot be written
         left = f"; results not yet written are kept in {journal.path} for the next run" if journal.pending else ""
         _fail(describe_error(e, store.url) + left)
     parts = [f"{summary.skipped} already completed", f"{summary.ran} run now"]
@@ -225,11 +225,11 @@ def run(
     if summary.interrupted:
         parts.append(f"{summary.interrupted} interrupted")
     err.print(f"{summary.total} trials: {', '.join(parts)}. Results in {store.display_url}",
-              highlight=False, markup=False)
+              highlight=False, markup=False, soft_wrap=True)
     if summary.journaled:
         err.print(f"{summary.journaled} results waited in a local journal while the database was unreachable"
                   + (f"; {summary.unsaved} are still only in {summary.journal} (the next run writes them)"
-                     if summary.unsaved else "; all written since"), highlight=False, markup=False)
+                     if summary.unsaved else "; all written since"), highlight=False, markup=False, soft_wrap=True)
     _report_artifacts(p.study.name, artifacts, p.study.artifacts.keep)
     sys.stdout.write(render(record, fmt))
     if summary.failed or summary.unsaved:

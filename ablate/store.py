@@ -222,13 +222,19 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_MS}")  # first: the pragmas below may wait for a lock
     cur.execute("PRAGMA foreign_keys=ON")
+    # an empty file (no schema yet) is left as it is: migrate() switches it once it writes the schema
+    if cur.execute("PRAGMA page_count").fetchone()[0] > 0:
+        _sqlite_wal(cur)
+    cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, no fsync per commit
+    cur.close()
+
+
+def _sqlite_wal(cur: Any) -> None:
     if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
         try:
             cur.execute("PRAGMA journal_mode=WAL")  # readers (dashboard) never block the writer
         except Exception:  # a read-only file stays in its mode; reading still works
             pass
-    cur.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable at checkpoints, no fsync per commit
-    cur.close()
 
 
 def _sqlite_begin(conn: Any) -> None:
@@ -289,6 +295,9 @@ def migrate(engine: Engine) -> None:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_LOCK_KEY})  # released at commit
         if _current_revision(conn) != head:
             command.upgrade(_alembic_config(conn), "head")
+    if engine.dialect.name == "sqlite":
+        with engine.connect() as conn:
+            _sqlite_wal(conn.connection.dbapi_connection.cursor())
 
 
 # -- what is wrong with a database, in one line ---------------------------------------------------
@@ -337,6 +346,10 @@ def is_connection_error(exc: BaseException) -> bool:
     restarting, lock timeouts. Not: constraint violations, unknown trials, programming errors."""
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return True
+    low = str(exc).lower()
+    if any(s in low for s in ("readonly", "read-only", "permission denied", "file is not a database",
+                              "no such table", "no such column", "does not exist")):
+        return False  # waiting does not fix these
     return isinstance(exc, (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError,
                             sa_exc.DisconnectionError, ConnectionError))
 
@@ -366,8 +379,14 @@ class Store:
                                     "`ablate run` to create it)")
             if path.is_dir():
                 raise DatabaseError(f"database {self.display_url}: {path} is a folder, not a file")
+        engine_url = self.url
+        if (path is not None and path.is_file() and not os.access(path.parent, os.W_OK)
+                and not Path(f"{path}-wal").exists()):
+            # a folder nobody can write: no process can be writing the file, and SQLite could not
+            # create the -shm file it needs to read a WAL database, so read it as immutable
+            engine_url = f"sqlite:///file:{path}?mode=ro&immutable=1&uri=true"
         try:
-            self.engine = make_engine(self.url)
+            self.engine = make_engine(engine_url)
         except Exception as e:  # unknown scheme or driver, bad URL
             raise DatabaseError(describe_error(e, self.url)) from None
         self._write_engine = self.engine.execution_options(ablate_write=True)

@@ -192,3 +192,32 @@ def test_default_url_is_ablate_db_in_cwd_or_ABLATE_DB(tmp_path: Path, monkeypatc
     monkeypatch.setenv("ABLATE_DB", "postgresql://u@h/db")
     assert default_db_url() == "postgresql://u@h/db"
     assert normalize_url(default_db_url()) == "postgresql+psycopg://u@h/db"
+
+
+def test_migration_from_0001_carries_old_rows_over(tmp_path: Path) -> None:
+    """A database made by the first schema: its trials survive, and a trial the old driver
+    recorded as failed with 'interrupted: the driver stopped' becomes interrupted."""
+    import sqlite3
+
+    from alembic import command
+
+    from ablate.store import _alembic_config, make_engine
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    with engine.begin() as c:
+        command.upgrade(_alembic_config(c), "0001")
+    engine.dispose()
+    con = sqlite3.connect(tmp_path / "old.db")
+    con.execute("INSERT INTO studies VALUES (1, 's', '', '{}', '2025-01-01', '2025-01-01')")
+    for pk, status, error in ((1, "failed", "interrupted: the driver stopped"), (2, "failed", "boom"),
+                              (3, "completed", None)):
+        con.execute("INSERT INTO trials (pk, study_id, trial_id, params, config, seed, status, error, attempts) "
+                    "VALUES (?, 1, ?, '{}', '{}', 0, ?, ?, 1)", (pk, f"t{pk}", status, error))
+    con.execute("INSERT INTO metrics (trial_pk, epoch, name, value) VALUES (3, 0, 'top1', 7.0)")
+    con.commit()
+    con.close()
+    store = Store(url)
+    rec = {t.trial_id: t for t in store.load("s").trials}
+    assert (rec["t1"].status, rec["t2"].status, rec["t3"].status) == (INTERRUPTED, FAILED, COMPLETED)
+    assert rec["t3"].final == {"top1": 7.0} and rec["t1"].provenance == {} and rec["t3"].attempts == 1
