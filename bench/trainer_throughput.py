@@ -66,6 +66,7 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
+    ap.add_argument("--root", default=None, help="Fashion-MNIST folder (default: Debian's)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -73,7 +74,7 @@ def main() -> None:
     recipe = RecipeSpec(epochs=1, batch_size=args.batch, lr=0.05, warmup_epochs=0, amp="none").model_dump()
     cfg = {"model": {"name": "mobilenetv2_lk", "kwargs": {"kernel_size": args.kernel, "width_mult": args.width}},
            "recipe": recipe,
-           "dataset": {"name": "fashion_mnist", "image_size": args.image_size,
+           "dataset": {"name": "fashion_mnist", "image_size": args.image_size, "root": args.root,
                        "train_subset": args.batch * (args.steps + 1), "val_subset": 64}, "seed": 0}
     bare_timm_loop(cfg, 3, device)  # warm-up: allocator, kernels, page cache
     a, b = [], []
