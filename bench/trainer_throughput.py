@@ -17,7 +17,7 @@ from timm.optim import create_optimizer_v2
 from torch import nn
 from torch.utils.data import DataLoader
 
-import ablate  # noqa: F401  (registers models)
+import ablate.models  # noqa: F401  (registers models)
 from ablate.data import build_splits
 from ablate.models import build_model
 from ablate.study import RecipeSpec

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import timm
 
-import ablate  # noqa: F401  (registers mobilenetv2_lk in timm)
+import ablate.models  # noqa: F401  (registers mobilenetv2_lk in timm)
 from ablate.flops import count_macs, count_params
 
 
