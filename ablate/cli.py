@@ -43,9 +43,10 @@ def _user_errors():
     """Exceptions that are the user's input, not ablate's bugs."""
     from ablate.data import DatasetError
     from ablate.orchestrate import InitFromError
+    from ablate.runner import ResourceError
     from ablate.study import StudyError
 
-    return (StudyError, DatasetError, InitFromError)
+    return (StudyError, DatasetError, InitFromError, ResourceError)
 
 
 def _plan(file: Path, profile: Optional[str]):
