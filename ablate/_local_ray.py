@@ -29,6 +29,7 @@ _user_auth_env: dict[str, str | None] | None = None  # the user's values, restor
 
 def _driver_tag(pid: int) -> str | None:
     """``pid-starttime`` of a live process (a reused pid has another start time), else None."""
+    import ray  # noqa: F401  (Ray 2.60 ships psutil in ray/thirdparty_files, on sys.path after import)
     import psutil
 
     try:

@@ -62,8 +62,10 @@ def _trainable(config: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
+    from ablate._watchdog import watch_driver
     from ablate.trainer import train
 
+    watch_driver()  # an orphan (driver killed) stops within seconds
     torch.set_num_threads(max(1, int(config["threads"])))
 
     def report(metrics: dict[str, float], state: dict[str, Any] | None = None) -> None:
@@ -84,8 +86,10 @@ def _ddp_worker(config: dict[str, Any]) -> None:
     import torch
     from ray.train.torch import get_device, prepare_data_loader, prepare_model
 
+    from ablate._watchdog import watch_driver
     from ablate.trainer import Distributed, train
 
+    watch_driver()  # an orphan (driver killed) stops within seconds
     torch.set_num_threads(max(1, int(config["threads"])))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -203,15 +207,16 @@ def init_ray(address: str | None = None) -> bool:
     (``ablate._local_ray``). Returns True when this call started Ray (and so should shut it down)."""
     import ray
 
-    from ablate import _local_ray
+    from ablate import _local_ray, _watchdog
 
     if ray.is_initialized():
         return False
+    os.environ.update(_watchdog.driver_env())  # trials on this host watch this process
     address = address or os.environ.get("RAY_ADDRESS") or None
     common: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
     if address:
         _local_ray.use_cluster_auth()
-        ray.init(address=address, **common)
+        ray.init(address=address, runtime_env={"env_vars": _watchdog.driver_env()}, **common)
         return True
     _local_ray.use_local_token()
     with _local_ray.loopback_node() as ip:
