@@ -33,7 +33,10 @@ def _driver_tag(pid: int) -> str | None:
     import psutil
 
     try:
-        return f"{pid}-{int(psutil.Process(pid).create_time() * 100)}"
+        p = psutil.Process(pid)
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return f"{pid}-{int(p.create_time() * 100)}"
     except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
         return None
 

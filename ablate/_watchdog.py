@@ -43,7 +43,8 @@ def _local_driver_alive(value: str) -> bool | None:
     if host != socket.gethostname():
         return None
     try:
-        return abs(psutil.Process(int(pid)).create_time() - float(start)) < 1.0
+        p = psutil.Process(int(pid))
+        return abs(p.create_time() - float(start)) < 1.0 and p.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
     except (psutil.AccessDenied, ValueError):

@@ -95,3 +95,28 @@ def test_sweep_keeps_live_and_foreign_folders(tmp_path: Path) -> None:
         d.mkdir()
     assert sorted(_local_ray.sweep_stale_tempdirs(tmp_path)) == sorted([reused, dead])
     assert live.is_dir() and other.is_dir() and not dead.exists() and not reused.exists()
+
+
+def test_watchdog_ends_a_worker_whose_driver_died(tmp_path: Path) -> None:
+    """Where Ray itself would not end the trainer (e.g. a driver of a shared Ray), the watchdog does."""
+    fake_driver = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        me = psutil.Process(fake_driver.pid)
+        import socket
+
+        env = dict(os.environ, **{DRIVER_ENV: f"{socket.gethostname()} {me.pid} {me.create_time():.2f}"})
+        worker = subprocess.Popen([sys.executable, "-c", "from ablate._watchdog import watch_driver; import time; "
+                                   "watch_driver(0.2); print('watching', flush=True); time.sleep(600)"],
+                                  env=env, stdout=subprocess.PIPE, text=True)
+        assert worker.stdout.readline().strip() == "watching"
+        time.sleep(1)
+        assert worker.poll() is None, "the watchdog ended a worker whose driver is alive"
+        os.kill(fake_driver.pid, signal.SIGKILL)
+        t0 = time.monotonic()
+        assert worker.wait(timeout=10) != 0
+        assert time.monotonic() - t0 < 5
+    finally:
+        for p in (fake_driver, locals().get("worker")):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
