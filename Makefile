@@ -19,13 +19,13 @@ venv: $(STAMP)
 
 demo: venv
 	@bash scripts/system-deps.sh $(DEMO_DEBS)
-	RAY_AUTH_MODE=disabled $(BIN)/ablate run studies/dilation.yaml --profile demo
+	$(BIN)/ablate run studies/dilation.yaml --profile demo
 
 test: venv
 	@bash scripts/system-deps.sh $(TEST_DEBS)
 	@ABLATE_TEST_PG="$$(bash scripts/postgres.sh)"; export ABLATE_TEST_PG; \
 	  echo "PostgreSQL for the store tests: $${ABLATE_TEST_PG:-none}"; \
-	  RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	  $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 bench: venv
 	@bash scripts/system-deps.sh $(DEMO_DEBS)

@@ -52,9 +52,10 @@ def _user_errors():
     """Exceptions that are the user's input, not ablate's bugs."""
     from ablate.data import DatasetError
     from ablate.orchestrate import InitFromError, RerunError
+    from ablate.runner import ResourceError
     from ablate.study import StudyError
 
-    return (StudyError, DatasetError, InitFromError, RerunError)
+    return (StudyError, DatasetError, InitFromError, RerunError, ResourceError)
 
 
 def _plan(file: Path, profile: Optional[str]):

@@ -10,14 +10,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 
 from ablate.expand import Trial
 
-# Quiet, bounded local Ray: set before ray is imported anywhere.
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Quiet, bounded local Ray: set before ray is imported anywhere. (Ray's auth stays on: see init_ray.)
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -92,6 +90,9 @@ def _trainable(config: dict[str, Any]) -> None:
     import torch
     from ray import tune
 
+    from ablate._watchdog import watch_driver
+
+    watch_driver()  # an orphan (driver killed) stops within seconds
     torch.set_num_threads(max(1, int(config["threads"])))
     _run_trial(config, tune.report)
 
@@ -103,8 +104,10 @@ def _ddp_worker(config: dict[str, Any]) -> None:
     import torch
     from ray.train.torch import get_device, prepare_data_loader, prepare_model
 
+    from ablate._watchdog import watch_driver
     from ablate.trainer import Distributed
 
+    watch_driver()  # an orphan (driver killed) stops within seconds
     torch.set_num_threads(max(1, int(config["threads"])))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -188,19 +191,79 @@ def _make_callback(study: str, sink_key: str, resources: dict[str, float]) -> An
     return StoreCallback(study, sink_key, resources)
 
 
-def init_ray(address: str | None = None) -> bool:
-    """Join ``address`` (or ``RAY_ADDRESS``) if given, else start a quiet local Ray.
-    Returns True when this call started Ray (and so should shut it down)."""
+class ResourceError(Exception):
+    """A trial asks for more than the Ray cluster can ever give it: it would wait forever."""
+
+
+def _node_shapes() -> list[tuple[dict[str, float], float]]:
+    """(resources, how many such nodes) the cluster has or can autoscale to: the live nodes, plus
+    the node groups an autoscaler declares to the GCS (KubeRay, autoscaler v2; -1 = unbounded)."""
     import ray
+    from ray._private.state import state
+
+    shapes = [(dict(n["Resources"]), 1.0) for n in ray.nodes() if n.get("Alive")]
+    config = state.get_cluster_config()
+    for group in config.node_group_configs if config is not None else []:
+        if group.max_count != 0:
+            shapes.append(({k: float(v) for k, v in group.resources.items()},
+                           float("inf") if group.max_count < 0 else float(group.max_count)))
+    return shapes
+
+
+def check_resources(cpus: float, gpus: float, workers: int = 1) -> None:
+    """Raise ResourceError, naming the field and the cluster's nodes, when no node can ever hold
+    a trial (or one DDP worker) or all of them together cannot hold its ``workers``: Ray would
+    wait forever. ``ABLATE_RESOURCE_CHECK=0`` skips it (an autoscaler that declares no node types)."""
+    if os.environ.get("ABLATE_RESOURCE_CHECK", "1") == "0":
+        return
+    shapes = _node_shapes()
+    need = {"CPU": float(cpus), "GPU": float(gpus)}
+
+    def room(node: dict[str, float]) -> float:  # how many workers one such node could ever hold
+        return min((node.get(k, 0.0) // v for k, v in need.items() if v > 0), default=float("inf"))
+
+    if sum(room(n) * count for n, count in shapes if room(n)) >= workers:
+        return
+    nodes = [n for n, _ in shapes]
+    have = "; ".join(sorted({f"{n.get('CPU', 0):g} CPU, {n.get('GPU', 0):g} GPU" for n in nodes})) or "none"
+    cluster = f"the Ray cluster's nodes have {have}"
+    short = [f"resources.{k.lower()}s: {v:g}" for k, v in need.items()
+             if v > max((n.get(k, 0.0) for n in nodes), default=0.0)]
+    if short:
+        what = " and ".join(short) + (" per worker" if workers > 1 else " per trial") + " fits no node"
+    elif any(room(n) for n in nodes):
+        what = f"resources.workers: {workers} workers of {cpus:g} CPU, {gpus:g} GPU do not fit all nodes together"
+    else:
+        what = f"resources.cpus: {cpus:g} with resources.gpus: {gpus:g} fits no single node"
+    raise ResourceError(f"{what}; {cluster}")
+
+
+def init_ray(address: str | None = None) -> bool:
+    """Join ``address`` (or ``RAY_ADDRESS``) if given, with the cluster's own authentication;
+    else start a quiet local Ray that listens on loopback only and requires this driver's token
+    (``ablate._local_ray``). Returns True when this call started Ray (and so should shut it down)."""
+    import ray
+
+    from ablate import _local_ray, _watchdog
 
     if ray.is_initialized():
         return False
+    os.environ.update(_watchdog.driver_env())  # trials on this host watch this process
     address = address or os.environ.get("RAY_ADDRESS") or None
     common: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
     if address:
-        ray.init(address=address, **common)
-    else:
-        ray.init(include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE_BYTES, **common)
+        _local_ray.use_cluster_auth()
+        ray.init(address=address, runtime_env={"env_vars": _watchdog.driver_env()}, **common)
+        return True
+    _local_ray.use_local_token()
+    with _local_ray.loopback_node() as ip:
+        # address="local": never join some other Ray found on this machine (/tmp/ray/ray_current_cluster)
+        ray.init(address="local", _node_ip_address=ip, include_dashboard=False,
+                 object_store_memory=LOCAL_OBJECT_STORE_BYTES, **common)
+    node_ip = ray._private.worker._global_node.node_ip_address
+    if node_ip != ip:  # fail closed rather than run a cluster open to the network
+        ray.shutdown()
+        raise RuntimeError(f"local Ray came up on {node_ip}, not on loopback ({ip}); not running")
     return True
 
 
@@ -218,6 +281,7 @@ def run_trials(study: str, trials: list[Trial], sink: TrialSink, *, cpus: float 
     import ray
     from ray import tune
 
+    from ablate import _local_ray
     from ablate.artifacts import artifacts_root
 
     # Tune's result grid looks for result.json files that ablate does not write (the store has them)
@@ -227,8 +291,9 @@ def run_trials(study: str, trials: list[Trial], sink: TrialSink, *, cpus: float 
     started = init_ray(address)
     key = f"{study}-{id(sink)}"
     _SINKS[key], _FINISHED[key] = sink, set()
-    tmp = None if storage else tempfile.mkdtemp(prefix="ablate-ray-")
+    tmp = None if storage else _local_ray.driver_tempdir()
     try:
+        check_resources(cpus, gpus, workers)  # before any trial: impossible requests fail fast
         # "runtime" is not part of the hashed config: where this setup keeps files, what it keeps
         runtime = {"artifacts": artifacts or artifacts_root(), "study": study, "init_from": init_from,
                    "keep": list(keep if keep is not None else ["final"]), "metric": metric, "mode": mode}

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import yaml
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
 # trials save their final weights here (ablate.artifacts); keep tests out of the working tree
 import tempfile  # noqa: E402

@@ -1,0 +1,131 @@
+"""A local Ray that only this user on this host can use, and the driver's temporary folders.
+
+Ray 2.60 on Linux advertises the machine's external address and binds its gRPC servers (GCS,
+raylet, object manager, workers) to every interface unless the node's IP is 127.0.0.1, and it
+turns a requested 127.0.0.1 back into the external address unless clusters are off (its default
+on macOS/Windows). Token authentication is on by default but keeps the token in
+``~/.ray/auth_token`` with the umask's mode. So ablate starts its local Ray on loopback with a
+fresh token per driver, in a 0600 file of a 0700 folder named after the driver: a later run
+removes the folders of drivers that died (``kill -9`` leaves them behind). Owned by the runner.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+TMP_PREFIX = "ablate-ray-"
+LOOPBACK = "127.0.0.1"
+_AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")
+_token_path: Path | None = None
+_user_auth_env: dict[str, str | None] | None = None  # the user's values, restored to join a cluster
+
+
+def _driver_tag(pid: int) -> str | None:
+    """``pid-starttime`` of a live process (a reused pid has another start time), else None."""
+    import ray  # noqa: F401  (Ray 2.60 ships psutil in ray/thirdparty_files, on sys.path after import)
+    import psutil
+
+    try:
+        p = psutil.Process(pid)
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return None
+        return f"{pid}-{int(p.create_time() * 100)}"
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return None
+
+
+def driver_tempdir() -> str:
+    """A new 0700 temporary folder named after this driver; stale ones of dead drivers go first."""
+    sweep_stale_tempdirs()
+    return tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{_driver_tag(os.getpid())}-")
+
+
+def sweep_stale_tempdirs(root: str | Path | None = None) -> list[Path]:
+    """Remove this user's ``ablate-ray-PID-START-*`` folders whose driver is gone; returns them."""
+    removed = []
+    for d in Path(root or tempfile.gettempdir()).glob(f"{TMP_PREFIX}*-*-*"):
+        pid, start = d.name[len(TMP_PREFIX):].split("-")[:2]
+        if not (pid.isdigit() and start.isdigit()):
+            continue
+        try:
+            if d.lstat().st_uid != os.getuid() or not d.is_dir():
+                continue
+        except OSError:
+            continue
+        if _driver_tag(int(pid)) != f"{pid}-{start}":
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
+def _new_token_file() -> Path:
+    d = driver_tempdir()
+    atexit.register(shutil.rmtree, d, True)
+    path = Path(d) / "auth_token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))  # 256 bits, as Ray's own generator
+    return path
+
+
+def _reload_ray_auth_config() -> None:
+    """Ray reads RAY_AUTH_* into its config once, at import: make it see the environment now."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def use_local_token() -> None:
+    """Token auth with this driver's own token for a local Ray (and the workers it starts)."""
+    global _token_path, _user_auth_env
+    if _user_auth_env is None:
+        _user_auth_env = {k: os.environ.get(k) for k in _AUTH_ENV}
+    if _token_path is None or not _token_path.is_file():
+        _token_path = _new_token_file()
+    os.environ["RAY_AUTH_MODE"] = "token"  # explicit: Ray neither warns nor lets it be switched off
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(_token_path)
+    _reload_ray_auth_config()
+
+
+def use_cluster_auth() -> None:
+    """Undo ``use_local_token``: a cluster is joined with the user's own Ray auth settings."""
+    if _user_auth_env is None:
+        return
+    for k, v in _user_auth_env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    _reload_ray_auth_config()
+
+
+@contextlib.contextmanager
+def loopback_node() -> Iterator[str]:
+    """While starting a local Ray, keep 127.0.0.1 as the node's IP (Ray's behaviour where
+    clusters are off), so every Ray server binds to loopback. Restored afterwards: a driver that
+    joins a cluster must advertise a reachable address."""
+    from ray._private import ray_constants
+
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield LOOPBACK
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+def is_loopback(ip: str) -> bool:
+    """127.0.0.0/8, ::1 and IPv4-mapped loopback (``::ffff:127.0.0.1``, how Ray's servers show up)."""
+    import ipaddress
+
+    addr = ipaddress.ip_address(ip.split("%")[0])
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return (mapped or addr).is_loopback
