@@ -7,6 +7,7 @@ holds, taking over any whose lease runs out (a killed driver). Results go throug
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -19,7 +20,7 @@ from ablate.artifacts import WEIGHTS, ArtifactStore
 from ablate.data import check_dataset
 from ablate.expand import get_path
 from ablate.plan import Plan, make_plan
-from ablate.runner import TrialSink, run_trials
+from ablate.runner import TrialSink, ray_session, run_trials
 from ablate.journal import JournalingSink, replay_leftovers
 from ablate.store import COMPLETED, FAILED, INTERRUPTED, Store, is_connection_error, lease_seconds
 
@@ -170,12 +171,27 @@ def run_study(path: str | Path, profile: str | None = None, *, store: Store, sin
     files = ArtifactStore(artifacts)
     init_from = resolve_init_from(store, plan, files)
     journal = journal or JournalingSink(store)
+    name = plan.study.name
+    replay_leftovers(store)
+    known = _patient(lambda: store.trial_states(name), "reading trial states")
+    work = bool(rerun) or rerun_stale or not all(i in known and known[i].status == COMPLETED
+                                                 for i in (p.trial.id for p in plan.trials))
+    res = plan.study.resources
+    # Ray only when there is work: a finished study (even on a read-only database) just prints its table
+    with (ray_session(address, cpus=res.cpus, gpus=res.gpus, workers=res.workers) if work
+          else contextlib.nullcontext()):
+        return _run_claimed(plan, store, sink, journal, files, init_from, address, rerun or [], rerun_stale)
+
+
+def _run_claimed(plan: Plan, store: Store, sink: TrialSink | None, journal: JournalingSink, files: ArtifactStore,
+                 init_from: dict[str, str] | None, address: str | None, rerun: list[str],
+                 rerun_stale: bool) -> RunSummary:
+    """Register, then claim and run until every trial of the study is done (see ``run_study``)."""
     sink = sink or journal
     owner, lease = journal.owner, lease_seconds()
     name = plan.study.name
-    replay_leftovers(store)
     status = register_plan(store, plan)
-    again = retrain_ids(store, plan, rerun or [], rerun_stale)
+    again = retrain_ids(store, plan, rerun, rerun_stale)
     if again:  # the user's explicit request: the old results become earlier attempts
         store.rerun(name, again)
         status = {**status, **{i: "pending" for i in again}}

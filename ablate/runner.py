@@ -7,11 +7,12 @@ possibly wrapped by a progress display), so the driver is the single writer of t
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 from ablate.expand import Trial
 
@@ -265,6 +266,22 @@ def init_ray(address: str | None = None) -> bool:
         ray.shutdown()
         raise RuntimeError(f"local Ray came up on {node_ip}, not on loopback ({ip}); not running")
     return True
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, *, cpus: float = 1, gpus: float = 0, workers: int = 1) -> Iterator[None]:
+    """Ray up (joined or started) for a whole run, with the study's resources checked against the
+    cluster first: an impossible request raises ResourceError before anything is written.
+    ``run_trials`` inside it reuses this Ray; Ray is shut down at the end if this started it."""
+    import ray
+
+    started = init_ray(address)
+    try:
+        check_resources(cpus, gpus, workers)
+        yield
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def run_trials(study: str, trials: list[Trial], sink: TrialSink, *, cpus: float = 1, gpus: float = 0,
