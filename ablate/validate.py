@@ -275,12 +275,37 @@ def check_metrics(study: Study, configs: list[dict[str, Any]], file: str) -> Non
 
 
 # -- table formats ---------------------------------------------------------------------------------
-def check_table(study: Study, configs: list[dict[str, Any]], file: str) -> None:
-    """Every column's format is safe and applies to the values it will format (a config value of
-    each trial, a float for metrics, an int for params / FLOPs)."""
+def _has_path(config: dict[str, Any], path: str) -> bool:
     from ablate.expand import get_path
 
+    try:
+        get_path(config, path)
+    except KeyError:
+        return False
+    return True
+
+
+def check_table(study: Study, configs: list[dict[str, Any]], file: str) -> None:
+    """Every column's source exists (a config path of some trial, a known derived value, params,
+    flops, trial; metrics in ``check_metrics``), the baseline matches a trial, and every format is
+    safe and applies to the values it will format (a config value of each trial, a float for
+    metrics, an int for params / FLOPs)."""
+    from ablate.expand import get_path
+    from ablate.tables import DERIVED
+
+    if study.table and study.table.baseline:
+        base = study.table.baseline
+        if not any(all(_has_path(c, k) and get_path(c, k) == v for k, v in base.items()) for c in configs):
+            raise StudyError(file, "table.baseline", f"config values of one of the study's trials, got {base!r:.200}")
     for i, col in enumerate(study.table.columns if study.table else []):
+        src = col.source
+        if src.startswith("derived:") and src.split(":", 1)[1] not in DERIVED:
+            raise StudyError(file, f"table.columns[{i}].source", f"one of {', '.join('derived:' + d for d in DERIVED)}"
+                             f", got '{src}'")
+        if not (src in ("params", "flops", "trial") or src.startswith(("derived:", "metric:"))
+                or any(_has_path(c, src) for c in configs)):
+            raise StudyError(file, f"table.columns[{i}].source", "params, flops, trial, metric:<name>, derived:<name> "
+                             f"or a config path of the trials (e.g. model.kwargs.kernel_size), got {src!r:.100}")
         if col.format is None:
             continue
         problem = format_problem(col.format)
@@ -288,7 +313,6 @@ def check_table(study: Study, configs: list[dict[str, Any]], file: str) -> None:
             raise StudyError(file, f"table.columns[{i}].format", problem)
         if col.format == "human":
             continue
-        src = col.source
         samples: list[Any]
         if src.startswith("metric:"):
             samples = [76.54321]
