@@ -302,7 +302,8 @@ def check_table(study: Study, configs: list[dict[str, Any]], file: str) -> None:
         if src.startswith("derived:") and src.split(":", 1)[1] not in DERIVED:
             raise StudyError(file, f"table.columns[{i}].source", f"one of {', '.join('derived:' + d for d in DERIVED)}"
                              f", got '{src}'")
-        if not (src in ("params", "flops", "trial") or src.startswith(("derived:", "metric:"))
+        # model.kwargs.<x> may be left at the model's default (the column shows '–'): not checked
+        if not (src in ("params", "flops", "trial") or src.startswith(("derived:", "metric:", "model.kwargs."))
                 or any(_has_path(c, src) for c in configs)):
             raise StudyError(file, f"table.columns[{i}].source", "params, flops, trial, metric:<name>, derived:<name> "
                              f"or a config path of the trials (e.g. model.kwargs.kernel_size), got {src!r:.100}")

@@ -78,7 +78,7 @@ CASES = {
                               "table.columns[0].format", "Unknown format code 'd'"),
     "format-attribute": (_with(table={"columns": [{"header": "k", "source": "params", "format": "{v.real}"}]}),
                          "table.columns[0].format", "only the field {v}"),
-    "table-source-typo": (_with(table={"columns": [{"header": "k", "source": "model.kwargs.kernel_sise"}]}),
+    "table-source-typo": (_with(table={"columns": [{"header": "k", "source": "recipe.l"}]}),
                           "table.columns[0].source", "a config path of the trials"),
     "table-derived-unknown": (_with(table={"columns": [{"header": "k", "source": "derived:max_rff"}]}),
                               "table.columns[0].source", "derived:max_rf"),
