@@ -223,7 +223,11 @@ def artifact_figures(record: StudyRecord, arms: list[Arm], root: Path | None = N
 
     from ablate.artifacts import artifacts_root
 
-    root = root or artifacts_root()
+    root = root or artifacts_root()  # a str since the store may be a URI; heatmaps are read from a local folder
+    if isinstance(root, str):
+        if "://" in root:
+            return {}
+        root = Path(root)
     folder = root / record.name
     out: dict[str, dict[str, Any]] = {}
     if not folder.is_dir():

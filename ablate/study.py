@@ -103,7 +103,7 @@ class RecipeSpec(_Strict):
     channels_last: bool = True
     compile: bool = False
     max_steps_per_epoch: int | None = Field(default=None, ge=1, description="cap for smoke runs")
-    workers: int = Field(default=0, ge=0, description="data-loader processes (speed only: not in the trial id)")
+    workers: int = Field(default=0, ge=0, le=256, description="data-loader processes (speed only: not in the trial id)")
 
     @model_validator(mode="before")
     @classmethod

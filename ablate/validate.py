@@ -9,7 +9,10 @@ naming the file and field, with "did you mean" where a close name exists.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import signal
+import threading
 from functools import lru_cache
 from typing import Any, Iterable
 
@@ -18,6 +21,9 @@ from ablate.study import Study, StudyError
 from ablate.text import format_problem
 
 MAX_PARAMS = 10**10  # 10 B parameters: far above the paper's largest model (RepLKNet-XL, 335 M)
+MAX_KWARG = 10**6  # any number in model.kwargs: kernel sizes, depths, widths are far below
+MAX_BUILD_S = 20.0
+MAX_MODULES = 5_000  # modules or parameter tensors; RepLKNet-XL has 659 / 490, timm's nfnet_f7 ~1,600
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
@@ -66,17 +72,84 @@ def _model_problem(name: str, kwargs_json: str, num_classes: int, in_chans: int)
     from ablate.flops import count_params
 
     kwargs = json.loads(kwargs_json)
+    for path, v in _numbers(kwargs, "model.kwargs"):
+        if abs(v) > MAX_KWARG:  # a depth of 10^9 makes a constructor loop or allocate before any module exists
+            return path, f"a number of at most {MAX_KWARG:.0e} in absolute value, got {v:.3g}"
     try:
-        with torch.device("meta"):  # shapes only: a model of 10^12 parameters costs nothing here
+        with torch.device("meta"), _bounded_build():  # shapes only: 10^12 parameters cost nothing here
             model = build_model({"name": name, "kwargs": kwargs}, num_classes, in_chans)
+    except _TooBig as e:
+        return "model.kwargs", str(e)
     except Exception as e:  # noqa: BLE001 - constructors raise anything (TypeError, AssertionError, ...)
         if _meta_failure_is_data_dependent(e):
-            return None
+            if not kwargs:  # the registry's own defaults: counting builds it on the CPU
+                return None
+            return "model.kwargs", (f"a model that builds on the meta device, so its kwargs can be checked before "
+                                    f"compute; {name} with these kwargs does not ({_short(e)})")
         return "model.kwargs", f"arguments {name} accepts ({type(e).__name__}: {_short(e)})"
     n = count_params(model)
     if n > MAX_PARAMS:
         return "model.kwargs", f"a model of at most {MAX_PARAMS:.0e} parameters; these give {n:.3g}"
     return None
+
+
+def _numbers(node: Any, path: str) -> Iterable[tuple[str, float]]:
+    if isinstance(node, bool):
+        return
+    if isinstance(node, (int, float)):
+        yield path, node
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            yield from _numbers(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _numbers(v, f"{path}[{i}]")
+
+
+class _TooBig(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _bounded_build():
+    """Stop a constructor as soon as it has made more than MAX_MODULES modules or parameter tensors
+    or MAX_PARAMS parameters: ``depths: [1, 1, 1000000000, 1]`` fails in seconds instead of building
+    a billion blocks (torch's global registration hooks, removed on exit)."""
+    from torch.nn.modules import module as mod
+
+    seen = {"modules": 0, "tensors": 0, "params": 0}
+
+    def on_module(module: Any, name: str, sub: Any) -> None:
+        seen["modules"] += 1
+        if seen["modules"] > MAX_MODULES:
+            raise _TooBig(f"a model of at most {MAX_MODULES} modules (the largest timm models have ~2,000)")
+
+    def on_param(module: Any, name: str, param: Any) -> None:
+        seen["tensors"] += 1
+        seen["params"] += param.numel() if param is not None else 0
+        if seen["tensors"] > MAX_MODULES:
+            raise _TooBig(f"a model of at most {MAX_MODULES} parameter tensors")
+        if seen["params"] > MAX_PARAMS:
+            raise _TooBig(f"a model of at most {MAX_PARAMS:.0e} parameters")
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise _TooBig(f"a model that builds in under {MAX_BUILD_S:g} s (on the meta device, shapes only)")
+
+    handles = [mod.register_module_module_registration_hook(on_module),
+               mod.register_module_parameter_registration_hook(on_param)]
+    # a time bound too, for a constructor that loops without making modules (main thread only: signals)
+    timed = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+    if timed:
+        old = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, MAX_BUILD_S)
+    try:
+        yield
+    finally:
+        if timed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        for h in handles:
+            h.remove()
 
 
 def check_model(config: dict[str, Any], file: str, where: str = "") -> None:
@@ -202,12 +275,38 @@ def check_metrics(study: Study, configs: list[dict[str, Any]], file: str) -> Non
 
 
 # -- table formats ---------------------------------------------------------------------------------
-def check_table(study: Study, configs: list[dict[str, Any]], file: str) -> None:
-    """Every column's format is safe and applies to the values it will format (a config value of
-    each trial, a float for metrics, an int for params / FLOPs)."""
+def _has_path(config: dict[str, Any], path: str) -> bool:
     from ablate.expand import get_path
 
+    try:
+        get_path(config, path)
+    except KeyError:
+        return False
+    return True
+
+
+def check_table(study: Study, configs: list[dict[str, Any]], file: str) -> None:
+    """Every column's source exists (a config path of some trial, a known derived value, params,
+    flops, trial; metrics in ``check_metrics``), the baseline matches a trial, and every format is
+    safe and applies to the values it will format (a config value of each trial, a float for
+    metrics, an int for params / FLOPs)."""
+    from ablate.expand import get_path
+    from ablate.tables import DERIVED
+
+    if study.table and study.table.baseline:
+        base = study.table.baseline
+        if not any(all(_has_path(c, k) and get_path(c, k) == v for k, v in base.items()) for c in configs):
+            raise StudyError(file, "table.baseline", f"config values of one of the study's trials, got {base!r:.200}")
     for i, col in enumerate(study.table.columns if study.table else []):
+        src = col.source
+        if src.startswith("derived:") and src.split(":", 1)[1] not in DERIVED:
+            raise StudyError(file, f"table.columns[{i}].source", f"one of {', '.join('derived:' + d for d in DERIVED)}"
+                             f", got '{src}'")
+        # model.kwargs.<x> may be left at the model's default (the column shows '–'): not checked
+        if not (src in ("params", "flops", "trial") or src.startswith(("derived:", "metric:", "model.kwargs."))
+                or any(_has_path(c, src) for c in configs)):
+            raise StudyError(file, f"table.columns[{i}].source", "params, flops, trial, metric:<name>, derived:<name> "
+                             f"or a config path of the trials (e.g. model.kwargs.kernel_size), got {src!r:.100}")
         if col.format is None:
             continue
         problem = format_problem(col.format)
@@ -215,7 +314,6 @@ def check_table(study: Study, configs: list[dict[str, Any]], file: str) -> None:
             raise StudyError(file, f"table.columns[{i}].format", problem)
         if col.format == "human":
             continue
-        src = col.source
         samples: list[Any]
         if src.startswith("metric:"):
             samples = [76.54321]
