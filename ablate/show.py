@@ -14,13 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ablate.provenance import stale_reasons
-from ablate.trial_state import strip_ansi
-
-
-def _plain(value: Any) -> str:
-    """Text from the database, safe for a terminal."""
-    text = strip_ansi(str(value))
-    return "".join(ch for ch in text if ch in "\n\t" or (ord(ch) >= 32 and not 0x7f <= ord(ch) < 0xa0))
+from ablate.text import strip_controls as _plain
 
 
 def _epochs(history: dict[str, list[tuple[int, float]]]) -> list[int]:

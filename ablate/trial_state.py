@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,6 @@ from ablate.artifacts import BEST, ERROR, WEIGHTS, ArtifactStore
 
 COMPLETE = "complete.json"  # written when training ended: a rerun re-reports instead of retraining
 HISTORY_KEY = "ablate_history"  # metrics of every epoch so far, inside each checkpoint
-_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 _PKG = str(Path(__file__).resolve().parent)
 
 # Exceptions that come from the trial's own config or data and will happen again on a rerun.
@@ -35,7 +33,10 @@ TRANSIENT_NAMES = ("OutOfMemoryError", "CUDA out of memory", "NCCL", "Connection
 
 
 def strip_ansi(text: str) -> str:
-    return _ANSI.sub("", text)
+    """Text fit for the database and a terminal: no ANSI codes or other control sequences."""
+    from ablate.text import strip_controls
+
+    return strip_controls(text)
 
 
 def error_kind(exc: BaseException) -> str:

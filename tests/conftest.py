@@ -138,5 +138,62 @@ def pg_url() -> str:
     return url
 
 
+def session_pids(sid: int) -> list[int]:
+    """Every process of a session: a driver started with start_new_session=True and the local Ray it
+    started (Ray's processes stay in the driver's session)."""
+    pids = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                if int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3]) == sid:
+                    pids.append(int(pid))
+            except (OSError, ValueError, IndexError):
+                pass
+    return pids
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process of a session: the driver and the local Ray it started."""
+    import signal
+
+    for pid in session_pids(sid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def drop_schema(url: str) -> None:
+    """Empty a shared (PostgreSQL) test database of ablate's tables, so a test starts fresh."""
+    from sqlalchemy import text
+
+    from ablate.store import Base, make_engine
+
+    engine = make_engine(url)
+    with engine.begin() as c:
+        Base.metadata.drop_all(c)
+        c.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    engine.dispose()
+
+
+def wait_for_epoch(url: str, log: Path | None = None, timeout: float = 240) -> Any:
+    """The Store at ``url`` once some trial has stored an epoch (a driver is mid-run)."""
+    import time
+
+    from ablate.store import Store
+
+    store = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            store = store or Store(url, create=False)
+            if store.counts()["metrics"] > 0:
+                return store
+        except Exception:  # the driver has not created the database yet
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"no epoch stored within {timeout:.0f} s" + (f": {log.read_text()[-1500:]}" if log else ""))
+
+
 def dedent(s: str) -> str:
     return textwrap.dedent(s).lstrip()

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ablate.store import COMPLETED, Base, Store, make_engine
-from conftest import tiny_study, write_study
+from conftest import drop_schema, wait_for_epoch, kill_session, tiny_study, write_study
 
 ABLATE = [sys.executable, "-m", "ablate.cli"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,22 +30,13 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _fresh_pg(url: str) -> str:
-    from sqlalchemy import text
-
-    engine = make_engine(url)
-    with engine.begin() as c:
-        Base.metadata.drop_all(c)
-        c.execute(text("DROP TABLE IF EXISTS alembic_version"))
-    engine.dispose()
-    return url
-
-
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'shared.db'}"
-    return _fresh_pg(request.getfixturevalue("pg_url"))
+    url = request.getfixturevalue("pg_url")
+    drop_schema(url)
+    return url
 
 
 # The race tests load ablate/store.py by itself: `import ablate` loads torch and timm (15 s of CPU
@@ -125,17 +116,6 @@ def _driver(f: Path, url: str, tmp_path: Path, log: str) -> subprocess.Popen:
                             stderr=open(tmp_path / log, "w"), env=_env(tmp_path), start_new_session=True)
 
 
-def _kill_session(sid: int) -> None:
-    """SIGKILL every process of a session: the driver and the local Ray it started."""
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[3]) == sid:
-                os.kill(int(pid), signal.SIGKILL)
-        except (OSError, ValueError, IndexError):
-            pass
 
 
 def _assert_trained_once(store: Store, name: str, epochs: int) -> None:
@@ -158,7 +138,7 @@ def test_two_drivers_started_together_train_each_trial_once(db_url: str, tmp_pat
             p.wait(timeout=420)
     finally:
         for p in procs:
-            _kill_session(p.pid)
+            kill_session(p.pid)
     logs = [(tmp_path / f"d{i}.log").read_text() for i in range(2)]
     assert [p.returncode for p in procs] == [0, 0], [x[-1500:] for x in logs]
     store = Store(db_url, create=False)
@@ -175,31 +155,20 @@ def test_second_driver_waits_then_takes_over_from_a_killed_first(db_url: str, tm
     second = None
     store = None
     try:
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:  # the first driver is mid-run: some epoch stored
-            try:
-                store = store or Store(db_url, create=False)
-                if store.counts()["metrics"] > 0:
-                    break
-            except Exception:
-                pass
-            time.sleep(0.3)
-        else:
-            raise AssertionError("the first driver stored no epoch within 240 s: "
-                                 + (tmp_path / "first.log").read_text()[-1500:])
+        store = wait_for_epoch(db_url, tmp_path / "first.log")  # the first driver is mid-run
         second = _driver(f, db_url, tmp_path, "second.log")  # staggered: registers while the first trains
         while "running under another driver" not in (tmp_path / "second.log").read_text():
             assert time.monotonic() < deadline + 120 and second.poll() is None, (tmp_path / "second.log").read_text()
             time.sleep(0.3)  # until the second has found every unfinished trial held, and waits
         before = {t.trial_id: (t.status, t.ended_at, t.history) for t in store.load("takeover", history=True).trials}
         assert any(s != COMPLETED for s, _, _ in before.values()), "the first driver finished too early"
-        _kill_session(first.pid)
+        kill_session(first.pid)
         first.wait(timeout=30)
         second.wait(timeout=420)
     finally:
         for p in (first, second):
             if p is not None:
-                _kill_session(p.pid)
+                kill_session(p.pid)
     log2 = (tmp_path / "second.log").read_text()
     assert second.returncode == 0, log2[-2000:]
     summary = [x for x in log2.splitlines() if x.startswith("3 trials:")]

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from ablate.cli import app
 from ablate.store import COMPLETED, Store
-from conftest import make_image_folder, tiny_study, write_study
+from conftest import make_image_folder, tiny_study, write_study, wait_for_epoch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -241,19 +241,7 @@ def test_postgresql_restarted_mid_run_loses_nothing(own_cluster, tmp_path: Path,
     proc = subprocess.Popen([sys.executable, "-m", "ablate.cli", "run", str(f), "--db", url],
                             stdout=subprocess.PIPE, stderr=open(log, "w"), text=True, env=env, start_new_session=True)
     try:
-        store = None
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline:
-            try:
-                store = store or Store(url, create=False)
-                if store.counts()["metrics"] > 0:
-                    break
-            except Exception:
-                pass
-            time.sleep(0.3)
-        else:
-            raise AssertionError("no epoch stored within 240 s: " + log.read_text()[-1500:])
-        store.close()
+        wait_for_epoch(url, log).close()
         ctl("stop")
         time.sleep(6)  # training goes on; its epochs go to the journal
         ctl("start")

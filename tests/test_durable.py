@@ -17,7 +17,7 @@ import pytest
 
 from ablate.orchestrate import run_study
 from ablate.store import COMPLETED, Store
-from conftest import tiny_study, write_study
+from conftest import session_pids, tiny_study, write_study
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -52,18 +52,6 @@ def _epochs(store: Store, name: str) -> dict[str, dict[int, dict[str, float]]]:
     return out
 
 
-def _session_pids(sid: int) -> list[int]:
-    pids = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                if int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3]) == sid:
-                    pids.append(int(pid))
-            except (OSError, ValueError, IndexError):
-                pass
-    return pids
-
-
 def _cmdline(pid: int) -> str:
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
@@ -96,7 +84,7 @@ def _drive(f: Path, db: Path, art: Path, until: Callable[[Store], bool], act: Ca
         except subprocess.TimeoutExpired:
             code = None
     finally:
-        for pid in _session_pids(proc.pid):
+        for pid in session_pids(proc.pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
@@ -132,7 +120,7 @@ def test_kill_9_of_the_driver_mid_epoch_resumes_from_the_last_epoch(tmp_path: Pa
     f = write_study(tmp_path / "s.yaml", _study(image_folder, "durable"))
     db, art = tmp_path / "r.db", tmp_path / "art"
     store, _ = _drive(f, db, art, lambda s: _epochs_stored(s, "durable", 2),
-                      lambda p: [os.kill(pid, signal.SIGKILL) for pid in _session_pids(p.pid)])
+                      lambda p: [os.kill(pid, signal.SIGKILL) for pid in session_pids(p.pid)])
     before = store.load("durable", history=True).trials[0]
     assert before.status != COMPLETED, "killed too late to test anything"
     stored = len(before.history["top1"])
@@ -160,7 +148,7 @@ def test_kill_9_of_the_worker_is_retried_from_its_checkpoint(tmp_path: Path, ima
     db, art = tmp_path / "r.db", tmp_path / "art"
 
     def kill_worker(p: subprocess.Popen) -> None:
-        workers = [pid for pid in _session_pids(p.pid) if "_trainable" in _cmdline(pid) or "ImplicitFunc" in _cmdline(pid)]
+        workers = [pid for pid in session_pids(p.pid) if "_trainable" in _cmdline(pid) or "ImplicitFunc" in _cmdline(pid)]
         assert workers, "no Ray worker training the trial was found"
         for pid in workers:
             os.kill(pid, signal.SIGKILL)

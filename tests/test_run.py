@@ -16,7 +16,7 @@ from typing import Any
 from ablate.orchestrate import run_study
 from ablate.store import COMPLETED, FAILED, Store
 from ablate.tables import render
-from conftest import tiny_study, write_study
+from conftest import kill_session, tiny_study, write_study
 
 pytestmark = pytest.mark.usefixtures("ray_session")  # one local Ray for the session
 
@@ -66,17 +66,6 @@ def test_failed_trial_keeps_its_error_and_rerun_redoes_only_it(tmp_path: Path, i
     assert store.counts()["metrics"] == metrics and store.counts()["trials"] == 2
 
 
-def _kill_session(sid: int) -> None:
-    """SIGKILL every process of a session: the driver and the local Ray it started."""
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            if int(stat.rsplit(")", 1)[1].split()[3]) == sid:
-                os.kill(int(pid), signal.SIGKILL)
-        except (OSError, ValueError, IndexError):
-            pass
 
 
 def test_driver_killed_mid_run_then_rerun_finishes_only_what_is_missing(tmp_path: Path, image_folder: Path) -> None:
@@ -98,7 +87,7 @@ def test_driver_killed_mid_run_then_rerun_finishes_only_what_is_missing(tmp_path
         else:
             raise AssertionError("no metrics within 180 s")
     finally:
-        _kill_session(proc.pid)
+        kill_session(proc.pid)
         proc.wait(timeout=30)
     assert store is not None
     killed = store.load("killed")

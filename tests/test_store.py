@@ -10,19 +10,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from conftest import drop_schema
 from ablate.store import (COMPLETED, FAILED, INTERRUPTED, PENDING, RUNNING, TRANSIENT, Base, Store,
                           head_revision)
-
-
-def _fresh(url: str) -> Store:
-    from ablate.store import make_engine
-
-    engine = make_engine(url)
-    with engine.begin() as c:
-        Base.metadata.drop_all(c)
-        c.execute(text("DROP TABLE IF EXISTS alembic_version"))
-    engine.dispose()
-    return Store(url)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -30,7 +20,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
     if request.param == "sqlite":
         s = Store(f"sqlite:///{tmp_path / 'r.db'}")
     else:
-        s = _fresh(request.getfixturevalue("pg_url"))
+        drop_schema(request.getfixturevalue("pg_url"))
+        s = Store(request.getfixturevalue("pg_url"))
     yield s
     s.close()
 
