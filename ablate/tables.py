@@ -25,7 +25,7 @@ from typing import Any, Callable
 from ablate.expand import get_path
 from ablate.flops import human
 from ablate.stats import ALPHA, Paired, Summary, paired_compare, summarize
-from ablate.store import COMPLETED, FAILED, StudyRecord, TrialRecord
+from ablate.store import COMPLETED, FAILED, INTERRUPTED, StudyRecord, TrialRecord
 from ablate.text import markdown_cell, safe_format, strip_controls
 
 FORMATS = ("md", "csv", "latex", "html")
@@ -302,15 +302,31 @@ def build_table(record: StudyRecord, alpha: float = ALPHA) -> TableData:
         notes.append(f"{DAGGER} Not significantly different from the baseline at α = {alpha:g} by {how}.")
     if untested:
         notes.append("Δ without a mark: not tested, fewer than 2 seeds shared with the baseline.")
-    total = len(record.trials)
-    done = sum(t.status == COMPLETED for t in record.trials)
-    failed = sum(t.status == FAILED for t in record.trials)
-    if done < total:
-        notes.append(f"Incomplete: {done} of {total} trials completed, {failed} failed, "
-                     f"{total - done - failed} not run or running. Rerun the study to finish them.")
+    notes += _incomplete_notes(record.trials)
     profile = record.spec.get("profile")
     title = record.name + (f" (profile: {profile})" if profile else "")
     return TableData(title, headers, rows, raw, notes, groups, bold)
+
+
+def _incomplete_notes(trials: list[TrialRecord]) -> list[str]:
+    """What is missing and what to do about it: interrupted and transient failures resume on a
+    rerun; a failure that will recur (the config) needs the study fixed, not a rerun."""
+    total = len(trials)
+    count = {s: sum(t.status == s for t in trials) for s in (COMPLETED, FAILED, INTERRUPTED)}
+    recurring = sum(t.status == FAILED and getattr(t, "error_kind", None) == "recurring" for t in trials)
+    if count[COMPLETED] == total:
+        return []
+    parts = [f"{count[COMPLETED]} of {total} trials completed"]
+    if count[INTERRUPTED]:
+        parts.append(f"{count[INTERRUPTED]} interrupted")
+    if count[FAILED]:
+        parts.append(f"{count[FAILED]} failed" + (f" ({recurring} will fail again: fix the study)" if recurring else ""))
+    rest = total - sum(count.values())
+    if rest:
+        parts.append(f"{rest} not run or running")
+    todo = "`ablate run` again resumes the others from their last epoch" if recurring else \
+        "`ablate run` again resumes them from their last epoch"
+    return [f"Incomplete: {', '.join(parts)}. {todo}; `ablate show TRIAL` gives each one's error."]
 
 
 # -- formats -----------------------------------------------------------------------------------

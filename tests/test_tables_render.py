@@ -301,7 +301,7 @@ def test_kernel_size_and_reparam_studies():
     assert [r[:2] for r in t.rows] == [["13×13", "-"], ["13×13", "3×3"], ["31×31", "3×3"]]
     assert t.rows[1][3] == "+0.75" and t.rows[2][3].endswith(DAGGER)  # 31x31's seeds disagree
     assert t.rows[2][4] == "3/4"
-    assert any("Incomplete: 9 of 10 trials completed, 1 failed, 0 not run" in n for n in t.notes)
+    assert any(n.startswith("Incomplete: 9 of 10 trials completed, 1 failed.") for n in t.notes), t.notes
 
 
 def test_incomplete_and_unmatched_baseline():
@@ -313,8 +313,24 @@ def test_incomplete_and_unmatched_baseline():
     t = build_table(record("inc", trials, table))
     assert t.rows == [["3", "50.00", "1/1"], ["5", "–", "0/1"]]
     assert any("matches no arm" in n for n in t.notes)
-    assert any(n.startswith("Incomplete: 1 of 2 trials completed, 0 failed, 1 not run") for n in t.notes)
+    assert any(n.startswith("Incomplete: 1 of 2 trials completed, 1 not run or running.") for n in t.notes)
     assert not any(any(r) for r in t.bold)  # one value: nothing to bold
+
+
+def test_incomplete_notes_tell_interrupted_from_failures_that_will_recur():
+    """issue 8: interrupted is its own status in the notes, and a failure that will recur says so
+    instead of inviting a rerun."""
+    from ablate.store import INTERRUPTED
+
+    table = _spec({"columns": [{"header": "K", "source": "model.kwargs.kernel_size"},
+                               {"header": "Top-1", "source": "metric:top1"}]})
+    trials = [trial("mix", {"model.kwargs.kernel_size": 3}, 0, {"top1": 50.0}),
+              trial("mix", {"model.kwargs.kernel_size": 5}, 0, {"top1": 40.0}, status=INTERRUPTED),
+              trial("mix", {"model.kwargs.kernel_size": 7}, 0, {}, status=FAILED, error="FloatingPointError: nan")]
+    trials[2].error_kind = "recurring"
+    note = next(n for n in build_table(record("mix", trials, table)).notes if n.startswith("Incomplete"))
+    assert "1 interrupted" in note and "1 failed (1 will fail again: fix the study)" in note
+    assert "resumes the others from their last epoch" in note
 
 
 def test_markdown_escapes_pipes_and_html_escapes_markup():
