@@ -177,6 +177,8 @@ def run_study(path: str | Path, profile: str | None = None, *, store: Store, sin
     work = bool(rerun) or rerun_stale or not all(i in known and known[i].status == COMPLETED
                                                  for i in (p.trial.id for p in plan.trials))
     res = plan.study.resources
+    if work:  # a database that cannot store results fails before Ray starts
+        store.check_writable()
     # Ray only when there is work: a finished study (even on a read-only database) just prints its table
     with (ray_session(address, cpus=res.cpus, gpus=res.gpus, workers=res.workers) if work
           else contextlib.nullcontext()):

@@ -441,6 +441,18 @@ class Store:
                 time.sleep(0.05 * (i + 1))
         raise AssertionError("unreachable")
 
+    def check_writable(self) -> None:
+        """Raise DatabaseError when this database cannot take writes (a read-only file or folder,
+        a read-only server), with nothing written: a no-op UPDATE in a transaction rolled back.
+        ``run`` asks before it starts Ray, so a run that could not store anything fails at once."""
+        try:
+            with self._write_engine.connect() as conn:
+                with conn.begin() as tx:
+                    conn.execute(update(StudyRow).where(text("1 = 0")).values(name=StudyRow.name))
+                    tx.rollback()
+        except sa_exc.SQLAlchemyError as e:
+            raise DatabaseError(describe_error(e, self.url)) from None
+
     # -- registration --------------------------------------------------------------------------
     def register(self, name: str, description: str, spec: dict[str, Any],
                  trials: Iterable[dict[str, Any]]) -> dict[str, str]:

@@ -157,8 +157,9 @@ def test_second_driver_waits_then_takes_over_from_a_killed_first(db_url: str, tm
     try:
         store = wait_for_epoch(db_url, tmp_path / "first.log")  # the first driver is mid-run
         second = _driver(f, db_url, tmp_path, "second.log")  # staggered: registers while the first trains
+        deadline = time.monotonic() + 240
         while "running under another driver" not in (tmp_path / "second.log").read_text():
-            assert time.monotonic() < deadline + 120 and second.poll() is None, (tmp_path / "second.log").read_text()
+            assert time.monotonic() < deadline and second.poll() is None, (tmp_path / "second.log").read_text()
             time.sleep(0.3)  # until the second has found every unfinished trial held, and waits
         before = {t.trial_id: (t.status, t.ended_at, t.history) for t in store.load("takeover", history=True).trials}
         assert any(s != COMPLETED for s, _, _ in before.values()), "the first driver finished too early"

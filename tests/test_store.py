@@ -5,6 +5,7 @@ failures keep their error, claims with a lease."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -204,11 +205,14 @@ def test_migration_from_0001_carries_old_rows_over(tmp_path: Path) -> None:
     for pk, status, error in ((1, "failed", "interrupted: the driver stopped"), (2, "failed", "boom"),
                               (3, "completed", None)):
         con.execute("INSERT INTO trials (pk, study_id, trial_id, params, config, seed, status, error, attempts) "
-                    "VALUES (?, 1, ?, '{}', '{}', 0, ?, ?, 1)", (pk, f"t{pk}", status, error))
+                    "VALUES (?, 1, ?, '{}', ?, 0, ?, ?, 1)", (pk, f"t{pk}", json.dumps({"seed": pk}), status, error))
     con.execute("INSERT INTO metrics (trial_pk, epoch, name, value) VALUES (3, 0, 'top1', 7.0)")
     con.commit()
     con.close()
     store = Store(url)
-    rec = {t.trial_id: t for t in store.load("s").trials}
+    from ablate.expand import trial_id  # migration 0003 then gives each trial the id of its config
+
+    assert all(t.trial_id == trial_id(t.config) for t in store.load("s").trials)
+    rec = {f"t{t.config['seed']}": t for t in store.load("s").trials}
     assert (rec["t1"].status, rec["t2"].status, rec["t3"].status) == (INTERRUPTED, FAILED, COMPLETED)
     assert rec["t3"].final == {"top1": 7.0} and rec["t1"].provenance == {} and rec["t3"].attempts == 1
