@@ -310,15 +310,16 @@ def build_table(record: StudyRecord, alpha: float = ALPHA) -> TableData:
 
 def significance_notes(marks: set[str], tested: list[Paired], alpha: float) -> list[str]:
     """The notes that say how Δ was tested and what each mark that appears in the table means."""
-    notes = []
+    if not marks:
+        return []
+    notes = ["Δ is the arm's mean minus the baseline's."]
     if tested:
         ns = sorted({p.n for p in tested})
         n = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
-        fams = sorted({p.family for p in tested})
-        m = "/".join(str(f) for f in fams)
-        notes.append(f"Δ is the arm's mean minus the baseline's. Test: two-sided paired t-test over the seeds an arm "
-                     f"shares with the baseline (scipy.stats.ttest_rel, n = {n} pairs), p-values Holm-adjusted across "
-                     f"the arms compared with the baseline (m = {m}), family-wise α = {alpha:g}.")
+        m = "/".join(str(f) for f in sorted({p.family for p in tested}))  # one family per Δ column
+        notes[0] += (f" Test: two-sided paired t-test over the seeds an arm shares with the baseline "
+                     f"(scipy.stats.ttest_rel, n = {n} pairs), p-values Holm-adjusted across the arms compared "
+                     f"with the baseline (m = {m}), family-wise α = {alpha:g}.")
     if SIGNIFICANT in marks:
         notes.append(f"{SIGNIFICANT} Significantly different from the baseline: Holm-adjusted p ≤ {alpha:g}.")
     if DAGGER in marks:
