@@ -3,8 +3,9 @@
 Rows are arms (trials that differ only by seed); metric cells are the mean over completed seeds,
 with ± std when several seeds completed, and the Seeds column says how many completed. With a
 ``table.baseline``, the study's metric gets a Δ column (arm mean - baseline mean) and a paired
-comparison with the baseline over shared seeds (ablate.stats); a difference that is not significant
-carries a dagger, explained in the notes. The best arm of a metric column is in bold. Columns with
+comparison with the baseline over shared seeds (ablate.stats: paired t-test from 3 seeds, Holm across
+the arms). Every Δ carries a mark, explained in the notes: ∗ significant, † not significant, "(n<3)"
+too few shared seeds to test. The best arm of a metric column is in bold. Columns with
 a ``group`` get a grouped header (Table 11's ImageNet / ADE20K). The paper's own rows
 (``table.paper``) are shown beside the measured ones, and ``table.notes`` are printed under the table,
 so a discrepancy with the paper is stated where the table is read.
@@ -24,12 +25,15 @@ from typing import Any, Callable
 
 from ablate.expand import get_path
 from ablate.flops import human
-from ablate.stats import ALPHA, Paired, Summary, paired_compare, summarize
+from ablate.stats import ALPHA, MIN_PAIRS, Paired, Summary, compare_with_baseline, summarize
 from ablate.store import COMPLETED, FAILED, INTERRUPTED, StudyRecord, TrialRecord
 from ablate.text import markdown_cell, safe_format, strip_controls
 
 FORMATS = ("md", "csv", "latex", "html")
-DAGGER = "†"
+# the mark after each Δ: one for each outcome of the comparison with the baseline (ablate.stats)
+SIGNIFICANT = "∗"  # U+2217, not "*": Markdown would read an asterisk as emphasis
+DAGGER = "†"  # tested, not significant
+UNTESTED = f" (n<{MIN_PAIRS})"  # too few shared seeds to test
 MISSING = "–"
 
 
@@ -202,8 +206,8 @@ def build_table(record: StudyRecord, alpha: float = ALPHA) -> TableData:
         notes.append(f"Baseline {json.dumps(spec['baseline'])} matches no arm in the results; no Δ column.")
 
     cols: list[_Column] = []
-    tests_used: set[str] = set()
-    not_significant = untested = False
+    marks_used: set[str] = set()
+    tested: list[Paired] = []
     for col in columns:
         src, head, group = col["source"], col["header"], col.get("group") or ""
         c = _Column(head, group, [], [{} for _ in arms])
@@ -222,30 +226,32 @@ def build_table(record: StudyRecord, alpha: float = ALPHA) -> TableData:
                 c.numbers.append(s.mean)
                 ids = [t.trial_id for t in arm.done if name in t.final]
                 c.raw[i].update({head: s.mean, f"{head} std": s.std, f"{head} n": s.n, f"{head} trials": " ".join(ids)})
-                if d is None:
-                    continue
+            if d is None:
+                continue
+            # the arms compared with the baseline in this column are one family (Holm)
+            compared = [i for i, arm in enumerate(arms)
+                        if arm is not baseline and c.numbers[i] is not None and base_mean is not None]
+            results = dict(zip(compared, compare_with_baseline(base_seeds, [arms[i].by_seed(name) for i in compared],
+                                                               alpha)))
+            for i, arm in enumerate(arms):
                 if arm is baseline:
                     d.cells.append("baseline")
                     continue
-                if s.mean is None or base_mean is None:
+                if i not in results:
                     d.cells.append(MISSING)
                     continue
-                p: Paired = paired_compare(base_seeds, seeds, alpha)
-                delta = s.mean - base_mean
-                text = f"{delta:+.2f}"
-                if p.significant is False:
-                    text += DAGGER
-                    not_significant = True
-                elif p.significant is None:
-                    untested = True
+                p: Paired = results[i]
+                delta = c.numbers[i] - base_mean
+                mark = {True: SIGNIFICANT, False: DAGGER, None: UNTESTED}[p.significant]
+                marks_used.add(mark)
                 if p.method != "none":
-                    tests_used.add(p.method)
-                d.cells.append(text)
+                    tested.append(p)
+                d.cells.append(f"{delta:+.2f}{mark}")
                 d.raw[i].update({f"Δ {head}": delta, f"Δ {head} test": p.method, f"Δ {head} pairs": p.n,
-                                 f"Δ {head} p": p.p_value, f"Δ {head} ci_low": p.low, f"Δ {head} ci_high": p.high,
+                                 f"Δ {head} p": p.p_value, f"Δ {head} p_holm": p.p_adjusted,
+                                 f"Δ {head} ci_low": p.low, f"Δ {head} ci_high": p.high,
                                  f"Δ {head} significant": p.significant})
-            if d is not None:
-                cols.append(d)
+            cols.append(d)
         else:
             c.best = col.get("best") or "none"
             for i, arm in enumerate(arms):
@@ -295,17 +301,35 @@ def build_table(record: StudyRecord, alpha: float = ALPHA) -> TableData:
         bold.append(marks)
         raw.append(values)
 
-    if not_significant:
-        how = " and ".join(sorted({"t-test": "a paired t-test over seeds (3 or more shared seeds)",
-                                   "bootstrap": "an exact paired bootstrap interval (2 shared seeds)"}[m]
-                                  for m in tests_used))
-        notes.append(f"{DAGGER} Not significantly different from the baseline at α = {alpha:g} by {how}.")
-    if untested:
-        notes.append("Δ without a mark: not tested, fewer than 2 seeds shared with the baseline.")
+    notes += significance_notes(marks_used, tested, alpha)
     notes += _incomplete_notes(record.trials)
     profile = record.spec.get("profile")
     title = record.name + (f" (profile: {profile})" if profile else "")
     return TableData(title, headers, rows, raw, notes, groups, bold)
+
+
+def significance_notes(marks: set[str], tested: list[Paired], alpha: float) -> list[str]:
+    """The notes that say how Δ was tested and what each mark that appears in the table means."""
+    if not marks:
+        return []
+    notes = ["Δ is the arm's mean minus the baseline's."]
+    if tested:
+        ns = sorted({p.n for p in tested})
+        n = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
+        m = "/".join(str(f) for f in sorted({p.family for p in tested}))  # one family per Δ column
+        notes[0] += (f" Test: two-sided paired t-test over the seeds an arm shares with the baseline "
+                     f"(scipy.stats.ttest_rel, n = {n} pairs), p-values Holm-adjusted across the arms compared "
+                     f"with the baseline (m = {m}), family-wise α = {alpha:g}; the CSV has each arm's p, p_holm and "
+                     f"unadjusted {1 - alpha:.0%} CI of the mean per-seed difference.")
+    if SIGNIFICANT in marks:
+        notes.append(f"{SIGNIFICANT} Significantly different from the baseline: Holm-adjusted p ≤ {alpha:g}.")
+    if DAGGER in marks:
+        notes.append(f"{DAGGER} Not significantly different from the baseline: Holm-adjusted p > {alpha:g} "
+                     "(no difference shown with these seeds, which is not evidence that there is none).")
+    if UNTESTED in marks:
+        notes.append(f"{UNTESTED.strip()}: not tested, fewer than {MIN_PAIRS} seeds shared with the baseline "
+                     "(too few for a t-test to mean much); neither significant nor not.")
+    return notes
 
 
 def _incomplete_notes(trials: list[TrialRecord]) -> list[str]:
@@ -372,7 +396,7 @@ def to_csv(t: TableData) -> str:
 _LATEX_ESCAPES = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
                   "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
                   "±": r"$\pm$", "×": r"$\times$", "–": "--", "Δ": r"$\Delta$", DAGGER: r"$^\dagger$",
-                  "α": r"$\alpha$"}
+                  SIGNIFICANT: r"$^{*}$", "α": r"$\alpha$", "≤": r"$\leq$", "<": r"$<$", ">": r"$>$"}
 
 
 def latex_escape(s: str) -> str:

@@ -18,7 +18,7 @@ from _synth import record, trial
 from ablate.cli import app
 from ablate.store import FAILED, PENDING
 from ablate.study import TableSpec
-from ablate.tables import DAGGER, FORMATS, build_table, render, to_html_fragment
+from ablate.tables import DAGGER, FORMATS, SIGNIFICANT, UNTESTED, build_table, render, to_html_fragment
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,7 +113,7 @@ def test_html_of_real_study_bolds_the_best(real):
         assert top[best][1] and not top[min(means, key=means.get)][1]
 
 
-def test_baseline_delta_and_paired_bootstrap_on_real_study(real):
+def test_baseline_delta_untested_at_two_seeds_on_real_study(real):
     rec = copy.deepcopy(real)
     rec.spec["table"]["baseline"] = {"model.kwargs.kernel_size": 3}
     t = build_table(rec)
@@ -122,9 +122,12 @@ def test_baseline_delta_and_paired_bootstrap_on_real_study(real):
     assert by_k["3x3"][2] == "baseline"
     diff = (sum(x.final["top1"] for x in rec.trials if x.params["model.kwargs.kernel_size"] == 5)
             - sum(x.final["top1"] for x in rec.trials if x.params["model.kwargs.kernel_size"] == 3)) / 2
-    assert by_k["5x5"][2].rstrip(DAGGER) == f"{diff:+.2f}"
+    assert by_k["5x5"][2] == f"{diff:+.2f} (n<3)"  # two seeds: never a test, never significant
     raw = next(r for r in t.raw if r["param model.kwargs.kernel_size"] == 5)
-    assert raw["Δ Top-1 test"] == "bootstrap" and raw["Δ Top-1 pairs"] == 2  # two seeds: exact bootstrap
+    assert raw["Δ Top-1 test"] == "none" and raw["Δ Top-1 pairs"] == 2 and raw["Δ Top-1 significant"] is None
+    assert raw["Δ Top-1 p"] is None and raw["Δ Top-1 p_holm"] is None
+    assert any(n.startswith("(n<3): not tested, fewer than 3 seeds shared with the baseline") for n in t.notes)
+    assert "Δ is the arm's mean minus the baseline's." in t.notes and not any("Test:" in n for n in t.notes)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -190,32 +193,40 @@ def table12_record(seeds=(0, 1, 2)):
     return record("dilation", trials, table)
 
 
-def test_table12_layout_delta_dagger_and_paper_rows():
+def test_table12_layout_delta_marks_and_paper_rows():
     t = build_table(table12_record())
     assert t.headers == ["Max RF", "Kernel size", "Dilation", "Top-1", "Δ Top-1", "Params", "FLOPs", "Seeds",
                          "Paper FLOPs", "Paper Params", "Paper Top-1"]
     rows = {(r[1], r[2]): r for r in t.rows}
     assert rows[("9×9", "-")][:5] == ["9", "9×9", "-", "72.70 ± 0.10", "baseline"]
-    assert rows[("3×3", "4")][:5] == ["9", "3×3", "4", "57.20 ± 0.10", "-15.50"]  # significant: no dagger
+    assert rows[("3×3", "4")][:5] == ["9", "3×3", "4", "57.20 ± 0.10", f"-15.50{SIGNIFICANT}"]
     # 13x13 vs 9x9: differences -0.1, +0.1, -0.5 over 3 seeds: t = -0.945, p = 0.44, not significant
     assert rows[("13×13", "-")][4] == f"-0.17{DAGGER}"
+    assert rows[("3×3", "6")][4] == f"-21.50{SIGNIFICANT}"
     assert rows[("3×3", "6")][0] == "13"
     assert rows[("9×9", "-")][8:] == ["319M", "4.0M", "72.67"]
-    assert any(n.startswith(f"{DAGGER} Not significantly different from the baseline at α = 0.05 by a paired t-test")
+    assert ("Δ is the arm's mean minus the baseline's. Test: two-sided paired t-test over the seeds an arm shares "
+            "with the baseline (scipy.stats.ttest_rel, n = 3 pairs), p-values Holm-adjusted across the arms compared "
+            "with the baseline (m = 3), family-wise α = 0.05; the CSV has each arm's p, p_holm and unadjusted 95% CI "
+            "of the mean per-seed difference.") in t.notes
+    assert f"{SIGNIFICANT} Significantly different from the baseline: Holm-adjusted p ≤ 0.05." in t.notes
+    assert any(n.startswith(f"{DAGGER} Not significantly different from the baseline: Holm-adjusted p > 0.05")
                for n in t.notes)
+    assert not any("n<3" in n for n in t.notes)  # no untested arm, no note about it
     assert t.bold[t.rows.index(rows[("9×9", "-")])][3] is True  # best Top-1
     assert sum(b for r in t.bold for b in r) == 1
     md = render(table12_record(), "md")
     assert "| **72.70 ± 0.10** |" in md
     tex = render(table12_record(), "latex")
     assert "\\textbf{72.70 $\\pm$ 0.10}" in tex and "-0.17$^\\dagger$" in tex and "$\\Delta$ Top-1" in tex
+    assert "-15.50$^{*}$" in tex and "p $\\leq$ 0.05" in tex
 
 
 def test_table12_with_one_seed_has_no_test():
     t = build_table(table12_record(seeds=(0,)))
     rows = {(r[1], r[2]): r for r in t.rows}
-    assert rows[("3×3", "4")][3:5] == ["57.10", "-15.50"]  # no ± with one seed, no dagger: untested
-    assert any("not tested" in n for n in t.notes)
+    assert rows[("3×3", "4")][3:5] == ["57.10", "-15.50 (n<3)"]  # no ± with one seed, untested
+    assert any(n.startswith("(n<3): not tested") for n in t.notes)
     assert all(r[7] == "1/1" for r in t.rows)
 
 
@@ -255,11 +266,11 @@ def test_table11_grouped_headers_and_missing_task():
                          "FLOPs", "Seeds"]
     assert t.groups == ["", "", "ImageNet", "ImageNet", "ImageNet", "ImageNet", "ADE20K", "ADE20K", "ADE20K", ""]
     rows = {(r[0], r[1]): r for r in t.rows}
-    assert rows[("31-29-27-13", "ConvNeXt-Tiny")][2:9] == ["81.65 ± 0.07", "+0.60", "32.0M", "6.1G", "46.30 ± 0.14",
+    assert rows[("31-29-27-13", "ConvNeXt-Tiny")][2:9] == ["81.65 ± 0.07", "+0.60 (n<3)", "32.0M", "6.1G", "46.30 ± 0.14",
                                                          "64.0M", "973.0G"]
     small = rows[("7-7-7-7", "ConvNeXt-Small")]
     assert small[6:9] == ["–", "–", "–"]  # the study did not run ADE20K for Small
-    assert small[3] == "+1.10"  # two seeds, differences 1.1 and 1.1: the bootstrap interval excludes 0
+    assert small[3] == "+1.10 (n<3)"  # two seeds, differences 1.1 and 1.1: agreeing is not significance
     page = to_html_fragment(t)
     head = html_rows(page)[0]
     assert [(c[0], c[2]) for c in head] == [("", 1), ("", 1), ("ImageNet", 4), ("ADE20K", 3), ("", 1)]
@@ -299,9 +310,64 @@ def test_kernel_size_and_reparam_studies():
                         status=FAILED, error="CUDA out of memory"))
     t = build_table(record("reparam", trials, table))
     assert [r[:2] for r in t.rows] == [["13×13", "-"], ["13×13", "3×3"], ["31×31", "3×3"]]
-    assert t.rows[1][3] == "+0.75" and t.rows[2][3].endswith(DAGGER)  # 31x31's seeds disagree
+    # differences 0.7, 0.7, 0.85: p = 0.0044, Holm over 2 arms 0.0088; 31x31's seeds disagree: p = 0.41
+    assert t.rows[1][3] == f"+0.75{SIGNIFICANT}" and t.rows[2][3] == f"+0.37{DAGGER}"
     assert t.rows[2][4] == "3/4"
     assert any(n.startswith("Incomplete: 9 of 10 trials completed, 1 failed.") for n in t.notes), t.notes
+
+
+def marks_record():
+    """One baseline (K=7, 5 seeds) and an arm for each outcome: a clear gain (K=9), a gain significant
+    alone but not after Holm (K=11), noise (K=13), and 2 seeds whose differences agree in sign (K=15)."""
+    table = _spec({"columns": [{"header": "K", "source": "model.kwargs.kernel_size"},
+                               {"header": "Top-1", "source": "metric:top1"}],
+                   "baseline": {"model.kwargs.kernel_size": 7}})
+    base = [70.0, 70.4, 69.8, 70.2, 70.1]
+    diffs = {9: [1.0, 1.2, 0.9, 1.1, 1.0], 11: [0.3, 0.5, 0.0, 0.4, 0.2], 13: [0.2, -0.3, 0.1, -0.1, 0.0],
+             15: [-0.6, -0.3]}
+    trials = [trial("marks", {"model.kwargs.kernel_size": 7}, s, {"top1": v}) for s, v in enumerate(base)]
+    trials += [trial("marks", {"model.kwargs.kernel_size": k}, s, {"top1": base[s] + x})
+               for k, ds in diffs.items() for s, x in enumerate(ds)]
+    return record("marks", trials, table)
+
+
+def test_every_mark_and_holm_in_every_format():
+    from scipy import stats
+
+    t = build_table(marks_record())
+    cells = {r[0]: r[2] for r in t.rows}
+    raw = {r["param model.kwargs.kernel_size"]: r for r in t.raw}
+    assert cells["7"] == "baseline"
+    assert cells["9"] == f"+1.04{SIGNIFICANT}"
+    # K=11 alone: p = 0.031 < 0.05; Holm over the 3 tested arms ranks it 2nd: 2 x 0.031 = 0.062 > 0.05
+    p11 = float(stats.ttest_rel([70.3, 70.9, 69.8, 70.6, 70.3], [70.0, 70.4, 69.8, 70.2, 70.1]).pvalue)
+    assert raw[11]["Δ Top-1 p"] == pytest.approx(p11, rel=1e-12) and p11 < 0.05
+    assert raw[11]["Δ Top-1 p_holm"] == pytest.approx(2 * p11, rel=1e-12)
+    assert cells["11"] == f"+0.28{DAGGER}" and raw[11]["Δ Top-1 significant"] is False
+    assert cells["13"] == f"-0.02{DAGGER}"
+    assert cells["15"] == "-0.35 (n<3)" and raw[15]["Δ Top-1 test"] == "none" and raw[15]["Δ Top-1 pairs"] == 2
+    assert raw[9]["Δ Top-1 pairs"] == 5 and raw[9]["Δ Top-1 ci_low"] > 0
+    assert raw[13]["Δ Top-1 ci_low"] < 0 < raw[13]["Δ Top-1 ci_high"]
+    assert "(scipy.stats.ttest_rel, n = 5 pairs), p-values Holm-adjusted across the arms compared with the baseline " \
+           "(m = 3), family-wise α = 0.05;" in t.notes[0]
+    assert [n[:5] for n in t.notes] == ["Δ is ", f"{SIGNIFICANT} Sig", f"{DAGGER} Not", "(n<3)"]
+
+    md = render(marks_record(), "md")
+    assert f"| 9 | **71.14 ± 0.34** | +1.04{SIGNIFICANT} | 5/5 |" in md and "| 15 | 69.75 ± 0.49 | -0.35 (n&lt;3) | 2/2 |" in md
+    assert f"3. {DAGGER} Not significantly different" in md and "4. (n&lt;3): not tested" in md
+    rows = list(csv.DictReader(io.StringIO(render(marks_record(), "csv"))))
+    by_k = {r["param model.kwargs.kernel_size"]: r for r in rows}
+    assert float(by_k["11"]["Δ Top-1 p_holm"]) == pytest.approx(2 * p11, rel=1e-12)
+    assert by_k["11"]["Δ Top-1 pairs"] == "5" and by_k["11"]["Δ Top-1 significant"] == "False"
+    assert by_k["15"]["Δ Top-1 p_holm"] == "" and by_k["15"]["Δ Top-1 significant"] == ""
+    assert by_k["7"]["Δ Top-1 p_holm"] == ""  # the baseline itself
+    tex = render(marks_record(), "latex")
+    assert "+1.04$^{*}$" in tex and "+0.28$^\\dagger$" in tex and "-0.35 (n$<$3)" in tex
+    assert "(4) (n$<$3): not tested" in tex and "<" not in tex.replace("$<$", "")
+    page = html_rows(render(marks_record(), "html"))
+    assert [r[2][0] for r in page[1:]] == ["baseline", f"+1.04{SIGNIFICANT}", f"+0.28{DAGGER}", f"-0.02{DAGGER}",
+                                            "-0.35 (n<3)"]
+    assert "(n&lt;3): not tested" in render(marks_record(), "html")
 
 
 def test_incomplete_and_unmatched_baseline():
