@@ -74,7 +74,6 @@ def _run_trial(config: dict[str, Any], send: Any, *, rank: int = 0, device: str 
         def on_epoch(metrics: dict[str, float], s: dict[str, Any] | None = None) -> None:
             state.on_epoch(metrics, s, last=int(metrics["epoch"]) == epochs - 1)
             report({_REPORT_KEY: metrics})
-            _maybe_inject_fault(int(metrics["epoch"]))
 
         train(trial, report=on_epoch, device=device, resume=resume, checkpoints=True, distributed=distributed,
               init_state=state.init_weights() if resume is None else None)
@@ -144,16 +143,6 @@ def _ddp_driver(config: dict[str, Any]) -> None:
         cause = e.__cause__ or e
         tune.report({_ERROR_KEY: {"text": readable_error(cause), "kind": "transient"}})
         raise
-
-
-def _maybe_inject_fault(epoch: int) -> None:
-    """Fault injection for resilience tests: with ``ABLATE_FAULT_AFTER_EPOCH=N`` and the file named
-    by ``ABLATE_FAULT_MARKER`` present, the trial dies once after checkpointing epoch N (the file
-    is removed first, so the retry runs clean)."""
-    after, marker = os.environ.get("ABLATE_FAULT_AFTER_EPOCH"), os.environ.get("ABLATE_FAULT_MARKER")
-    if after is not None and marker and epoch == int(after) and Path(marker).exists():
-        Path(marker).unlink()
-        raise RuntimeError(f"injected fault after epoch {epoch} (ABLATE_FAULT_MARKER)")
 
 
 def _error_text(trial: Any) -> str:
@@ -254,7 +243,13 @@ def init_ray(address: str | None = None) -> bool:
     common: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
     if address:
         _local_ray.use_cluster_auth()
-        ray.init(address=address, runtime_env={"env_vars": _watchdog.driver_env()}, **common)
+        cluster = dict(address=address, runtime_env={"env_vars": _watchdog.driver_env()}, **common)
+        host = address.split("://")[-1].rsplit(":", 1)[0]
+        if host in ("127.0.0.1", "localhost", "::1", "[::1]"):  # a Ray on loopback: its raylet is on 127.0.0.1
+            with _local_ray.loopback_node() as ip:
+                ray.init(_node_ip_address=ip, **cluster)
+        else:
+            ray.init(**cluster)
         return True
     _local_ray.use_local_token()
     with _local_ray.loopback_node() as ip:

@@ -56,6 +56,16 @@ def ray_session() -> None:
     init_ray()
 
 
+@pytest.fixture
+def ray_address(ray_session: None) -> str:
+    """The session's local Ray as a cluster address, for drivers started as subprocesses: they join
+    it (as drivers join a cluster) with the token this process holds (RAY_AUTH_TOKEN_PATH is in the
+    environment they inherit) instead of each starting a Ray of its own."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny tensors: a second intra-op thread mostly spins, which on a shared machine costs more

@@ -111,8 +111,9 @@ def _study(tmp_path: Path, image_folder: Path, name: str, epochs: int = 2) -> Pa
     return write_study(tmp_path / f"{name}.yaml", study)
 
 
-def _driver(f: Path, url: str, tmp_path: Path, log: str) -> subprocess.Popen:
-    return subprocess.Popen(ABLATE + ["run", str(f), "--db", url], stdout=subprocess.DEVNULL,
+def _driver(f: Path, url: str, tmp_path: Path, log: str, address: str) -> subprocess.Popen:
+    """A real `ablate run` in its own process, joining the test session's Ray as a cluster."""
+    return subprocess.Popen(ABLATE + ["run", str(f), "--db", url, "--address", address], stdout=subprocess.DEVNULL,
                             stderr=open(tmp_path / log, "w"), env=_env(tmp_path), start_new_session=True)
 
 
@@ -129,10 +130,11 @@ def _assert_trained_once(store: Store, name: str, epochs: int) -> None:
     assert all(st.claimed_by is None for st in states.values())  # every claim released
 
 
-def test_two_drivers_started_together_train_each_trial_once(db_url: str, tmp_path: Path, image_folder: Path) -> None:
+def test_two_drivers_started_together_train_each_trial_once(db_url: str, tmp_path: Path, image_folder: Path,
+                                                           ray_address: str) -> None:
     f = _study(tmp_path, image_folder, "together")
     Store(db_url).close()  # the schema exists; registration still races
-    procs = [_driver(f, db_url, tmp_path, f"d{i}.log") for i in range(2)]
+    procs = [_driver(f, db_url, tmp_path, f"d{i}.log", ray_address) for i in range(2)]
     try:
         for p in procs:
             p.wait(timeout=420)
@@ -148,15 +150,18 @@ def test_two_drivers_started_together_train_each_trial_once(db_url: str, tmp_pat
     assert sum(ran) == 3, logs
 
 
-def test_second_driver_waits_then_takes_over_from_a_killed_first(db_url: str, tmp_path: Path,
-                                                                 image_folder: Path) -> None:
+def test_second_driver_waits_then_takes_over_from_a_killed_first(tmp_path: Path, image_folder: Path,
+                                                                 ray_address: str) -> None:
+    """Staggered: the second driver starts while the first trains (SQLite here; the claim logic is
+    the same SQL on PostgreSQL, which the started-together test covers with real drivers)."""
+    db_url = f"sqlite:///{tmp_path / 'shared.db'}"
     f = _study(tmp_path, image_folder, "takeover", epochs=4)
-    first = _driver(f, db_url, tmp_path, "first.log")
+    first = _driver(f, db_url, tmp_path, "first.log", ray_address)
     second = None
     store = None
     try:
         store = wait_for_epoch(db_url, tmp_path / "first.log")  # the first driver is mid-run
-        second = _driver(f, db_url, tmp_path, "second.log")  # staggered: registers while the first trains
+        second = _driver(f, db_url, tmp_path, "second.log", ray_address)  # staggered: registers while the first trains
         deadline = time.monotonic() + 240
         while "running under another driver" not in (tmp_path / "second.log").read_text():
             assert time.monotonic() < deadline and second.poll() is None, (tmp_path / "second.log").read_text()

@@ -17,7 +17,7 @@ import pytest
 
 from ablate.orchestrate import run_study
 from ablate.store import COMPLETED, Store
-from conftest import session_pids, tiny_study, write_study
+from conftest import kill_session, tiny_study, write_study
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -60,12 +60,14 @@ def _cmdline(pid: int) -> str:
 
 
 def _drive(f: Path, db: Path, art: Path, until: Callable[[Store], bool], act: Callable[[subprocess.Popen], None],
-           timeout: float = 240) -> tuple[Store, int | None]:
-    """Start `ablate run` in its own session (its own local Ray), wait until ``until(store)``, then
-    ``act`` on it; returns the store and the driver's exit code (None if it had to be killed)."""
+           address: str, timeout: float = 240) -> tuple[Store, int | None]:
+    """Start `ablate run` as its own process, joined to the session's Ray as to a cluster; wait until
+    ``until(store)``, then ``act`` on it; returns the store and the driver's exit code (None if it
+    had to be killed). The rerun is this process, on the same Ray."""
     env = dict(os.environ, ABLATE_ARTIFACTS=str(art))
     store = Store(f"sqlite:///{db}")  # the schema first: this test watches the database the driver writes
-    proc = subprocess.Popen([sys.executable, "-m", "ablate.cli", "run", str(f), "--db", f"sqlite:///{db}"],
+    proc = subprocess.Popen([sys.executable, "-m", "ablate.cli", "run", str(f), "--db", f"sqlite:///{db}",
+                             "--address", address],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True)
     code = None
     try:
@@ -84,11 +86,7 @@ def _drive(f: Path, db: Path, art: Path, until: Callable[[Store], bool], act: Ca
         except subprocess.TimeoutExpired:
             code = None
     finally:
-        for pid in session_pids(proc.pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+        kill_session(proc.pid)
         proc.wait(timeout=30)
     return store, code
 
@@ -116,11 +114,10 @@ def _check_resumed(store: Store, name: str, reference: dict[str, dict[int, dict[
 
 
 def test_kill_9_of_the_driver_mid_epoch_resumes_from_the_last_epoch(tmp_path: Path, image_folder: Path,
-                                                                    reference: dict) -> None:
+                                                                    reference: dict, ray_address: str) -> None:
     f = write_study(tmp_path / "s.yaml", _study(image_folder, "durable"))
     db, art = tmp_path / "r.db", tmp_path / "art"
-    store, _ = _drive(f, db, art, lambda s: _epochs_stored(s, "durable", 2),
-                      lambda p: [os.kill(pid, signal.SIGKILL) for pid in session_pids(p.pid)])
+    store, _ = _drive(f, db, art, lambda s: _epochs_stored(s, "durable", 2), lambda p: p.kill(), ray_address)
     before = store.load("durable", history=True).trials[0]
     assert before.status != COMPLETED, "killed too late to test anything"
     stored = len(before.history["top1"])
@@ -130,10 +127,12 @@ def test_kill_9_of_the_driver_mid_epoch_resumes_from_the_last_epoch(tmp_path: Pa
     assert resumed_after >= stored - 1  # the stored epochs were not trained again
 
 
-def test_ctrl_c_marks_interrupted_and_the_rerun_resumes(tmp_path: Path, image_folder: Path, reference: dict) -> None:
+def test_ctrl_c_marks_interrupted_and_the_rerun_resumes(tmp_path: Path, image_folder: Path, reference: dict,
+                                                        ray_address: str) -> None:
     f = write_study(tmp_path / "s.yaml", _study(image_folder, "durable"))
     db, art = tmp_path / "r.db", tmp_path / "art"
-    store, code = _drive(f, db, art, lambda s: _epochs_stored(s, "durable", 1), lambda p: p.send_signal(signal.SIGINT))
+    store, code = _drive(f, db, art, lambda s: _epochs_stored(s, "durable", 1), lambda p: p.send_signal(signal.SIGINT),
+                         ray_address)
     t = store.load("durable").trials[0]
     if t.status != COMPLETED:
         assert t.status == "interrupted", t.status  # its own status, not "failed"
@@ -143,16 +142,17 @@ def test_ctrl_c_marks_interrupted_and_the_rerun_resumes(tmp_path: Path, image_fo
 
 
 def test_kill_9_of_the_worker_is_retried_from_its_checkpoint(tmp_path: Path, image_folder: Path,
-                                                             reference: dict) -> None:
+                                                             reference: dict, ray_address: str) -> None:
     f = write_study(tmp_path / "s.yaml", _study(image_folder, "durable", retries=1))
     db, art = tmp_path / "r.db", tmp_path / "art"
 
     def kill_worker(p: subprocess.Popen) -> None:
-        workers = [pid for pid in session_pids(p.pid) if "_trainable" in _cmdline(pid) or "ImplicitFunc" in _cmdline(pid)]
+        workers = [int(pid) for pid in os.listdir("/proc") if pid.isdigit()  # the one trial training now
+                   and ("_trainable" in _cmdline(int(pid)) or "ImplicitFunc" in _cmdline(int(pid)))]
         assert workers, "no Ray worker training the trial was found"
         for pid in workers:
             os.kill(pid, signal.SIGKILL)
 
-    store, code = _drive(f, db, art, lambda s: _epochs_stored(s, "durable", 1), kill_worker)
+    store, code = _drive(f, db, art, lambda s: _epochs_stored(s, "durable", 1), kill_worker, ray_address)
     assert code == 0, "the driver should finish the study itself after Ray's retry"
     _check_resumed(store, "durable", reference)

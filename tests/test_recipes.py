@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -110,33 +109,3 @@ def test_interrupted_and_restored_run_matches_an_uninterrupted_one(image_folder:
     for a, b in zip(straight[1:], resumed):
         for k in ("train_loss", "val_loss", "top1", "top5", "lr") + (("top1_ema",) if "top1_ema" in a else ()):
             assert a[k] == b[k], k
-
-
-def test_ray_retries_a_failed_trial_from_its_checkpoint(tmp_path: Path, image_folder: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    import ray
-
-    from ablate.orchestrate import run_study
-    from ablate.runner import init_ray
-    from ablate.store import Store
-
-    ray.shutdown()  # Ray workers take their environment from the cluster: start one with the fault set
-    marker = tmp_path / "fault"
-    marker.touch()
-    monkeypatch.setenv("ABLATE_FAULT_AFTER_EPOCH", "0")
-    monkeypatch.setenv("ABLATE_FAULT_MARKER", str(marker))
-    study = tiny_study("retry", image_folder, axes={"grid": {"model.kwargs.kernel_size": [3]}},
-                       resources={"cpus": 1, "gpus": 0, "retries": 1})
-    study["recipe"]["epochs"] = 3
-    store = Store(f"sqlite:///{tmp_path / 'r.db'}")
-    init_ray()
-    try:
-        summary = run_study(write_study(tmp_path / "r.yaml", study), store=store)
-    finally:
-        ray.shutdown()  # the next user of the shared Ray starts a clean one
-    assert not marker.exists(), "the fault was not injected"
-    assert summary.completed == 1
-    t = store.load("retry", history=True).trials[0]
-    assert [e for e, _ in t.history["top1"]] == [0, 1, 2]
-    assert t.history["resumed_after_epoch"] == [(1, 0.0)]  # continued after epoch 0, not from scratch
-    assert os.environ["ABLATE_FAULT_AFTER_EPOCH"] == "0"

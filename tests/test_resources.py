@@ -14,8 +14,7 @@ from ablate.runner import ResourceError, check_resources
 from conftest import tiny_study, write_study
 
 
-@pytest.mark.parametrize("resources, field", [({"cpus": 1, "gpus": 1}, "resources.gpus: 1"),
-                                              ({"cpus": 1000, "gpus": 0}, "resources.cpus: 1000")])
+@pytest.mark.parametrize("resources, field", [({"cpus": 1, "gpus": 1}, "resources.gpus: 1")])  # cpus: in-process below
 def test_impossible_request_exits_2_within_seconds(tmp_path: Path, image_folder: Path,
                                                    resources: dict, field: str) -> None:
     import torch

@@ -1,13 +1,8 @@
 """Real Ray end to end: a study into SQLite, its table, skip-on-rerun without duplicate rows,
-failures kept with their error, and a driver killed mid-run whose rerun finishes what is missing."""
+failures kept with their error. (A driver killed mid-run: tests/test_durable.py.)"""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +11,7 @@ from typing import Any
 from ablate.orchestrate import run_study
 from ablate.store import COMPLETED, FAILED, Store
 from ablate.tables import render
-from conftest import kill_session, tiny_study, write_study
+from conftest import tiny_study, write_study
 
 pytestmark = pytest.mark.usefixtures("ray_session")  # one local Ray for the session
 
@@ -64,44 +59,3 @@ def test_failed_trial_keeps_its_error_and_rerun_redoes_only_it(tmp_path: Path, i
     second = run_study(f, store=store)
     assert (second.skipped, second.ran, second.failed) == (1, 1, 1)
     assert store.counts()["metrics"] == metrics and store.counts()["trials"] == 2
-
-
-
-
-def test_driver_killed_mid_run_then_rerun_finishes_only_what_is_missing(tmp_path: Path, image_folder: Path) -> None:
-    study = tiny_study("killed", image_folder, axes={"grid": {"model.kwargs.kernel_size": [3, 5, 7]}})
-    study["recipe"]["epochs"] = 4
-    f = write_study(tmp_path / "k.yaml", study)
-    db = tmp_path / "r.db"
-    proc = subprocess.Popen([sys.executable, "-m", "ablate.cli", "run", str(f), "--db", f"sqlite:///{db}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    store = None
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:  # wait until some trial has reported an epoch
-            if db.exists():
-                store = store or Store(f"sqlite:///{db}")
-                if store.counts()["metrics"] > 0:
-                    break
-            time.sleep(0.5)
-        else:
-            raise AssertionError("no metrics within 180 s")
-    finally:
-        kill_session(proc.pid)
-        proc.wait(timeout=30)
-    assert store is not None
-    killed = store.load("killed")
-    assert any(t.status != COMPLETED for t in killed.trials), "killed too late to test anything"
-    done_before = {t.trial_id: t.ended_at for t in killed.trials if t.status == COMPLETED}
-
-    summary = run_study(f, store=store)
-    assert summary.completed == 3 and summary.skipped == len(done_before)
-    after = store.load("killed", history=True)
-    for t in after.trials:
-        assert t.status == COMPLETED
-        assert [e for e, _ in t.history["top1"]] == [0, 1, 2, 3]  # every epoch once: no duplicates
-        if t.trial_id in done_before:
-            assert t.ended_at == done_before[t.trial_id]  # not rerun
-    rows = sum(len(h) for t in after.trials for h in t.history.values())
-    assert store.counts()["metrics"] == rows
-    assert all(len({e for e, _ in h}) == len(h) for t in after.trials for h in t.history.values())
