@@ -44,11 +44,6 @@ def safe_name(name: str, what: str = "name") -> str:
     return name
 
 
-def weights_path(study: str, trial_id: str, root: str | Path | None = None) -> Path:
-    """Local path of a trial's final weights (for a local or mounted store)."""
-    return Path(str(root or artifacts_root())) / safe_name(study, "study") / safe_name(trial_id, "trial id") / WEIGHTS
-
-
 @dataclass
 class Checkpoint:
     epoch: int

@@ -148,11 +148,11 @@ def _ddp_driver(config: dict[str, Any]) -> None:
 def _error_text(trial: Any) -> str:
     """A failed trial's error when it reported none itself (the worker died): the last line of Ray's
     error file first, without ANSI codes."""
-    from ablate.trial_state import strip_ansi
+    from ablate.text import strip_controls
 
     path = getattr(trial, "error_file", None)
     if path and Path(path).is_file():
-        text = strip_ansi(Path(path).read_text()).strip()
+        text = strip_controls(Path(path).read_text()).strip()
         lines = [ln for ln in text.splitlines() if ln.strip()]
         head = next((ln for ln in reversed(lines) if not ln.startswith(" ")), "trial failed")
         return (head + "\n" + text)[-4000:] if head != text else head

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
 from sqlalchemy import (JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text,
-                        UniqueConstraint, and_, create_engine, delete, event, func, insert, inspect, or_,
+                        UniqueConstraint, create_engine, delete, event, func, insert, inspect, or_,
                         select, text, update)
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ablate.artifacts import BEST, ERROR, WEIGHTS, ArtifactStore
+from ablate.text import strip_controls
 
 COMPLETE = "complete.json"  # written when training ended: a rerun re-reports instead of retraining
 HISTORY_KEY = "ablate_history"  # metrics of every epoch so far, inside each checkpoint
@@ -32,13 +33,6 @@ TRANSIENT_NAMES = ("OutOfMemoryError", "CUDA out of memory", "NCCL", "Connection
                    "ActorDied", "NodeDied", "WorkerCrashed")
 
 
-def strip_ansi(text: str) -> str:
-    """Text fit for the database and a terminal: no ANSI codes or other control sequences."""
-    from ablate.text import strip_controls
-
-    return strip_controls(text)
-
-
 def error_kind(exc: BaseException) -> str:
     """'recurring' (a rerun will fail the same way: fix the study) or 'transient' (rerun it)."""
     text = f"{type(exc).__name__}: {exc}"
@@ -50,7 +44,7 @@ def error_kind(exc: BaseException) -> str:
 def readable_error(exc: BaseException, limit: int = 4000) -> str:
     """The exception's own message first, then the frames in ablate's code (the trainer's), without
     ANSI codes or Ray's internals; bounded in length."""
-    message = strip_ansi(f"{type(exc).__name__}: {exc}").strip()
+    message = strip_controls(f"{type(exc).__name__}: {exc}").strip()
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.startswith(_PKG)]
     lines = [message]
     if frames:
@@ -142,7 +136,7 @@ class TrialState:
 
     def on_error(self, exc: BaseException) -> tuple[str, str]:
         """(readable text, kind); the full traceback goes to ``error.txt`` beside the checkpoints."""
-        full = strip_ansi("".join(traceback.format_exception(exc)))
+        full = strip_controls("".join(traceback.format_exception(exc)))
         if self.is_writer:
             try:
                 self.store.write_bytes(self._p(ERROR), full.encode())

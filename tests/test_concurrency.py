@@ -6,7 +6,6 @@ a first one killed with SIGKILL. Every case ends with every trial trained once a
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ablate.store import COMPLETED, Base, Store, make_engine
+from ablate.store import COMPLETED, Store
 from conftest import drop_schema, wait_for_epoch, kill_session, tiny_study, write_study
 
 ABLATE = [sys.executable, "-m", "ablate.cli"]

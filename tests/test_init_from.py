@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from ablate.artifacts import weights_path
+from ablate.artifacts import WEIGHTS, ArtifactStore
 from ablate.models import build_model
 from ablate.orchestrate import InitFromError, run_study
 from ablate.trainer import load_pretrained
@@ -19,7 +19,8 @@ pytestmark = pytest.mark.usefixtures("ray_session")  # one local Ray for the ses
 
 def test_completed_trials_leave_their_weights(ran_study: dict[str, Any]) -> None:
     for t in ran_study["store"].load("tiny").trials:
-        state = torch.load(weights_path("tiny", t.trial_id), weights_only=True)
+        files = ArtifactStore()
+        state = files.load(files.path("tiny", t.trial_id, WEIGHTS))
         assert any(k.endswith("classifier.weight") for k in state)
 
 

@@ -18,7 +18,7 @@ from _synth import record, trial
 from ablate.cli import app
 from ablate.store import FAILED, PENDING
 from ablate.study import TableSpec
-from ablate.tables import DAGGER, FORMATS, SIGNIFICANT, UNTESTED, build_table, render, to_html_fragment
+from ablate.tables import DAGGER, FORMATS, SIGNIFICANT, build_table, render, to_html_fragment
 
 ROOT = Path(__file__).resolve().parent.parent
 
