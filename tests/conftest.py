@@ -139,13 +139,27 @@ def fashion_mnist_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def pg_url() -> str:
-    """The PostgreSQL that `make test` starts. Outside CI a missing server skips; in CI it fails."""
+    """The PostgreSQL that `make test` starts. Outside CI a missing server skips; in CI it fails.
+    Under pytest-xdist each worker gets a database of its own (``<db>_gw0``...), made fresh here,
+    so that tests which empty the schema never empty it under another worker."""
     url = os.environ.get("ABLATE_TEST_PG")
     if not url:
         if os.environ.get("CI"):
             pytest.fail("ABLATE_TEST_PG is not set: `make test` should have started PostgreSQL (scripts/postgres.sh)")
         pytest.skip("no PostgreSQL: run through `make test`, which starts one")
-    return url
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return url
+    from sqlalchemy import create_engine, make_url, text
+
+    base = make_url(url)
+    mine = f"{base.database}_{worker}"
+    admin = create_engine(base.set(drivername="postgresql+psycopg"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{mine}" WITH (FORCE)'))
+        c.execute(text(f'CREATE DATABASE "{mine}"'))
+    admin.dispose()
+    return base.set(database=mine).render_as_string(hide_password=False)
 
 
 def session_pids(sid: int) -> list[int]:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import psutil
 import pytest
 
 from ablate.orchestrate import run_study
@@ -147,8 +148,10 @@ def test_kill_9_of_the_worker_is_retried_from_its_checkpoint(tmp_path: Path, ima
     db, art = tmp_path / "r.db", tmp_path / "art"
 
     def kill_worker(p: subprocess.Popen) -> None:
-        workers = [int(pid) for pid in os.listdir("/proc") if pid.isdigit()  # the one trial training now
-                   and ("_trainable" in _cmdline(int(pid)) or "ImplicitFunc" in _cmdline(int(pid)))]
+        # the one trial training now: a worker of this test process's own Ray (another pytest-xdist
+        # worker, or anything else on the machine, has Ray workers of its own)
+        workers = [c.pid for c in psutil.Process().children(recursive=True)
+                   if "_trainable" in _cmdline(c.pid) or "ImplicitFunc" in _cmdline(c.pid)]
         assert workers, "no Ray worker training the trial was found"
         for pid in workers:
             os.kill(pid, signal.SIGKILL)
