@@ -456,6 +456,34 @@ def gc(
               f"under {files.display(files.base)}/{name}", markup=False, highlight=False)
 
 
+@app.command("import-weights")
+def import_weights_cmd(
+    model: str = typer.Argument(..., help="Model name in timm's registry, e.g. replknet_31b or resnet101."),
+    checkpoint: Path = typer.Argument(..., help="Checkpoint file: an official RepLKNet .pth, a torchvision/timm "
+                                                "state dict, or ablate's own."),
+    out_file: Path = typer.Option(..., "--out", "-o", help="Where to write the checked state dict in ablate's names."),
+    kwargs: str = typer.Option("{}", "--kwargs", help='Model kwargs as JSON, e.g. \'{"kernel_sizes": [13, 13, 13, 13]}\'.'),
+    ema: bool = typer.Option(False, "--ema", help="Take the EMA weights when the checkpoint has them."),
+) -> None:
+    """Load a checkpoint into MODEL by name (official RepLKNet names mapped, every shape checked) and save
+    it; use the file in a study as `kwargs: {pretrained: true, pretrained_cfg_overlay: {file: OUT}}`."""
+    try:
+        parsed = json.loads(kwargs)
+    except json.JSONDecodeError as e:
+        _fail(f"--kwargs: not JSON ({e.msg})")
+    if not isinstance(parsed, dict):
+        _fail("--kwargs: expected a JSON object of model kwargs")
+    from ablate.weights import WeightsError, import_weights
+
+    try:
+        report = import_weights(model, checkpoint, out_file, parsed, ema)
+    except WeightsError as e:
+        _fail(str(e))
+    note = " (official names mapped)" if report.mapped else ""
+    fresh = f"; left at init (classifier of another size): {', '.join(report.fresh)}" if report.fresh else ""
+    out.print(f"{model}: {report.loaded} tensors loaded{note}{fresh}; wrote {out_file}", markup=False, highlight=False)
+
+
 recipes_app = typer.Typer(help="Appendix A training recipes: `ablate recipes` lists them, "
                           "`ablate recipes show NAME` prints every resolved value.", no_args_is_help=False,
                           invoke_without_command=True)

@@ -207,6 +207,44 @@ class RepLKNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+# --- official checkpoints -----------------------------------------------------------------------------
+# The official replknet.py names modules differently and registers them in another order (its RepLK
+# Block: pw1, pw2, large_kernel, prelkb_bn; ablate's: pre_bn, pw1, large_kernel, pw2), so its state
+# dicts are mapped by name, never by position: (official pattern, ablate replacement), applied in turn.
+OFFICIAL_KEY_RULES: tuple[tuple[str, str], ...] = (
+    (r"^transitions\.(\d+)\.", r"stages.\1.transition."),     # official: one ModuleList of transitions
+    (r"\.prelkb_bn\.", ".pre_bn."),                           # RepLK Block's pre-BN
+    (r"\.preffn_bn\.", ".pre_bn."),                           # ConvFFN's pre-BN
+    (r"\.large_kernel\.lkb_origin\.", ".large_kernel.lk."),    # the large kernel + BN
+    (r"\.large_kernel\.small_conv\.", ".large_kernel.small."), # the parallel small kernel + BN
+    (r"\.large_kernel\.lkb_reparam\.", ".large_kernel.merged."),  # a structurally re-parameterized checkpoint
+)
+_OFFICIAL_MARKERS = ("transitions.", ".prelkb_bn.", ".preffn_bn.", ".lkb_origin.", ".small_conv.", ".lkb_reparam.")
+
+
+def official_to_ablate(key: str) -> str:
+    """An official RepLKNet state-dict key as ablate's RepLKNet names it (stem, norm, head: unchanged)."""
+    for pattern, repl in OFFICIAL_KEY_RULES:
+        key = re.sub(pattern, repl, key)
+    return key
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """timm's hook for foreign checkpoints: an official RepLKNet state dict renamed to ablate's names
+    (ablate's own pass unchanged). A checkpoint after the official ``structural_reparam()`` merges the
+    model's re-param modules first, so it has the ``merged`` convs to receive the kernels."""
+    if not any(m in k for k in state_dict for m in _OFFICIAL_MARKERS):
+        return state_dict
+    if any(re.match(r"^stages\.\d+\.norm\.", k) for k in state_dict):
+        raise ValueError("an official checkpoint with norm_intermediate_features (a downstream XL backbone); "
+                         "ablate's RepLKNet is the classification model")
+    if any(".lkb_reparam." in k for k in state_dict):
+        for m in model.modules():
+            if isinstance(m, LargeKernelDW):
+                m.merge()
+    return {official_to_ablate(k): v for k, v in state_dict.items()}
+
+
 # Sec. 4.2 / Appendix A: B = [2, 2, 18, 2], K = [31, 29, 27, 13], 5x5 re-param, FFN ratio 4
 ablate_model(RepLKNet, "replknet_31b", channels=(128, 256, 512, 1024))
 ablate_model(RepLKNet, "replknet_31l", channels=(192, 384, 768, 1536))
