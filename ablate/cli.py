@@ -515,7 +515,8 @@ def recipes_list(ctx: typer.Context) -> None:
 def recipes_show(name: str = typer.Argument(..., help="Recipe name, e.g. replknet-in1k."),
                  fmt: str = typer.Option("table", "--format", "-f", help="table or json.")) -> None:
     """Every resolved value of one recipe, as a study's trial will see it."""
-    from ablate.recipes import ASSUMED, PRESETS, SOURCES, paper_resolution
+    from ablate.recipes import ASSUMED, OFFICIAL, OFFICIAL_README, PRESETS, SOURCES, official_value, paper_resolution
+    from ablate.recipes import source as value_source
     from ablate.study import RecipeSpec
 
     if name not in PRESETS:
@@ -525,12 +526,20 @@ def recipes_show(name: str = typer.Argument(..., help="Recipe name, e.g. replkne
         sys.stdout.write(json.dumps(resolved, indent=2) + "\n")
         return
     t = Table(title=f"{name}: {SOURCES[name]}", title_justify="left")
-    t.add_column("field")
-    t.add_column("value")
+    for c in ("field", "value", "source", "official"):
+        t.add_column(c)
     for k, v in resolved.items():
-        t.add_row(k, json.dumps(v))
+        src = value_source(name, k) if k != "preset" else ""
+        has, official = official_value(name, k)
+        beside = json.dumps(official) if has and src == "paper" and official != v else ""
+        t.add_row(k, json.dumps(v), src, beside)
     out.print(t)
     out.print(f"paper input: {paper_resolution(name)}x{paper_resolution(name)} (set dataset.image_size in the study)")
+    out.print("source: paper = Appendix A states it; official = the appendix is silent, taken from the official "
+              "repository's command; assumed = silent in both, inherited; default = the study schema's default. "
+              "official column: the official command's value where it differs from the paper's.")
+    if name in OFFICIAL:
+        out.print(f"official command: {OFFICIAL_README}, {OFFICIAL[name][0]}")
     for note in ASSUMED.get(name, []):
         out.print(f"assumed: {note}")
 
