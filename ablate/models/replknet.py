@@ -159,8 +159,11 @@ class RepLKNet(nn.Module):
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.stages(self.stem(x)))
+    def forward_features(self, x: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
+        """The last feature map; ``final_norm=False`` skips the final BN (stage 4's output, the map
+        the official code measures the effective receptive field on: ``ablate.analyses.erf``)."""
+        x = self.stages(self.stem(x))
+        return self.norm(x) if final_norm else x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head_drop(self.pool(x).flatten(1))
