@@ -90,3 +90,12 @@ def get(name: str) -> Analysis:
             raise KeyError(f"no analysis '{name}' in this ablate (known: {', '.join(sorted(MODULES))})")
         importlib.import_module(MODULES[name])
     return REGISTRY[name]
+
+
+def declared_metrics(study: Any) -> set[str]:
+    """Metric names the study's declared analyses store (for plan's check of table columns)."""
+    out: set[str] = set()
+    for name, opts in (study.analyses.declared() if study.analyses else {}).items():
+        if available(name):
+            out.update(get(name).scalars(opts))
+    return out

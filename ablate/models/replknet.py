@@ -176,6 +176,8 @@ class RepLKNet(nn.Module):
 # Sec. 4.2 / Appendix A: B = [2, 2, 18, 2], K = [31, 29, 27, 13], 5x5 re-param, FFN ratio 4
 ablate_model(RepLKNet, "replknet_31b", channels=(128, 256, 512, 1024))
 ablate_model(RepLKNet, "replknet_31l", channels=(192, 384, 768, 1536))
+# Sec. 4.2 / Appendix B (Table 10): RepLKNet-31B's architecture with 13x13 kernels in every stage
+ablate_model(RepLKNet, "replknet_13", channels=(128, 256, 512, 1024), kernel_sizes=(13, 13, 13, 13))
 # Appendix A, "RepLKNet-XL": C = [256, 512, 1024, 2048], K = [27, 27, 27, 13], inverted bottleneck 1.5,
 # no structural re-parameterization
 ablate_model(RepLKNet, "replknet_xl", channels=(256, 512, 1024, 2048), kernel_sizes=(27, 27, 27, 13),
