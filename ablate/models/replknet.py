@@ -196,8 +196,11 @@ class RepLKNet(nn.Module):
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.stages(self.stem(x)))
+    def forward_features(self, x: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
+        """The last feature map; ``final_norm=False`` skips the final BN (stage 4's output, the map
+        the official code measures the effective receptive field on: ``ablate.analyses.erf``)."""
+        x = self.stages(self.stem(x))
+        return self.norm(x) if final_norm else x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head_drop(self.pool(x).flatten(1))
@@ -248,6 +251,8 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
 # Sec. 4.2 / Appendix A: B = [2, 2, 18, 2], K = [31, 29, 27, 13], 5x5 re-param, FFN ratio 4
 ablate_model(RepLKNet, "replknet_31b", channels=(128, 256, 512, 1024))
 ablate_model(RepLKNet, "replknet_31l", channels=(192, 384, 768, 1536))
+# Sec. 4.2 / Appendix B (Table 10): RepLKNet-31B's architecture with 13x13 kernels in every stage
+ablate_model(RepLKNet, "replknet_13", channels=(128, 256, 512, 1024), kernel_sizes=(13, 13, 13, 13))
 # Appendix A, "RepLKNet-XL": C = [256, 512, 1024, 2048], K = [27, 27, 27, 13], inverted bottleneck 1.5,
 # no structural re-parameterization
 ablate_model(RepLKNet, "replknet_xl", channels=(256, 512, 1024, 2048), kernel_sizes=(27, 27, 27, 13),
