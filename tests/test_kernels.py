@@ -8,9 +8,11 @@ import timm
 import torch
 
 import ablate.models  # noqa: F401 - registers ablate's models
+from ablate.analyses import get
 from ablate.analyses.kernels import (KernelAnalysisError, aggregate, analyze, figure6, find_kernel, kernel_maps,
-                                     summarise)
+                                     stages, summarise)
 from ablate.reparam import merge
+from ablate.study import KernelsOptions
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 K = 13
@@ -47,23 +49,28 @@ def _patterns() -> tuple[np.ndarray, np.ndarray]:
     return large, small
 
 
-def test_the_first_stride1_kernel_on_the_smallest_map_is_picked() -> None:
+def test_the_first_stride1_kernel_of_the_last_stage_is_picked() -> None:
     model = _tiny(3)
-    pick = find_kernel(model, K, image_size=32)
-    # MobileNetV2 stages have 1, 2, 3, 4, 3, 3, 1 blocks: blocks 13-15 are the stage entered at 14x14 (7x7 at 224)
-    # whose first block (13) has stride 2; the first stride-1 conv there is block 14's (input 7x7 at 224, 1x1 at 32)
-    assert pick.name == "blocks.14.dw" and pick.input_size == (1, 1)
-    with pytest.raises(KernelAnalysisError, match="kernel_size"):
-        find_kernel(model, 7, image_size=32)
-    with pytest.raises(KernelAnalysisError, match="module"):
-        find_kernel(model, K, image_size=32, module="blocks.nope")
+    pick = find_kernel(model)
+    # MobileNetV2 stages have 1, 2, 3, 4, 3, 3, 1 blocks: blocks 13-15 are the stage entered at 14x14, whose first
+    # block (13) has stride 2; the convs that see 7x7 (at 224) are blocks 14, 15, 16; the first is the paper's
+    assert pick.name == "blocks.14.dw" and pick.input_size == (7, 7)
+    # stages by input resolution: 112, 56, 28, 14, 7 (the 14x14 one: blocks 7-13, block 6 having stride 2)
+    groups = stages(model)
+    assert [size[0] for size, _ in groups] == [112, 56, 28, 14, 7]
+    assert [n for n, _, s in groups[-2][1] if s == 1][0] == "blocks.7.dw"
+    assert [n for n, _, s in groups[-1][1]] == ["blocks.14.dw", "blocks.15.dw", "blocks.16.dw"]
+    with pytest.raises(KernelAnalysisError, match="analyses.kernels.index"):
+        find_kernel(model, index=3)
+    with pytest.raises(KernelAnalysisError, match="analyses.kernels.stage"):
+        find_kernel(model, stage=5)
 
 
 def test_planted_kernels_come_out_as_planted() -> None:
     large, small = _patterns()
     model = _tiny(3)
     _plant(model.blocks[14].dw, large, small)
-    pick, got_large, got_merged, has_small = kernel_maps(model, K, image_size=32)
+    pick, got_large, got_merged, has_small = kernel_maps(model)
     c = model.blocks[14].dw.lk.conv.weight.shape[0]
     channels = c * (c + 1) / 2                            # sum of the planted channel multipliers
     # BN fusion multiplies by gamma / sigma = 2 on both branches; the merged adds the 3x3 onto the centre
@@ -86,21 +93,26 @@ def test_analyze_result_and_deployed_model() -> None:
     large, small = _patterns()
     model = _tiny(3)
     _plant(model.blocks[14].dw, large, small)
-    res = analyze(model, None, {"image_size": 32})
-    assert set(res.arrays) == {"kernel_large", "kernel_merged"} and res.arrays["kernel_large"].shape == (K, K)
+    res = analyze(model, None, KernelsOptions())
+    registered = get("kernels")
+    assert set(res.arrays) == set(registered.arrays(KernelsOptions())) == {"kernel_large.npy", "kernel_merged.npy"}
+    assert set(registered.scalars(KernelsOptions())) <= set(res.scalars)
+    assert res.arrays["kernel_large.npy"].shape == (K, K)
     assert res.scalars["kernel_has_small"] == 1.0
     assert res.scalars["kernel_center3_share_merged"] > res.scalars["kernel_center3_share"]
     # the deployed (merged) model has only the merged kernel: both maps are it, equal to the trained one's merged
-    deployed = analyze(merge(model), None, {"image_size": 32})
-    np.testing.assert_allclose(deployed.arrays["kernel_large"], res.arrays["kernel_merged"], rtol=1e-5, atol=1e-6)
+    deployed = analyze(merge(model), None, KernelsOptions())
+    np.testing.assert_allclose(deployed.arrays["kernel_large.npy"], res.arrays["kernel_merged.npy"], rtol=1e-5, atol=1e-6)
     assert deployed.scalars["kernel_has_small"] == 0.0
     # without re-param the merged map is the large one
     plain = _tiny(None)
     _plant(plain.blocks[14].dw, large, None)
-    out = analyze(plain, None, {"image_size": 32})
-    np.testing.assert_array_equal(out.arrays["kernel_large"], out.arrays["kernel_merged"])
-    np.testing.assert_allclose(out.arrays["kernel_large"], aggregate(np.abs(large)[None, None]), rtol=1e-5)
-    fig = figure6(out.arrays["kernel_large"], res.arrays["kernel_large"], res.arrays["kernel_merged"])
+    out = analyze(plain, None, KernelsOptions(variants=["large"]))
+    assert set(out.arrays) == {"kernel_large.npy"} and "kernel_center3_share_merged" not in out.scalars
+    np.testing.assert_allclose(out.arrays["kernel_large.npy"], aggregate(np.abs(large)[None, None]), rtol=1e-5)
+    _, plain_large, plain_merged, _ = kernel_maps(plain)
+    np.testing.assert_array_equal(plain_large, plain_merged)
+    fig = figure6(out.arrays["kernel_large.npy"], res.arrays["kernel_large.npy"], res.arrays["kernel_merged.npy"])
     heatmaps = [t for t in fig["data"] if t["type"] == "heatmap"]
     assert len(heatmaps) == 3 and np.asarray(heatmaps[2]["z"]).shape == (K, K)
-    assert np.allclose(np.asarray(heatmaps[2]["z"]), res.arrays["kernel_merged"])
+    assert np.allclose(np.asarray(heatmaps[2]["z"]), res.arrays["kernel_merged.npy"])

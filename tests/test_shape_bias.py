@@ -10,9 +10,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ablate.analyses import get
 from ablate.analyses.imagenet16 import CATEGORIES, IMAGENET_INDICES
 from ablate.analyses.shape_bias import (ShapeBiasError, analyze, check, figure5, parse_name, read_folder,
                                         shape_bias, to_16_classes)
+from ablate.study import ShapeBiasOptions
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # timm's ImageNet defaults, which the analysis uses
@@ -55,8 +57,10 @@ def _folder(root: Path) -> Path:
 
 
 def test_shape_bias_equals_the_count_by_hand(tmp_path: Path) -> None:
-    res = analyze(ColourCode(), None, {"root": str(_folder(tmp_path / "cue")), "image_size": 32, "batch_size": 3})
+    options = ShapeBiasOptions(folder=str(_folder(tmp_path / "cue")))
+    res = analyze(ColourCode(), None, options)
     s = res.scalars
+    assert set(get("shape_bias").scalars(options)) <= set(s) and set(res.arrays) == set(get("shape_bias").arrays(options))
     # 8 conflict images (cat1-cat... has none): shape decisions 4 (cat, cat, knife, knife),
     # texture decisions 3 (dog, cat, bird), one neither (dog shape, oven texture, answered knife)
     assert s["shape_bias_images"] == 8
@@ -67,7 +71,7 @@ def test_shape_bias_equals_the_count_by_hand(tmp_path: Path) -> None:
     assert s["shape_bias_knife"] == pytest.approx(1.0)
     assert s["shape_bias_category_mean"] == pytest.approx((2 / 3 + 0 + 1) / 3)
     assert "shape_bias_car" not in s                       # no stimuli, no value
-    assert [CATEGORIES[i] for i in res.arrays["shape_bias_decisions"]] == [a for sh, t, a in STIMULI if sh != t]
+    assert [CATEGORIES[i] for i in res.arrays["shape_bias_decisions.npy"]] == [a for sh, t, a in STIMULI if sh != t]
     fig = figure5({"planted": s})
     points = fig["data"][0]
     assert sorted(zip(points["y"], points["x"])) == [("cat", s["shape_bias_cat"]), ("dog", 0.0), ("knife", 1.0)]
@@ -92,10 +96,8 @@ def test_the_16_class_mapping() -> None:
 
 def test_bad_folders_are_one_clear_error(tmp_path: Path) -> None:
     assert parse_name(Path("x/Stimuli_airplane1-bicycle2.png")) == ("airplane", "bicycle")
-    with pytest.raises(ShapeBiasError, match="no such folder"):
-        check({"root": str(tmp_path / "missing")})
-    with pytest.raises(ShapeBiasError, match="shape_bias.root: missing"):
-        check({})
+    with pytest.raises(ShapeBiasError, match="analyses.shape_bias.folder: .*missing: no such folder"):
+        check(ShapeBiasOptions(folder=str(tmp_path / "missing")))
     (tmp_path / "empty").mkdir()
     with pytest.raises(ShapeBiasError, match="no cue-conflict images"):
         read_folder(tmp_path / "empty")
@@ -112,3 +114,18 @@ def test_bad_folders_are_one_clear_error(tmp_path: Path) -> None:
         read_folder(tmp_path / "names")
     empty = shape_bias([], [])
     assert empty["shape_bias_images"] == 0 and np.isnan(empty["shape_bias"])
+
+
+def test_plan_refuses_a_malformed_cue_conflict_folder(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ablate.cli import app
+    from conftest import write_study
+
+    (tmp_path / "cue" / "zebra").mkdir(parents=True)
+    f = write_study(tmp_path / "s.yaml", "name: s\nmodel: {name: mobilenetv2_lk, kwargs: {width_mult: 0.1}}\n"
+                    "dataset: {name: fashion_mnist, image_size: 16}\n"
+                    f"analyses: {{shape_bias: {{folder: '{tmp_path / 'cue'}'}}}}\n")
+    r = CliRunner().invoke(app, ["plan", str(f), "--db", f"sqlite:///{tmp_path / 'x.db'}"])
+    assert r.exit_code == 2 and "analyses.shape_bias.folder" in r.output and "'zebra' is not one of the 16" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "x.db").exists()

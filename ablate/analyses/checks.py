@@ -30,6 +30,12 @@ def check_analyses(study: Study, configs: list[dict[str, Any]], file: str) -> No
         if not folder.is_dir():
             raise StudyError(file, "analyses.shape_bias.folder", f"a folder of cue-conflict images (model-vs-human "
                              f"layout), got {str(folder)!r}, which does not exist")
+        from ablate.analyses.shape_bias import ShapeBiasError, read_folder
+
+        try:  # the layout too: category subfolders, <shape><n>-<texture><m>.png names, some conflict images
+            read_folder(folder)
+        except ShapeBiasError as e:
+            raise StudyError(file, "analyses.shape_bias.folder", str(e).removeprefix("analyses.shape_bias.folder: ")) from None
     erf = declared.get("erf")
     for i, row in enumerate(erf.rows if erf else []):
         if not any(_matches(c, row.match) for c in configs):

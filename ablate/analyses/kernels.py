@@ -6,10 +6,13 @@ resolution of 7x7)", fuses its BN, takes |w| summed over channels into a 13x13 m
 to [0, 1]. For the re-param model it shows the large kernel alone (after BN fusion) and the merged
 kernel (the 3x3 added onto the centre).
 
-Which conv: the depthwise re-param convs (``LargeKernelDW``, ``ParallelSmallKernel``, or a plain
-depthwise ``nn.Conv2d``) are found by a forward pass at ``image_size`` (default 224) with hooks; of
-those with stride 1 and the wanted kernel size, the first one called on the smallest feature map
-(7x7 at 224) is the one. ``module: NAME`` picks one by name instead.
+Which conv (options ``stage``, ``index``): the model's re-param depthwise convs (``LargeKernelDW``,
+``ParallelSmallKernel``; a model without any: its depthwise ``nn.Conv2d`` of the largest kernel) are
+found by a forward pass at 224x224 with hooks and grouped into stages by the resolution of their
+input, in call order; ``stage`` picks one such resolution (-1: the smallest, 7x7 -- the paper's
+"last stage") and ``index`` the stride-1 conv among that stage's (0: the first). For MobileNetV2 the
+7x7 stage is blocks 13-16 (blocks 13's conv has stride 2 and 14x14 input), so the default is
+``blocks.14.dw``.
 
 Rescaling: each map is divided by its maximum (as the paper does for the ERF), so the summary shares
 below do not depend on it. The paper's two observations become numbers a table holds:
@@ -22,8 +25,10 @@ below do not depend on it. The paper's two observations become numbers a table h
 * ``kernel_distance_corr``: Spearman correlation of magnitude with distance from the centre (negative:
   "points closer to the center have larger values").
 
-Each for the large kernel alone and, with the suffix ``_merged``, for the deployed (merged) kernel;
-without a small branch the two are the same kernel. ``kernel_has_small`` says which case it is.
+Each for the large kernel alone (variant ``large``) and, with the suffix ``_merged``, for the deployed
+(merged) kernel (variant ``merged``); without a small branch the two are the same kernel.
+``kernel_has_small`` says which case it is. Arrays: ``kernel_large.npy``, ``kernel_merged.npy``.
+A constant map has no trend: its ``kernel_distance_corr`` is 0.
 """
 
 from __future__ import annotations
@@ -33,12 +38,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ablate.analyses.result import AnalysisResult, option
+from ablate.analyses import AnalysisResult, TrialContext, register
 
 if TYPE_CHECKING:
     from torch import nn
 
 SCALAR_NAMES = ("kernel_center3_share", "kernel_skeleton_share", "kernel_center_value", "kernel_distance_corr")
+HAS_SMALL = "kernel_has_small"
+PROBE_SIZE = 224  # the forward pass that finds the stages: the paper's input, where the last stage is 7x7
 
 
 class KernelAnalysisError(ValueError):
@@ -81,7 +88,10 @@ def _stride(m: Any) -> int:
 
 
 def candidates(model: nn.Module) -> list[tuple[str, Any]]:
-    """Depthwise convs, outermost first: a re-param module hides the convs inside it."""
+    """The large depthwise convs: the re-param modules (a module hides the convs inside it) or, in a
+    model without any, the depthwise convs of the largest kernel."""
+    from ablate.layers import LargeKernelDW, ParallelSmallKernel
+
     out: list[tuple[str, Any]] = []
     inside: list[str] = []
     for name, m in model.named_modules():
@@ -90,49 +100,68 @@ def candidates(model: nn.Module) -> list[tuple[str, Any]]:
         if _kernel_size(m) is not None:
             out.append((name, m))
             inside.append(name)
-    return out
+    reparam = [(n, m) for n, m in out if isinstance(m, (LargeKernelDW, ParallelSmallKernel))]
+    if reparam:
+        return reparam
+    largest = max((_kernel_size(m) or 0 for _, m in out), default=0)
+    return [(n, m) for n, m in out if _kernel_size(m) == largest]
 
 
-def find_kernel(model: nn.Module, kernel_size: int | None = 13, image_size: int = 224,
-                module: str | None = None, in_chans: int = 3) -> KernelPick:
-    """The first stride-1 depthwise conv of ``kernel_size`` (None: the largest) called on the smallest
-    feature map of a forward pass at ``image_size`` -- the paper's "first stride-1 13x13 conv in the
-    last stage (input 7x7)". ``module`` names one instead."""
+def _in_chans(model: nn.Module) -> int:
+    from torch import nn
+
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return int(first.in_channels) if first is not None else 3
+
+
+def _input_sizes(model: nn.Module, names: list[str], image_size: int) -> list[tuple[str, tuple[int, int]]]:
+    """(name, input H x W) of the named modules, in call order, from one forward pass of a zero image."""
     import torch
 
-    found = candidates(model)
-    if module is not None:
-        named = dict(found)
-        if module not in named:
-            raise KernelAnalysisError(f"kernels.module: '{module}' is not a depthwise conv of the model; one of "
-                                      f"{', '.join(named) or '(none)'}")
-        found = [(module, named[module])]
-    if not found:
-        raise KernelAnalysisError("kernels: the model has no depthwise conv to visualise")
-    sizes = {n: _kernel_size(m) for n, m in found}
-    wanted = kernel_size if kernel_size is not None else max(s for s in sizes.values() if s is not None)
-    found = [(n, m) for n, m in found if sizes[n] == wanted and (module is not None or _stride(m) == 1)]
-    if not found:
-        raise KernelAnalysisError(f"kernels.kernel_size: no stride-1 depthwise conv of size {wanted}; the model's "
-                                  f"are {sorted(set(sizes.values()))}")
     seen: list[tuple[str, tuple[int, int]]] = []
-    hooks = [m.register_forward_pre_hook(lambda _m, args, n=n: seen.append((n, tuple(args[0].shape[-2:]))))
-             for n, m in found]
+    hooks = [model.get_submodule(n).register_forward_pre_hook(
+        lambda _m, args, n=n: seen.append((n, tuple(args[0].shape[-2:])))) for n in names]
     was_training = model.training
+    p = next(model.parameters())
     try:
-        model.eval()
-        p = next(model.parameters())
         with torch.no_grad():
-            model(torch.zeros(1, in_chans, image_size, image_size, device=p.device, dtype=p.dtype))
+            model.eval()(torch.zeros(1, _in_chans(model), image_size, image_size, device=p.device, dtype=p.dtype))
     finally:
         model.train(was_training)
         for h in hooks:
             h.remove()
-    if not seen:
-        raise KernelAnalysisError("kernels: no depthwise conv of the wanted size was called in a forward pass")
-    smallest = min(s[0] * s[1] for _, s in seen)
-    name, size = next((n, s) for n, s in seen if s[0] * s[1] == smallest)
-    return KernelPick(name, dict(found)[name], size)
+    return seen
+
+
+def stages(model: nn.Module, image_size: int = PROBE_SIZE) -> list[tuple[tuple[int, int], list[tuple[str, Any, int]]]]:
+    """The candidate convs grouped by input resolution, in call order: [(input size, [(name, module,
+    stride), ...]), ...]."""
+    found = candidates(model)
+    if not found:
+        raise KernelAnalysisError("analyses.kernels: the model has no depthwise conv to visualise")
+    seen = _input_sizes(model, [n for n, _ in found], image_size)
+    modules = dict(found)
+    groups: dict[tuple[int, int], list[tuple[str, Any, int]]] = {}
+    for name, size in seen:
+        if all(name != n for n, _, _ in groups.get(size, [])):
+            groups.setdefault(size, []).append((name, modules[name], _stride(modules[name])))
+    return list(groups.items())
+
+
+def find_kernel(model: nn.Module, stage: int = -1, index: int = 0, image_size: int = PROBE_SIZE) -> KernelPick:
+    """The ``index``-th stride-1 large depthwise conv of ``stage`` (stages by input resolution, in call
+    order; -1: the last, the smallest map) -- by default the paper's "first stride-1 13x13 conv in the last stage (input 7x7)"."""
+    groups = stages(model, image_size)
+    if not -len(groups) <= stage < len(groups):
+        raise KernelAnalysisError(f"analyses.kernels.stage: {stage} is out of range; the model's large depthwise "
+                                  f"convs run at {len(groups)} resolutions (stages 0..{len(groups) - 1}, or -1)")
+    size, members = groups[stage]
+    group = [(n, m) for n, m, s in members if s == 1]
+    if not 0 <= index < len(group):
+        raise KernelAnalysisError(f"analyses.kernels.index: {index} is out of range; stage {stage} has {len(group)} "
+                                  f"stride-1 large depthwise conv(s)")
+    name, module = group[index]
+    return KernelPick(name, module, size)
 
 
 def kernel_weights(m: Any) -> tuple[np.ndarray, np.ndarray, bool]:
@@ -184,32 +213,44 @@ def summarise(agg: np.ndarray) -> dict[str, float]:
     skeleton = (yy == c) | (xx == c)
     centre3 = (abs(yy - c) <= 1) & (abs(xx - c) <= 1)
     dist = np.hypot(yy - c, xx - c)
-    corr = spearmanr(dist.ravel(), agg.ravel()).statistic if k > 1 and np.ptp(agg) > 0 else float("nan")
-    share = (lambda mask: float(agg[mask].sum()) / total) if total > 0 else (lambda mask: float("nan"))
+    corr = float(spearmanr(dist.ravel(), agg.ravel()).statistic) if k > 1 and np.ptp(agg) > 0 else 0.0
+    share = (lambda mask: float(agg[mask].sum()) / total) if total > 0 else (lambda mask: 0.0)
     return {"kernel_center3_share": share(centre3), "kernel_skeleton_share": share(skeleton),
             "kernel_center_value": float(agg[c, c]), "kernel_distance_corr": float(corr)}
 
 
-def kernel_maps(model: nn.Module, kernel_size: int | None = 13, image_size: int = 224,
-                module: str | None = None, in_chans: int = 3) -> tuple[KernelPick, np.ndarray, np.ndarray, bool]:
+def kernel_maps(model: nn.Module, stage: int = -1, index: int = 0,
+                image_size: int = PROBE_SIZE) -> tuple[KernelPick, np.ndarray, np.ndarray, bool]:
     """(the conv picked, large map, merged map, has small branch): Figure 6's matrices for one model."""
-    pick = find_kernel(model, kernel_size, image_size, module, in_chans)
+    pick = find_kernel(model, stage, index, image_size)
     large, merged, has_small = kernel_weights(pick.module)
     return pick, aggregate(large), aggregate(merged), has_small
 
 
-def analyze(model: nn.Module, ctx: Any, options: Any) -> AnalysisResult:
-    """The ``kernels`` analysis: options ``kernel_size`` (13), ``image_size`` (224), ``module`` (None)."""
-    in_chans = int(option(ctx, "in_chans", 3))
-    pick, large, merged, has_small = kernel_maps(
-        model, option(options, "kernel_size", 13), int(option(options, "image_size", 224)),
-        option(options, "module", None), in_chans)
-    scalars = dict(summarise(large))
-    scalars.update({f"{k}_merged": v for k, v in summarise(merged).items()})
-    scalars["kernel_has_small"] = float(has_small)
-    scalars["kernel_input_size"] = float(pick.input_size[0])
-    return AnalysisResult(scalars=scalars, arrays={"kernel_large": large.astype(np.float32),
-                                                   "kernel_merged": merged.astype(np.float32)})
+def _variants(options: Any) -> list[str]:
+    return list(getattr(options, "variants", None) or ["large", "merged"])
+
+
+def _scalar_names(options: Any) -> list[str]:
+    return [n + ("" if v == "large" else f"_{v}") for v in _variants(options) for n in SCALAR_NAMES] + [HAS_SMALL]
+
+
+def _array_names(options: Any) -> list[str]:
+    return [f"kernel_{v}.npy" for v in _variants(options)]
+
+
+@register("kernels", scalars=_scalar_names, arrays=_array_names)
+def analyze(model: nn.Module, ctx: TrialContext | None, options: Any) -> AnalysisResult:
+    """The ``kernels`` analysis (``KernelsOptions``: ``stage``, ``index``, ``variants``)."""
+    pick, large, merged, has_small = kernel_maps(model, int(getattr(options, "stage", -1)),
+                                                 int(getattr(options, "index", 0)))
+    maps = {"large": large, "merged": merged}
+    scalars: dict[str, float] = {HAS_SMALL: float(has_small), "kernel_input_size": float(pick.input_size[0])}
+    arrays: dict[str, np.ndarray] = {}
+    for v in _variants(options):
+        scalars.update({n + ("" if v == "large" else f"_{v}"): x for n, x in summarise(maps[v]).items()})
+        arrays[f"kernel_{v}.npy"] = maps[v].astype(np.float32)
+    return AnalysisResult(scalars=scalars, arrays=arrays)
 
 
 def figure6(plain: np.ndarray, large: np.ndarray, merged: np.ndarray,

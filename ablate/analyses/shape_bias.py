@@ -1,6 +1,6 @@
 """Shape bias on cue-conflict images (RepLKNet Appendix C, Figure 5; Geirhos et al., ICLR 2019).
 
-The user supplies the cue-conflict stimuli in the model-vs-human layout: one subfolder per shape
+The user supplies the cue-conflict stimuli (``analyses: {shape_bias: {folder: PATH}}``) in the model-vs-human layout: one subfolder per shape
 category (the 16 of ``imagenet16.CATEGORIES``), each image named ``<shape><n>-<texture><m>.png``
 (an optional ``<prefix>_`` before it is ignored), e.g. ``cat/cat7-elephant1.png``: a cat's shape
 with an elephant's texture. The folder names the shape; the file name's last ``-`` part the texture.
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 
 from ablate.analyses.imagenet16 import CATEGORIES, IMAGENET_INDICES
-from ablate.analyses.result import AnalysisResult, option
+from ablate.analyses import AnalysisResult, TrialContext, register
 
 if TYPE_CHECKING:
     from torch import nn
@@ -51,7 +51,7 @@ class CueImage:
 def _category(part: str, path: Path) -> str:
     name = re.sub(r"\d+$", "", part)
     if name not in IMAGENET_INDICES:
-        raise ShapeBiasError(f"shape_bias.root: {path}: '{name}' in the file name is not one of the 16 categories "
+        raise ShapeBiasError(f"analyses.shape_bias.folder: {path}: '{name}' in the file name is not one of the 16 categories "
                              f"({', '.join(CATEGORIES)}); expected names like airplane1-bicycle2.png")
     return name
 
@@ -61,7 +61,7 @@ def parse_name(path: Path) -> tuple[str, str]:
     stem = path.name.rsplit(".", 1)[0].split("_")[-1]
     parts = stem.split("-")
     if len(parts) != 2 or not all(parts):
-        raise ShapeBiasError(f"shape_bias.root: {path}: expected a file name <shape><n>-<texture><m>.png, "
+        raise ShapeBiasError(f"analyses.shape_bias.folder: {path}: expected a file name <shape><n>-<texture><m>.png, "
                              f"e.g. airplane1-bicycle2.png")
     return _category(parts[0], path), _category(parts[1], path)
 
@@ -72,21 +72,21 @@ def read_folder(root: str | Path) -> list[CueImage]:
     category, a name that does not parse or names another shape than its folder, or no conflict image."""
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise ShapeBiasError(f"shape_bias.root: {root}: no such folder; expected the cue-conflict images in "
+        raise ShapeBiasError(f"analyses.shape_bias.folder: {root}: no such folder; expected the cue-conflict images in "
                              f"one subfolder per shape category ({', '.join(CATEGORIES)})")
     images: list[CueImage] = []
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if sub.name not in IMAGENET_INDICES:
-            raise ShapeBiasError(f"shape_bias.root: {sub}: '{sub.name}' is not one of the 16 categories "
+            raise ShapeBiasError(f"analyses.shape_bias.folder: {sub}: '{sub.name}' is not one of the 16 categories "
                                  f"({', '.join(CATEGORIES)})")
         for f in sorted(p for p in sub.iterdir() if p.suffix in IMAGE_SUFFIXES):
             shape, texture = parse_name(f)
             if shape != sub.name:
-                raise ShapeBiasError(f"shape_bias.root: {f}: the name says shape '{shape}' but the folder is "
+                raise ShapeBiasError(f"analyses.shape_bias.folder: {f}: the name says shape '{shape}' but the folder is "
                                      f"'{sub.name}'")
             images.append(CueImage(f, shape, texture))
     if not any(i.shape != i.texture for i in images):
-        raise ShapeBiasError(f"shape_bias.root: {root}: no cue-conflict images (shape and texture differing) in "
+        raise ShapeBiasError(f"analyses.shape_bias.folder: {root}: no cue-conflict images (shape and texture differing) in "
                              f"category subfolders; expected e.g. {root}/cat/cat1-elephant2.png")
     return images
 
@@ -153,27 +153,38 @@ def predict(model: nn.Module, images: Sequence[CueImage], image_size: int = 224,
     return np.concatenate(out)
 
 
-def check(options: Any) -> None:
-    """Validate the options before any model is loaded (``ShapeBiasError`` names what is wrong)."""
-    root = option(options, "root")
-    if root is None:
-        raise ShapeBiasError("shape_bias.root: missing; the folder of cue-conflict images (model-vs-human layout)")
-    read_folder(root)
+def folder_of(options: Any) -> Path:
+    """The options' folder with ``~`` and ``$VARS`` expanded."""
+    import os
+
+    return Path(os.path.expandvars(os.path.expanduser(str(options.folder))))
 
 
-def analyze(model: nn.Module, ctx: Any, options: Any) -> AnalysisResult:
-    """The ``shape_bias`` analysis: options ``root`` (the folder), ``image_size`` (224), ``batch_size`` (32).
-    Arrays: ``shape_bias_decisions`` (index into ``CATEGORIES`` per kept image, in file order)."""
-    root = option(options, "root")
-    if root is None:
-        raise ShapeBiasError("shape_bias.root: missing; the folder of cue-conflict images (model-vs-human layout)")
-    images = [i for i in read_folder(root) if i.shape != i.texture]
-    probs = predict(model, images, int(option(options, "image_size", 224)), int(option(options, "batch_size", 32)),
-                    option(ctx, "device", None))
+def check(options: Any) -> list[CueImage]:
+    """Validate the folder before any model is loaded (``ShapeBiasError`` names what is wrong): for
+    ``plan``'s checks, so a malformed folder is an exit-2 error before any compute."""
+    return read_folder(folder_of(options))
+
+
+SCALARS = ("shape_bias", "shape_bias_category_mean", "shape_bias_shape_frac", "shape_bias_texture_frac",
+           "shape_bias_images")
+DECISIONS = "shape_bias_decisions.npy"
+
+
+@register("shape_bias", scalars=lambda options: list(SCALARS), arrays=lambda options: [DECISIONS],
+          speed_only=("batch_size",))
+def analyze(model: nn.Module, ctx: TrialContext | None, options: Any) -> AnalysisResult:
+    """The ``shape_bias`` analysis (``ShapeBiasOptions``: ``folder``; ``image_size`` 224 and ``batch_size``
+    32 when the options have them). Scalars as the module docstring (a per-category value only where
+    that category got a shape or texture decision; nothing NaN is stored). Array
+    ``shape_bias_decisions.npy``: the decision per conflict image (index into ``CATEGORIES``, file order)."""
+    images = [i for i in check(options) if i.shape != i.texture]
+    probs = predict(model, images, int(getattr(options, "image_size", 224)), int(getattr(options, "batch_size", 32)),
+                    getattr(ctx, "device", None))
     decided = decisions(probs)
-    return AnalysisResult(scalars=shape_bias(images, decided),
-                          arrays={"shape_bias_decisions": np.array([CATEGORIES.index(d) for d in decided],
-                                                                   dtype=np.int16)})
+    scalars = {k: v for k, v in shape_bias(images, decided).items() if v == v}
+    return AnalysisResult(scalars=scalars,
+                          arrays={DECISIONS: np.array([CATEGORIES.index(d) for d in decided], dtype=np.int16)})
 
 
 def figure5(models: dict[str, dict[str, float]]) -> dict[str, Any]:
