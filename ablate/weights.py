@@ -129,6 +129,8 @@ def load_weights(model: nn.Module, source: str | Path | Mapping[str, Any], ema: 
             raise WeightsError(f"{where}: {e}") from None
         mapped = set(state) != before
     fresh = check_fits(model, state, where)
+    if any(p.is_meta for p in model.parameters()):  # built on the meta device (plan's checks): shapes are all
+        return LoadReport(loaded=0, fresh=fresh, mapped=mapped)
     model.load_state_dict({k: v for k, v in state.items() if k not in fresh}, strict=False)
     return LoadReport(loaded=len(state) - len([k for k in fresh if k in state]), fresh=fresh, mapped=mapped)
 

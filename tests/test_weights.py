@@ -110,6 +110,12 @@ def test_checkpoints_that_do_not_fit_fail_clearly(tmp_path: Path) -> None:
     assert report.fresh == ["head.bias", "head.weight"]
     with pytest.raises(ValueError, match="pretrained_cfg_overlay"):
         timm.create_model("replknet_31b", **TINY, pretrained=True)
+    # plan builds models on the meta device: the checkpoint is checked (keys, shapes), nothing is copied
+    with torch.device("meta"):
+        timm.create_model("replknet_31b", **TINY, pretrained=True, pretrained_cfg_overlay={"file": str(f)})
+        with pytest.raises(WeightsError, match="shapes differ"):
+            timm.create_model("replknet_31b", **{**TINY, "channels": (8, 8, 8, 16)}, pretrained=True,
+                              pretrained_cfg_overlay={"file": str(f)})
 
 
 def test_torchvision_resnet_state_dict_loads_as_it_is(tmp_path: Path) -> None:
