@@ -232,8 +232,11 @@ def run(
                   + (f"; {summary.unsaved} are still only in {summary.journal} (the next run writes them)"
                      if summary.unsaved else "; all written since"), highlight=False, markup=False, soft_wrap=True)
     _report_artifacts(p.study.name, artifacts, p.study.artifacts.keep)
+    analyses_failed = 0
+    if p.study.analyses and p.study.analyses.declared():  # after training: the analyses the study declares
+        analyses_failed = _run_analyses(p, store, address, artifacts, required=False)
     sys.stdout.write(render(record, fmt))
-    if summary.failed or summary.unsaved:
+    if summary.failed or summary.unsaved or analyses_failed:
         raise typer.Exit(1)
 
 
@@ -244,9 +247,21 @@ def table(
     fmt: str = typer.Option("md", "--format", "-f", help="md, csv (one row per arm, with trial ids), latex "
                             "(booktabs) or html."),
     out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file instead of stdout."),
+    analysis: Optional[str] = typer.Option(None, "--analysis", "-a", help="The table of an analysis instead: "
+                                           "'erf' prints Table 10's layout (r per threshold t, the paper's numbers "
+                                           "beside); md, csv or latex."),
 ) -> None:
     """Print a study's table from the result database: mean ± std over seeds, Δ and a paired test
     against the baseline, best in bold."""
+    if analysis is not None:
+        from ablate.analyses.tables import AnalysisTableError, render_analysis
+
+        try:
+            text = render_analysis(_load_study(_store(db), study), analysis, fmt)
+        except AnalysisTableError as e:
+            _fail(str(e))
+        _write_text(text, out_file)
+        return
     from ablate.tables import FORMATS, render
 
     if fmt not in FORMATS:
@@ -257,6 +272,78 @@ def table(
         err.print(f"wrote {out_file}")
     else:
         sys.stdout.write(text)
+
+
+def _write_text(text: str, out_file: Optional[Path]) -> None:
+    if out_file:
+        out_file.write_text(text)
+        err.print(f"wrote {out_file}")
+    else:
+        sys.stdout.write(text)
+
+
+@app.command()
+def analyze(
+    file: Path = typer.Argument(..., help="Study file (YAML) with an `analyses:` section."),
+    profile: Optional[str] = typer.Option(None, "--profile", "-p", help=PROFILE_HELP),
+    db: Optional[str] = typer.Option(None, "--db", help=DB_HELP, envvar="ABLATE_DB"),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join "
+                                          "(default $RAY_ADDRESS, else a local Ray started by ablate).",
+                                          envvar="RAY_ADDRESS"),
+    artifacts: Optional[str] = typer.Option(None, "--artifacts", envvar="ABLATE_ARTIFACTS", help=ARTIFACTS_HELP),
+) -> None:
+    """Run the study's declared analyses (`analyses:` erf, kernels, shape_bias) on every completed
+    trial that lacks them, from its stored weights, as Ray tasks with the trial's resources. Scalars
+    (erf_r20 ...) become metrics of the trial, arrays (erf.npy) sit beside its weights; a rerun
+    skips what is done. `ablate table STUDY --analysis erf` prints Table 10."""
+    p = _plan(file, profile)
+    if not p.study.analyses or not p.study.analyses.declared():
+        _fail(f"{file}: analyses: a section declaring at least one analysis (erf, kernels, shape_bias)")
+    _run_analyses(p, _store(db), address, artifacts, required=True)
+
+
+def _run_analyses(p, store, address: Optional[str], artifacts: Optional[str], *, required: bool) -> int:
+    """Analyse what the study's completed trials lack; prints a summary line and each failure.
+    Returns how many failed. ``required``: a study with no completed trial is an error (analyze)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from ablate.analyses.driver import analyze_study
+    from ablate.data import check_dataset
+    from ablate.journal import JournalingSink
+    from ablate.runner import RunInterrupted
+    from ablate.store import DatabaseError, describe_error
+
+    if p.study.analyses.erf is not None:
+        try:
+            check_dataset(p.study.dataset.model_dump())
+        except _user_errors() as e:
+            _fail(f"{p.file}: dataset: {e}")
+    journal = JournalingSink(store)
+    try:
+        summary = analyze_study(p, store, journal, address=address, artifacts=artifacts, console=err)
+    except _user_errors() as e:
+        _fail(f"{p.file}: {e}")
+    except (RunInterrupted, KeyboardInterrupt):
+        journal.close()
+        err.print(f"interrupted; a rerun analyses what is left. Results so far in {store.display_url}",
+                  markup=False, highlight=False)
+        raise typer.Exit(130)
+    except DatabaseError as e:
+        _fail(str(e))
+    except SQLAlchemyError as e:
+        _fail(describe_error(e, store.url))
+    unsaved = journal.close()
+    if required and summary.trials == 0:
+        _fail(f"{p.file}: no completed trial of study '{p.study.name}' in {store.display_url} to analyse "
+              f"(`ablate run {p.file}` trains them)")
+    for e in summary.errors:
+        err.print(f"failed: {e}", markup=False, highlight=False, soft_wrap=True)
+    err.print(f"analyses {', '.join(summary.declared)} of {summary.trials} completed trial(s): {summary.skipped} "
+              f"already done, {summary.ran} run now, {summary.failed} failed"
+              + (f"; {summary.not_completed} trial(s) not completed yet" if summary.not_completed else "")
+              + (f"; {unsaved} results wait in {journal.path}" if unsaved else "")
+              + f". Results in {store.display_url}", markup=False, highlight=False, soft_wrap=True)
+    return summary.failed + (1 if unsaved else 0)
 
 
 @app.command()
@@ -456,6 +543,34 @@ def gc(
               f"under {files.display(files.base)}/{name}", markup=False, highlight=False)
 
 
+@app.command("import-weights")
+def import_weights_cmd(
+    model: str = typer.Argument(..., help="Model name in timm's registry, e.g. replknet_31b or resnet101."),
+    checkpoint: Path = typer.Argument(..., help="Checkpoint file: an official RepLKNet .pth, a torchvision/timm "
+                                                "state dict, or ablate's own."),
+    out_file: Path = typer.Option(..., "--out", "-o", help="Where to write the checked state dict in ablate's names."),
+    kwargs: str = typer.Option("{}", "--kwargs", help='Model kwargs as JSON, e.g. \'{"kernel_sizes": [13, 13, 13, 13]}\'.'),
+    ema: bool = typer.Option(False, "--ema", help="Take the EMA weights when the checkpoint has them."),
+) -> None:
+    """Load a checkpoint into MODEL by name (official RepLKNet names mapped, every shape checked) and save
+    it; use the file in a study as `kwargs: {pretrained: true, pretrained_cfg_overlay: {file: OUT}}`."""
+    try:
+        parsed = json.loads(kwargs)
+    except json.JSONDecodeError as e:
+        _fail(f"--kwargs: not JSON ({e.msg})")
+    if not isinstance(parsed, dict):
+        _fail("--kwargs: expected a JSON object of model kwargs")
+    from ablate.weights import WeightsError, import_weights
+
+    try:
+        report = import_weights(model, checkpoint, out_file, parsed, ema)
+    except WeightsError as e:
+        _fail(str(e))
+    note = " (official names mapped)" if report.mapped else ""
+    fresh = f"; left at init (classifier of another size): {', '.join(report.fresh)}" if report.fresh else ""
+    out.print(f"{model}: {report.loaded} tensors loaded{note}{fresh}; wrote {out_file}", markup=False, highlight=False)
+
+
 recipes_app = typer.Typer(help="Appendix A training recipes: `ablate recipes` lists them, "
                           "`ablate recipes show NAME` prints every resolved value.", no_args_is_help=False,
                           invoke_without_command=True)
@@ -487,7 +602,8 @@ def recipes_list(ctx: typer.Context) -> None:
 def recipes_show(name: str = typer.Argument(..., help="Recipe name, e.g. replknet-in1k."),
                  fmt: str = typer.Option("table", "--format", "-f", help="table or json.")) -> None:
     """Every resolved value of one recipe, as a study's trial will see it."""
-    from ablate.recipes import ASSUMED, PRESETS, SOURCES, paper_resolution
+    from ablate.recipes import ASSUMED, OFFICIAL, OFFICIAL_README, PRESETS, SOURCES, official_value, paper_resolution
+    from ablate.recipes import source as value_source
     from ablate.study import RecipeSpec
 
     if name not in PRESETS:
@@ -497,12 +613,20 @@ def recipes_show(name: str = typer.Argument(..., help="Recipe name, e.g. replkne
         sys.stdout.write(json.dumps(resolved, indent=2) + "\n")
         return
     t = Table(title=f"{name}: {SOURCES[name]}", title_justify="left")
-    t.add_column("field")
-    t.add_column("value")
+    for c in ("field", "value", "source", "official"):
+        t.add_column(c)
     for k, v in resolved.items():
-        t.add_row(k, json.dumps(v))
+        src = value_source(name, k) if k != "preset" else ""
+        has, official = official_value(name, k)
+        beside = json.dumps(official) if has and src == "paper" and official != v else ""
+        t.add_row(k, json.dumps(v), src, beside)
     out.print(t)
     out.print(f"paper input: {paper_resolution(name)}x{paper_resolution(name)} (set dataset.image_size in the study)")
+    out.print("source: paper = Appendix A states it; official = the appendix is silent, taken from the official "
+              "repository's command; assumed = silent in both, inherited; default = the study schema's default. "
+              "official column: the official command's value where it differs from the paper's.")
+    if name in OFFICIAL:
+        out.print(f"official command: {OFFICIAL_README}, {OFFICIAL[name][0]}")
     for note in ASSUMED.get(name, []):
         out.print(f"assumed: {note}")
 

@@ -25,7 +25,7 @@ from typing import Any
 from ablate.store import Store, _now, is_connection_error, new_owner, owner_is_dead
 
 log = logging.getLogger("ablate.journal")
-EVENTS = ("start", "add_metrics", "finish", "update_provenance")
+EVENTS = ("start", "add_metrics", "finish", "update_provenance", "add_analysis")
 
 
 def state_dir() -> Path:
@@ -52,6 +52,8 @@ def _apply(store: Store, entry: dict[str, Any]) -> None:
         store.finish(a["study"], a["trial_id"], a.get("error"), error_kind=a.get("error_kind"))
     elif ev == "update_provenance":
         store.update_provenance(a["study"], a["trial_id"], a["values"])
+    elif ev == "add_analysis":
+        store.add_analysis(a["study"], a["trial_id"], a["values"])
     else:
         raise ValueError(f"unknown journal event {ev!r}")
 
@@ -147,6 +149,10 @@ class JournalingSink:
 
     def update_provenance(self, study: str, trial_id: str, values: dict[str, Any]) -> None:
         self._event("update_provenance", study=study, trial_id=trial_id, values=values)
+
+    def add_analysis(self, study: str, trial_id: str, values: dict[str, float]) -> None:
+        """An analysis's scalars of a completed trial (``Store.add_analysis``)."""
+        self._event("add_analysis", study=study, trial_id=trial_id, values={k: float(v) for k, v in values.items()})
 
     # -- state -------------------------------------------------------------------------------
     @property

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ablate.analyses.checks import check_analyses
 from ablate.data import dataset_info
 from ablate.expand import Trial, expand
 from ablate.study import Study, load_study
@@ -47,6 +48,7 @@ def make_plan(path: str | Path, profile: str | None = None) -> Plan:
     study = load_study(path, profile)
     trials = expand(study, path)
     check_plan(study, [t.config for t in trials], str(path))  # before any compute: names, kwargs, formats
+    check_analyses(study, [t.config for t in trials], str(path))
     cache: dict[str, tuple[int, int]] = {}
     planned = []
     for t in trials:

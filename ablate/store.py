@@ -613,6 +613,23 @@ class Store:
                                               for k, v in values.items()])
             return True
 
+    def add_analysis(self, study: str, trial_id: str, values: dict[str, float]) -> bool:
+        """Scalars of an analysis of a completed trial's weights (``ablate analyze``), stored as
+        metrics at the trial's last epoch (so they are among its final metrics) and upserted (an
+        analysis rerun with other options replaces its values). Training metrics are never touched;
+        a trial that is not completed is ignored. Returns whether anything was written."""
+        with self._wsession.begin() as s:
+            row = self._trial(s, study, trial_id)
+            if row.status != COMPLETED:
+                log.warning("ignoring analysis results of %s (%s): the trial is %s", trial_id, study, row.status)
+                return False
+            epoch = s.scalar(select(func.max(MetricRow.epoch)).where(MetricRow.trial_pk == row.pk)) or 0
+            s.execute(delete(MetricRow).where(MetricRow.trial_pk == row.pk, MetricRow.name.in_(list(values))))
+            if values:
+                s.execute(insert(MetricRow), [{"trial_pk": row.pk, "epoch": epoch, "name": k, "value": float(v)}
+                                              for k, v in values.items()])
+            return True
+
     def finish(self, study: str, trial_id: str, error: str | None = None, *, error_kind: str | None = None) -> bool:
         """Completed, or failed with ``error`` (``error_kind``: recurring or transient); the claim
         ends. A completed trial is never finished again. Returns whether anything changed."""

@@ -223,6 +223,92 @@ class ArtifactsSpec(_Strict):
     keep: list[Literal["final", "best", "last_checkpoint"]] = Field(default_factory=lambda: ["final"])
 
 
+class _AnalysisOptions(_Strict):
+    """Options every analysis shares: which stored weights of a completed trial it reads."""
+
+    weights: Literal["final", "best"] = Field(
+        default="final", description="final: model.pt (the last epoch); best: best.pt (artifacts.keep must keep it)")
+
+
+class ErfRow(_Strict):
+    """One row of Table 10: the arm it describes (axis values), its label, the paper's r (percent,
+    one per threshold) when there is one to compare with."""
+
+    label: str = Field(min_length=1, max_length=200)
+    match: dict[str, Any] = Field(default_factory=dict, description="axis values of the arm, e.g. {model.name: resnet101}")
+    paper: list[float] | None = Field(default=None, description="the paper's r in percent, one per threshold")
+
+
+class ErfOptions(_AnalysisOptions):
+    """Effective receptive field (Appendix B, Table 10), as the official code measures it
+    (docs/analyses.md): the mean over the first ``images`` images of ``split`` (resized to
+    ``size`` x ``size``) of the positive input gradient of the summed positive centre activations
+    of the last feature map; then r at each threshold t by the centred-square search."""
+
+    images: int = Field(default=50, ge=1, le=100_000, description="N: the first N images of the split (paper: 50)")
+    size: int = Field(default=1024, ge=8, le=8192, description="S: images resized to S x S (paper: 1024)")
+    batch_size: int = Field(default=1, ge=1, le=4096, description="images per backward pass (memory only)")
+    split: Literal["val", "train"] = "val"
+    thresholds: list[float] = Field(default_factory=lambda: [0.2, 0.3, 0.5, 0.99], min_length=1, max_length=32,
+                                    description="t: fractions of the contribution (Table 10: 20/30/50/99%)")
+    final_norm: bool = Field(default=False, description="take the feature map after the model's final norm "
+                             "(the official code: before it)")
+    rows: list[ErfRow] = Field(default_factory=list, max_length=1000,
+                               description="labels and paper numbers of the arms, for `ablate table --analysis erf`")
+
+    @field_validator("thresholds")
+    @classmethod
+    def _fractions(cls, ts: list[float]) -> list[float]:
+        from ablate.analyses.names import erf_metric
+
+        bad = [t for t in ts if not 0 < t < 1]
+        if bad:
+            raise ValueError(f"fractions strictly between 0 and 1 (0.2 = 20%), got {bad[0]}")
+        names = [erf_metric(t) for t in ts]
+        if len(set(names)) != len(names):
+            raise ValueError(f"distinct thresholds, got {ts}")
+        return ts
+
+    @model_validator(mode="after")
+    def _one_number_per_threshold(self) -> "ErfOptions":
+        for i, row in enumerate(self.rows):
+            if row.paper is not None and len(row.paper) != len(self.thresholds):
+                raise ValueError(f"rows.{i}.paper: one number per threshold ({len(self.thresholds)}), "
+                                 f"got {len(row.paper)}")
+        return self
+
+
+class KernelsOptions(_AnalysisOptions):
+    """Kernel-weight maps (Appendix F, Fig. 6): a depthwise conv chosen by stage and position, BN
+    fused, absolute values summed over channels, rescaled to [0, 1]."""
+
+    stage: int = Field(default=-1, description="which stage (python index; -1: the last, Fig. 6)")
+    index: int = Field(default=0, ge=0, description="which stride-1 large depthwise conv of the stage (0: the first)")
+    variants: list[Literal["large", "merged"]] = Field(
+        default_factory=lambda: ["large", "merged"], min_length=1,
+        description="large: the large kernel alone after BN fusion; merged: the small kernel added to its centre")
+
+
+class ShapeBiasOptions(_AnalysisOptions):
+    """Shape bias (Appendix C, Fig. 5) on a cue-conflict folder in the model-vs-human layout."""
+
+    folder: str = Field(min_length=1, description="cue-conflict images (model-vs-human layout); $VARS expand")
+
+
+class AnalysesSpec(_Strict):
+    """Analyses of each completed trial's stored weights (``ablate analyze``; ``ablate run`` runs
+    them after training). Results: metrics of the trial, arrays beside its weights."""
+
+    erf: ErfOptions | None = None
+    kernels: KernelsOptions | None = None
+    shape_bias: ShapeBiasOptions | None = None
+
+    def declared(self) -> dict[str, _AnalysisOptions]:
+        """name -> options of every analysis the study declares, in a stable order."""
+        return {name: opts for name in ("erf", "kernels", "shape_bias")
+                if (opts := getattr(self, name)) is not None}
+
+
 class Study(_Strict):
     name: str = Field(description=NAME_RULE)
     description: str = ""
@@ -236,6 +322,7 @@ class Study(_Strict):
     table: TableSpec | None = None
     init_from: InitFrom | None = None
     artifacts: ArtifactsSpec = Field(default_factory=ArtifactsSpec)
+    analyses: AnalysesSpec | None = None
     profile: str | None = Field(default=None, description="set by the loader, not in files")
 
     @field_validator("name")
@@ -251,6 +338,15 @@ class Study(_Strict):
                 raise ValueError(f"a seed count from 1 to {max_trials()} (ABLATE_MAX_TRIALS), got {v}")
             return list(range(v))
         return v
+
+    @model_validator(mode="after")
+    def _analyses_have_weights(self) -> "Study":
+        for name, opts in (self.analyses.declared() if self.analyses else {}).items():
+            if opts.weights not in self.artifacts.keep:
+                raise ValueError(f"analyses.{name}.weights: weights that artifacts.keep keeps "
+                                 f"({', '.join(self.artifacts.keep) or 'nothing'}); the analysis reads "
+                                 f"'{opts.weights}' weights: add it to artifacts.keep")
+        return self
 
     @model_validator(mode="after")
     def _known_model(self) -> "Study":

@@ -265,7 +265,9 @@ def check_metrics(study: Study, configs: list[dict[str, Any]], file: str) -> Non
             raise StudyError(file, "metric.name", f"a metric every trial reports; the trainer reports '{name}'{why}")
         raise StudyError(file, "metric.name", f"a metric the trainer reports, got '{name}'"
                          f"{did_you_mean(name, metrics.ALL)}; it reports {', '.join(sorted(set().union(*every)))}")
-    any_trial = set().union(*every)
+    from ablate.analyses import declared_metrics
+
+    any_trial = set().union(*every) | declared_metrics(study)  # analyses store metrics too (erf_r20 ...)
     for i, col in enumerate(study.table.columns if study.table else []):
         if col.source.startswith("metric:"):
             m = col.source.split(":", 1)[1]

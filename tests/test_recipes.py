@@ -109,3 +109,44 @@ def test_interrupted_and_restored_run_matches_an_uninterrupted_one(image_folder:
     for a, b in zip(straight[1:], resumed):
         for k in ("train_loss", "val_loss", "top1", "top5", "lr") + (("top1_ema",) if "top1_ema" in a else ()):
             assert a[k] == b[k], k
+
+
+def test_silent_fields_take_the_official_commands_values() -> None:
+    from ablate.recipes import OFFICIAL, PAPER_FIELDS, official_value, source
+
+    for name, values in PRESETS.items():
+        for field, value in values.items():
+            src = source(name, field)
+            assert src in ("paper", "official", "assumed"), (name, field)
+            if src == "official":  # silent in Appendix A: the official command's value
+                assert value == official_value(name, field)[1], (name, field)
+            if src == "paper" and field in APPENDIX_A[name]:
+                assert value == APPENDIX_A[name][field], (name, field)
+        assert set(APPENDIX_A[name]) <= PAPER_FIELDS[name] | {"resolution"}, name
+    # the official README's fine-tuning commands: --weight_decay 1e-8 --layer_decay 0.7 (--model_ema true)
+    for name in ("finetune-384", "in22k-to-1k-224", "in22k-to-1k-384"):
+        r = RecipeSpec(preset=name)
+        assert (r.weight_decay, r.layer_decay) == (1e-8, 0.7) and source(name, "weight_decay") == "official"
+    assert RecipeSpec(preset="finetune-384").drop_path_rate == 0.8  # --drop_path 0.8
+    assert RecipeSpec(preset="in22k-to-1k-384").min_lr == 3e-4     # --min_lr 3e-4
+    assert RecipeSpec(preset="replknet-31b-300ep").ema_momentum == 1e-4 and "replknet-in1k" not in OFFICIAL
+    # where the two disagree the paper's value stays: ImageNet-22K pretraining warms up 10 epochs ("the same as
+    # ImageNet-1K"), the official command 5
+    assert RecipeSpec(preset="in22k-pretrain").warmup_epochs == 10
+    assert official_value("in22k-pretrain", "warmup_epochs") == (True, 5) and source("in22k-pretrain", "warmup_epochs") == "paper"
+
+
+def test_recipes_show_prints_the_sources() -> None:
+    r = CliRunner().invoke(app, ["recipes", "show", "in22k-pretrain"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:5]]
+            for line in r.stdout.splitlines() if line.count("│") >= 5}
+    assert rows["warmup_epochs"] == ["10", "paper", "5"] and rows["min_lr"] == ["1e-06", "official", ""]
+    assert rows["epochs"] == ["90", "paper", ""] and "RepLKNet-pytorch README.md" in r.stdout
+    r = CliRunner().invoke(app, ["recipes", "show", "finetune-384"], env={"COLUMNS": "200"})
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:5]]
+            for line in r.stdout.splitlines() if line.count("│") >= 5}
+    assert rows["weight_decay"] == ["1e-08", "official", ""] and rows["layer_decay"] == ["0.7", "official", ""]
+    assert rows["lr"] == ["0.0004", "paper", ""] and rows["workers"][1] == "default"
+    r = CliRunner().invoke(app, ["recipes", "show", "mobilenetv2-in1k"], env={"COLUMNS": "200"})
+    assert "assumed: label smoothing" in r.stdout and "official command:" not in r.stdout

@@ -8,19 +8,27 @@ import timm
 from timm.models import register_model
 from torch import nn
 
-# timm passes these to every entrypoint; ablate's models have no pretrained weights to load.
-_TIMM_ONLY = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
+# timm passes these to every entrypoint; ablate's models have no released weights in timm, but
+# ``pretrained=True`` with ``pretrained_cfg_overlay=dict(file=PATH)`` loads a local checkpoint (ablate.weights).
+_TIMM_ONLY = ("pretrained_cfg", "cache_dir")
 
 
 def ablate_model(cls: Callable[..., nn.Module], name: str, **defaults: Any) -> None:
     """Register ``name`` as an entrypoint that builds ``cls(**defaults, **kwargs)``."""
 
     def entry(pretrained: bool = False, **kwargs: Any) -> nn.Module:
-        if pretrained:
-            raise ValueError(f"{name} has no pretrained weights; train it with a study")
+        overlay = kwargs.pop("pretrained_cfg_overlay", None) or {}
         for k in _TIMM_ONLY:
             kwargs.pop(k, None)
-        return cls(**{**defaults, **kwargs})
+        if pretrained and not overlay.get("file"):
+            raise ValueError(f"{name} has no released weights in timm; train it with a study, or give a local "
+                             f"checkpoint: pretrained: true, pretrained_cfg_overlay: {{file: PATH}}")
+        model = cls(**{**defaults, **kwargs})
+        if pretrained:
+            from ablate.weights import load_weights
+
+            load_weights(model, overlay["file"])
+        return model
 
     entry.__name__ = name
     entry.__qualname__ = name

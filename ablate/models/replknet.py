@@ -31,7 +31,9 @@ Deliberate differences from the official code:
 
 from __future__ import annotations
 
-from typing import Sequence
+import math
+import re
+from typing import Any, Callable, Sequence
 
 import torch
 from timm.layers import DropPath, calculate_drop_path_rates
@@ -104,19 +106,30 @@ class RepLKStage(nn.Module):
         return self.transition(x)
 
 
+LR_DECAY_GROUPS = ("official", "stage")
+"""How ``layer_decay`` groups the parameters: ``official`` as the official fine-tuning code
+(optim_factory.py, ``get_num_layer_for_replknet``: 12 groups of blocks for [2, 2, 18, 2], with which the
+README's ``--layer_decay 0.7`` commands run); ``stage`` as Appendix A's "stage-wise learning rate decay"
+of RepLKNet-XL (stem, each stage, head)."""
+
+
 class RepLKNet(nn.Module):
     """RepLKNet: a pure CNN with re-parameterized depthwise kernels up to 31x31.
 
     layers / channels / kernel_sizes: per stage (four). small_kernel: the parallel re-param kernel
     (None: none, as RepLKNet-XL). dw_ratio: width of the RepLK Block's depthwise conv relative to the
-    stage (1.5: XL's inverted bottleneck). ffn_ratio: ConvFFN hidden width.
+    stage (1.5: XL's inverted bottleneck). ffn_ratio: ConvFFN hidden width. lr_decay_groups: how layer_decay groups
+    parameters (see ``LR_DECAY_GROUPS``).
     """
 
     def __init__(self, layers: Sequence[int] = (2, 2, 18, 2), channels: Sequence[int] = (128, 256, 512, 1024),
                  kernel_sizes: int | Sequence[int] = (31, 29, 27, 13), small_kernel: int | None = 5,
                  dw_ratio: float = 1.0, ffn_ratio: float = 4.0, num_classes: int = 1000, in_chans: int = 3,
-                 drop_rate: float = 0.0, drop_path_rate: float = 0.0):
+                 drop_rate: float = 0.0, drop_path_rate: float = 0.0, lr_decay_groups: str = "official"):
         super().__init__()
+        if lr_decay_groups not in LR_DECAY_GROUPS:
+            raise ValueError(f"lr_decay_groups must be one of {', '.join(LR_DECAY_GROUPS)}, got {lr_decay_groups!r}")
+        self.lr_decay_groups = lr_decay_groups
         layers, channels = list(layers), list(channels)
         kernels = [kernel_sizes] * len(layers) if isinstance(kernel_sizes, int) else list(kernel_sizes)
         if not len(layers) == len(channels) == len(kernels):
@@ -125,6 +138,7 @@ class RepLKNet(nn.Module):
         if any(k % 2 == 0 for k in kernels):
             raise ValueError(f"kernel_sizes must be odd, got {kernels}")
         self.num_classes, self.drop_rate = num_classes, drop_rate
+        self.layers = layers
         self.kernel_sizes, self.small_kernel = kernels, small_kernel
         c0 = channels[0]
         self.stem = nn.Sequential(
@@ -147,6 +161,29 @@ class RepLKNet(nn.Module):
         self.head = nn.Linear(channels[-1], num_classes) if num_classes > 0 else nn.Identity()
 
     @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any] | Callable[[str], tuple[float]]:
+        """timm's parameter grouping, which ``layer_decay`` (``create_optimizer_v2``) reads with
+        ``coarse=False``: by stage when coarse or ``lr_decay_groups="stage"``; otherwise the official
+        grouping (see ``LR_DECAY_GROUPS``). Head and final norm come last, in the top group."""
+        if coarse or self.lr_decay_groups == "stage":
+            return dict(stem=r"^stem", blocks=r"^stages\.(\d+)")
+        return self._official_group
+
+    def _official_group(self, name: str) -> tuple[float]:
+        # official optim_factory.get_num_layer_for_replknet, for any depth: stem 0; then every 4 blocks
+        # (2 RepLK Block + ConvFFN pairs) of a stage one group, a stage's transition in its last group;
+        # head and norm last. For B = [2, 2, 18, 2]: stem 0, stages 1, 2, 3..11, 12, head 13.
+        if name.startswith("stem"):
+            return (0.0,)
+        m = re.match(r"^stages\.(\d+)\.(?:blocks\.(\d+)|transition)", name)
+        if m is None:
+            return (math.inf,)
+        stage = int(m.group(1))
+        per_stage = [math.ceil(2 * d / 4) for d in self.layers]
+        within = int(m.group(2)) // 4 if m.group(2) is not None else per_stage[stage] - 1
+        return (float(1 + sum(per_stage[:stage]) + within),)
+
+    @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for s in self.stages:
             s.grad_checkpointing = enable
@@ -159,8 +196,11 @@ class RepLKNet(nn.Module):
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.stages(self.stem(x)))
+    def forward_features(self, x: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
+        """The last feature map; ``final_norm=False`` skips the final BN (stage 4's output, the map
+        the official code measures the effective receptive field on: ``ablate.analyses.erf``)."""
+        x = self.stages(self.stem(x))
+        return self.norm(x) if final_norm else x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.head_drop(self.pool(x).flatten(1))
@@ -170,10 +210,50 @@ class RepLKNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+# --- official checkpoints -----------------------------------------------------------------------------
+# The official replknet.py names modules differently and registers them in another order (its RepLK
+# Block: pw1, pw2, large_kernel, prelkb_bn; ablate's: pre_bn, pw1, large_kernel, pw2), so its state
+# dicts are mapped by name, never by position: (official pattern, ablate replacement), applied in turn.
+OFFICIAL_KEY_RULES: tuple[tuple[str, str], ...] = (
+    (r"^transitions\.(\d+)\.", r"stages.\1.transition."),     # official: one ModuleList of transitions
+    (r"\.prelkb_bn\.", ".pre_bn."),                           # RepLK Block's pre-BN
+    (r"\.preffn_bn\.", ".pre_bn."),                           # ConvFFN's pre-BN
+    (r"\.large_kernel\.lkb_origin\.", ".large_kernel.lk."),    # the large kernel + BN
+    (r"\.large_kernel\.small_conv\.", ".large_kernel.small."), # the parallel small kernel + BN
+    (r"\.large_kernel\.lkb_reparam\.", ".large_kernel.merged."),  # a structurally re-parameterized checkpoint
+)
+_OFFICIAL_MARKERS = ("transitions.", ".prelkb_bn.", ".preffn_bn.", ".lkb_origin.", ".small_conv.", ".lkb_reparam.")
+
+
+def official_to_ablate(key: str) -> str:
+    """An official RepLKNet state-dict key as ablate's RepLKNet names it (stem, norm, head: unchanged)."""
+    for pattern, repl in OFFICIAL_KEY_RULES:
+        key = re.sub(pattern, repl, key)
+    return key
+
+
+def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """timm's hook for foreign checkpoints: an official RepLKNet state dict renamed to ablate's names
+    (ablate's own pass unchanged). A checkpoint after the official ``structural_reparam()`` merges the
+    model's re-param modules first, so it has the ``merged`` convs to receive the kernels."""
+    if not any(m in k for k in state_dict for m in _OFFICIAL_MARKERS):
+        return state_dict
+    if any(re.match(r"^stages\.\d+\.norm\.", k) for k in state_dict):
+        raise ValueError("an official checkpoint with norm_intermediate_features (a downstream XL backbone); "
+                         "ablate's RepLKNet is the classification model")
+    if any(".lkb_reparam." in k for k in state_dict):
+        for m in model.modules():
+            if isinstance(m, LargeKernelDW):
+                m.merge()
+    return {official_to_ablate(k): v for k, v in state_dict.items()}
+
+
 # Sec. 4.2 / Appendix A: B = [2, 2, 18, 2], K = [31, 29, 27, 13], 5x5 re-param, FFN ratio 4
 ablate_model(RepLKNet, "replknet_31b", channels=(128, 256, 512, 1024))
 ablate_model(RepLKNet, "replknet_31l", channels=(192, 384, 768, 1536))
+# Sec. 4.2 / Appendix B (Table 10): RepLKNet-31B's architecture with 13x13 kernels in every stage
+ablate_model(RepLKNet, "replknet_13", channels=(128, 256, 512, 1024), kernel_sizes=(13, 13, 13, 13))
 # Appendix A, "RepLKNet-XL": C = [256, 512, 1024, 2048], K = [27, 27, 27, 13], inverted bottleneck 1.5,
 # no structural re-parameterization
 ablate_model(RepLKNet, "replknet_xl", channels=(256, 512, 1024, 2048), kernel_sizes=(27, 27, 27, 13),
-             small_kernel=None, dw_ratio=1.5)
+             small_kernel=None, dw_ratio=1.5, lr_decay_groups="stage")
