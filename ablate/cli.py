@@ -235,6 +235,7 @@ def run(
     analyses_failed = 0
     if p.study.analyses and p.study.analyses.declared():  # after training: the analyses the study declares
         analyses_failed = _run_analyses(p, store, address, artifacts, required=False)
+        record = store.load(p.study.name)  # the table may show analysis metrics (erf_r20 ...)
     sys.stdout.write(render(record, fmt))
     if summary.failed or summary.unsaved or analyses_failed:
         raise typer.Exit(1)

@@ -201,3 +201,41 @@ def test_plan_refuses_a_missing_shape_bias_folder_and_unknown_rows(tmp_path: Pat
     f = write_study(tmp_path / "t.yaml", BASE + "analyses: {erf: {rows: [{label: R, match: {model.name: resnet101}}]}}\n")
     r = CliRunner().invoke(app, ["plan", str(f)])
     assert r.exit_code == 2 and "analyses.erf.rows[0].match" in r.output, r.output
+
+
+def test_page_data_for_the_dashboard_and_table_from_stored_results(tmp_path: Path) -> None:
+    """What a dashboard page gets (log-scaled, downsampled maps per arm, the r table) and Table 10's
+    layout, from a database-shaped record and erf.npy files (no training needed)."""
+    import json
+
+    from ablate.analyses.page import erf_page, erf_page_json
+    from ablate.analyses.tables import render_analysis
+    from ablate.analyses.worker import save_array
+    from ablate.artifacts import ArtifactStore
+    from ablate.store import StudyRecord, TrialRecord
+
+    files = ArtifactStore(str(tmp_path / "arts"))
+    spec = {"analyses": {"erf": {"images": 50, "size": 256, "thresholds": [0.2, 0.99],
+                                 "rows": [{"label": "Big <K>", "match": {"model.kwargs.k": 7}, "paper": [16.3, 98.6]}]}}}
+    trials = []
+    for i, (k, seed, r20) in enumerate([(3, 0, 1.0), (7, 0, 10.0), (7, 1, 12.0)]):
+        t = TrialRecord(f"t{i}", {"model.kwargs.k": k, "seed": seed}, {"model": {"kwargs": {"k": k}}}, seed,
+                        "completed", 1, 1, None, None, None,
+                        final={"erf_r20": r20, "erf_r99": 90.0, "erf_images": 50.0, "erf_size": 256.0})
+        trials.append(t)
+        a = np.zeros((256, 256), np.float32)
+        a[128 - k:128 + k, 128 - k:128 + k] = 100.0 * (seed + 1)
+        save_array(files, files.path("s", t.trial_id, "erf.npy"), a)
+    record = StudyRecord("s", "", spec, trials)
+    page = erf_page(record, str(tmp_path / "arts"), max_side=64)
+    assert [m.label for m in page["maps"]] == ["Big <K>", "k=3"]  # the declared rows first
+    big = page["maps"][0]
+    assert big.trial_ids == ["t1", "t2"] and big.size == 256 and big.image.shape == (64, 64)
+    assert big.image.max() == pytest.approx(1.0) and big.image.min() == 0.0
+    assert json.loads(erf_page_json(record, str(tmp_path / "arts"), 32))["maps"][1]["label"] == "k=3"
+    md = render_analysis(record, "erf", "md")
+    assert "| Model | t = 20% | t = 99% |" in md
+    assert "| Big &lt;K&gt; | 11.0% ± 1.4 (paper 16.3%) | 90.0% ± 0.0 (paper 98.6%) |" in md, md
+    assert "| k=3 | 1.0% | 90.0% |" in md, md
+    assert "256x256" in md and "first 50 images" in md
+    assert r"\toprule" in render_analysis(record, "erf", "latex")

@@ -121,8 +121,8 @@ def to_markdown(t: ErfTable) -> str:
     for r in t.rows:
         cells = [_cell(v, r.paper[i] if r.paper else None) for i, v in enumerate(r.values)]
         lines.append("| " + " | ".join([markdown_cell(r.label)] + cells) + " |")
-    lines.append("")
-    lines += [markdown_cell(n) for n in t.notes]
+    for n in t.notes:  # one paragraph each
+        lines += ["", markdown_cell(n)]
     return "\n".join(lines) + "\n"
 
 
