@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
@@ -52,7 +53,8 @@ def _run_trial(config: dict[str, Any], send: Any, *, rank: int = 0, device: str 
     """One trial (or one DDP rank of it) with durable state: resume from the artifact store, report
     every epoch after its checkpoint is written, apply ``artifacts.keep`` at the end. A recurring
     error (the config) is reported and the trial ends without a retry; a transient one is reported
-    and raised, so Ray retries it from the last checkpoint (``resources.retries``)."""
+    and raised, so Ray retries it from the last checkpoint (``resources.retries``). ``placement``: the
+    Ray node (and GPUs) this attempt runs on, sent with its first report."""
     from ablate.provenance import environment
     from ablate.trainer import train
     from ablate.trial_state import TrialState
@@ -96,8 +98,6 @@ def placement() -> dict[str, Any]:
     """Where this Ray worker runs: its node, the GPUs Ray gave it and the device torch will train on.
     Ray's GPU is a scheduling resource: a node that declares GPUs torch cannot use (no CUDA build, a
     broken driver) trains on the CPU, which is recorded (``device``) and logged, never hidden."""
-    import time
-
     import ray
     import torch
 

@@ -82,10 +82,16 @@ def _start_node(name: str, args: list[str], env: dict[str, str], logs: Path) -> 
     return Node(name, proc, log)
 
 
-def _raylet_node_id(node: Node, timeout: float = 60) -> str:
-    """The node id Ray gave this node (its raylet's --node_id)."""
+def _raylet_node_id(node: Node, timeout: float = 300) -> str:
+    """The node id Ray gave this node (its raylet's --node_id), once the node has joined (the generous
+    timeout is for a loaded machine: `ray start` takes seconds on an idle one)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if "Ray runtime started" not in node.log.read_text(errors="replace"):
+            if node.proc.poll() is not None:
+                break
+            time.sleep(0.2)
+            continue
         for pid in node.pids():
             try:
                 argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
