@@ -19,6 +19,7 @@ class StoreCallback(tune.Callback):
         self.resources = resources or {"cpus": 1, "gpus": 0, "workers": 1}
         self.started: dict[str, float] = {}
         self.errors: dict[str, dict[str, str]] = {}
+        self.placements: dict[str, list[dict[str, Any]]] = {}  # every attempt's node, in order
 
     @property
     def sink(self) -> "runner.TrialSink":
@@ -41,11 +42,22 @@ class StoreCallback(tune.Callback):
         tid = self._id(trial)
         if result.get(runner._ENV_KEY):
             self.sink.update_provenance(self.study, tid, dict(result[runner._ENV_KEY]))
+        if result.get(runner._PLACEMENT_KEY):  # a (re)started attempt: where it runs now
+            where = dict(result[runner._PLACEMENT_KEY])
+            placements = self.placements.setdefault(tid, [])
+            placements.append(where)
+            self.sink.update_provenance(self.study, tid, {"ray_node_id": where["node_id"],
+                                                          "placements": [dict(x) for x in placements]})
         if result.get(runner._ERROR_KEY):
             self.errors[tid] = dict(result[runner._ERROR_KEY])
         if result.get(runner._DONE_KEY):  # training ended: an error of an earlier, retried attempt is history
             self.errors.pop(tid, None)
-            self.sink.update_provenance(self.study, tid, {"artifact_bytes": int(result[runner._DONE_KEY]["bytes"])})
+            done = result[runner._DONE_KEY]
+            values: dict[str, Any] = {"artifact_bytes": int(done["bytes"])}
+            if self.placements.get(tid) and "ended_at" in done:
+                self.placements[tid][-1]["ended_at"] = float(done["ended_at"])
+                values["placements"] = [dict(x) for x in self.placements[tid]]
+            self.sink.update_provenance(self.study, tid, values)
         metrics = dict(result.get(runner._REPORT_KEY) or {})
         if metrics:
             epoch = int(metrics.pop("epoch", result.get("training_iteration", 1) - 1))

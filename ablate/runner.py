@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
@@ -23,6 +24,9 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # per-epoch checkpoints of small models trip Tune's snapshot-frequency warning; the store is the record
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")  # TorchTrainer inside a Tune trial (Train V2)
+# Tune's experiment snapshots exist for Tuner.restore, which ablate never uses (a rerun resumes each trial
+# from the artifact store): one at the end instead of one every >= 10 s while trials report
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "3600")
 
 _REPORT_KEY = "ablate"  # the trainer's metrics travel nested under this key
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
@@ -30,7 +34,8 @@ LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
 
 _ENV_KEY = "ablate_env"  # the worker's environment (provenance), with its first report
 _ERROR_KEY = "ablate_error"  # {"text", "kind"}: the trial's readable error, before it fails
-_DONE_KEY = "ablate_done"  # {"bytes"}: training ended and artifacts.keep was applied
+_DONE_KEY = "ablate_done"  # {"bytes", "ended_at"}: training ended and artifacts.keep was applied
+_PLACEMENT_KEY = "ablate_placement"  # {"node_id", "gpu_ids", "device", "started_at"}: where this attempt runs
 
 
 class TrialSink(Protocol):
@@ -44,11 +49,12 @@ class TrialSink(Protocol):
 
 
 def _run_trial(config: dict[str, Any], send: Any, *, rank: int = 0, device: str | None = None,
-               distributed: Any = None) -> None:
+               distributed: Any = None, placement: dict[str, Any] | None = None) -> None:
     """One trial (or one DDP rank of it) with durable state: resume from the artifact store, report
     every epoch after its checkpoint is written, apply ``artifacts.keep`` at the end. A recurring
     error (the config) is reported and the trial ends without a retry; a transient one is reported
-    and raised, so Ray retries it from the last checkpoint (``resources.retries``)."""
+    and raised, so Ray retries it from the last checkpoint (``resources.retries``). ``placement``: the
+    Ray node (and GPUs) this attempt runs on, sent with its first report."""
     from ablate.provenance import environment
     from ablate.trainer import train
     from ablate.trial_state import TrialState
@@ -60,6 +66,8 @@ def _run_trial(config: dict[str, Any], send: Any, *, rank: int = 0, device: str 
     def report(payload: dict[str, Any]) -> None:
         if first[0]:
             payload[_ENV_KEY], first[0] = environment(), False
+            if placement is not None:
+                payload[_PLACEMENT_KEY] = placement
         send(payload)
 
     try:
@@ -67,7 +75,8 @@ def _run_trial(config: dict[str, Any], send: Any, *, rank: int = 0, device: str 
         for past in state.history:  # epochs done before: their reports may not have reached the database
             report({_REPORT_KEY: past})
         if state.completed:
-            report({_DONE_KEY: {"bytes": state.store.size(state.store.trial_dir(state.study, state.trial_id))}})
+            report({_DONE_KEY: {"bytes": state.store.size(state.store.trial_dir(state.study, state.trial_id)),
+                                "ended_at": time.time()}})
             return
         epochs = int(trial["recipe"]["epochs"])
 
@@ -77,7 +86,7 @@ def _run_trial(config: dict[str, Any], send: Any, *, rank: int = 0, device: str 
 
         train(trial, report=on_epoch, device=device, resume=resume, checkpoints=True, distributed=distributed,
               init_state=state.init_weights() if resume is None else None)
-        report({_DONE_KEY: {"bytes": state.on_complete()}})
+        report({_DONE_KEY: {"bytes": state.on_complete(), "ended_at": time.time()}})
     except Exception as e:
         text, kind = state.on_error(e)
         report({_ERROR_KEY: {"text": text, "kind": kind}})
@@ -85,8 +94,25 @@ def _run_trial(config: dict[str, Any], send: Any, *, rank: int = 0, device: str 
             raise
 
 
+def placement() -> dict[str, Any]:
+    """Where this Ray worker runs: its node, the GPUs Ray gave it and the device torch will train on.
+    Ray's GPU is a scheduling resource: a node that declares GPUs torch cannot use (no CUDA build, a
+    broken driver) trains on the CPU, which is recorded (``device``) and logged, never hidden."""
+    import ray
+    import torch
+
+    gpus = [str(g) for g in ray.get_gpu_ids()]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if gpus and device == "cpu":
+        logging.getLogger("ablate.runner").warning(
+            "Ray assigned GPU %s but torch sees no CUDA device: training on the CPU", ",".join(gpus))
+    return {"node_id": ray.get_runtime_context().get_node_id(), "gpu_ids": gpus, "device": device,
+            "started_at": time.time()}
+
+
 def _trainable(config: dict[str, Any]) -> None:
-    """Runs in a Ray worker: one trial, reporting each epoch to Tune."""
+    """Runs in a Ray worker (reused for the next trial: imports and the process are paid once per
+    worker, not per trial): one trial, reporting each epoch to Tune."""
     import torch
     from ray import tune
 
@@ -94,7 +120,7 @@ def _trainable(config: dict[str, Any]) -> None:
 
     watch_driver()  # an orphan (driver killed) stops within seconds
     torch.set_num_threads(max(1, int(config["threads"])))
-    _run_trial(config, tune.report)
+    _run_trial(config, tune.report, placement=placement())
 
 
 def _ddp_worker(config: dict[str, Any]) -> None:
@@ -112,7 +138,8 @@ def _ddp_worker(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     dist = Distributed(wrap_model=prepare_model, wrap_loader=prepare_data_loader, world_size=world, rank=rank)
-    _run_trial(config, ray.train.report, rank=rank, device=str(get_device()), distributed=dist)
+    _run_trial(config, ray.train.report, rank=rank, device=str(get_device()), distributed=dist,
+               placement=placement() if rank == 0 else None)
 
 
 def _ddp_driver(config: dict[str, Any]) -> None:
@@ -322,7 +349,8 @@ def run_trials(study: str, trials: list[Trial], sink: TrialSink, *, cpus: float 
         tuner = tune.Tuner(
             trainable,
             param_space=space,
-            tune_config=tune.TuneConfig(num_samples=1, reuse_actors=False),
+            # a finished trial's worker (its process, torch, timm, ablate imported) runs the next trial
+            tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
             run_config=tune.RunConfig(name=study, storage_path=storage or tmp, verbose=0,
                                       callbacks=[_make_callback(study, key, resources)],
                                       failure_config=tune.FailureConfig(max_failures=0 if workers > 1 else retries)),

@@ -1,0 +1,176 @@
+"""What orchestration costs: N short trials run three ways, each in a fresh process, in one run.
+
+1. ``ablate run`` (the CLI, a fresh SQLite database and artifact store: everything a user pays for);
+2. ablate's trainer in a plain Python loop (the same trial configs, no Ray, no database, no files);
+3. a bare Ray Tune ``Tuner`` calling the same trainer with Tune's defaults (Ray started as ablate
+   starts it: loopback, token auth).
+
+Wall time includes the interpreter's start and imports. With N = 4 and N = 16, each way's time is
+``fixed + N * per_trial`` (solved from the two runs); the report is each way's per-trial and fixed
+cost beyond the plain loop. Trials are sized so Ray runs one at a time (``resources.cpus`` = the
+machine's cores, and the loop uses as many threads), which makes the overhead visible, not hidden
+by parallelism. Run: ``.venv/bin/python bench/orchestration.py`` (results in docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def image_folder(root: Path, n: int = 8, size: int = 16) -> Path:
+    """ImageNet layout, three colour classes: tiny, learnable."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", n), ("val", n // 2)):
+        for ci, cls in enumerate(("red", "green", "blue")):
+            d = root / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+                img[..., ci] += 180
+                Image.fromarray(img).save(d / f"{i}.png")
+    return root
+
+
+def study_file(d: Path, n: int, epochs: int, cpus: int, data: Path) -> Path:
+    """N trials (seeds) of a tiny MobileNetV2 with a 5x5 kernel, ``epochs`` epochs each."""
+    study = {
+        "name": f"bench{n}", "model": {"name": "mobilenetv2_lk", "kwargs": {"width_mult": 0.1, "kernel_size": 5}},
+        "axes": {"grid": {}}, "seeds": n,
+        "recipe": {"epochs": epochs, "batch_size": 8, "lr": 0.05, "warmup_epochs": 0},
+        "dataset": {"name": "folder", "root": str(data), "image_size": 16},
+        "resources": {"cpus": cpus, "gpus": 0},
+        "table": {"columns": [{"header": "Seed", "source": "seed"}, {"header": "Top-1", "source": "metric:top1"}]},
+    }
+    path = d / f"bench{n}.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+# -- the two baselines, each run as `python bench/orchestration.py --way loop|tune STUDY` ---------------
+def _configs(path: str) -> list[dict[str, Any]]:
+    from ablate.expand import expand
+    from ablate.study import load_study
+
+    return [t.config for t in expand(load_study(path), path)]
+
+
+def run_loop(path: str) -> None:
+    import torch
+
+    from ablate.trainer import train
+
+    torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
+    for cfg in _configs(path):
+        train(cfg)
+
+
+def _tune_trainable(config: dict[str, Any]) -> None:
+    import torch
+    from ray import tune
+
+    from ablate.trainer import train
+
+    torch.set_num_threads(int(config["threads"]))
+    train(config["trial"], report=lambda m: tune.report(m))
+
+
+def run_tune(path: str) -> None:
+    from ray import tune
+
+    from ablate.runner import init_ray
+
+    init_ray()  # loopback + token, as ablate's own runs
+    threads = int(os.environ["BENCH_THREADS"])
+    tuner = tune.Tuner(tune.with_resources(_tune_trainable, {"cpu": threads}),
+                       param_space={"trial": tune.grid_search(_configs(path)), "threads": threads},
+                       run_config=tune.RunConfig(storage_path=tempfile.mkdtemp(prefix="bench-tune-"), verbose=0))
+    tuner.fit()
+
+
+# -- the driver ---------------------------------------------------------------------------------------
+def timed(cmd: list[str], env: dict[str, str], cwd: Path = ROOT) -> float:
+    t0 = time.perf_counter()
+    out = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return elapsed
+
+
+def fit(times: dict[int, float]) -> tuple[float, float]:
+    """(fixed, per_trial) of a line through the two points."""
+    (n0, t0), (n1, t1) = sorted(times.items())
+    per = (t1 - t0) / (n1 - n0)
+    return t0 - n0 * per, per
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, nargs="+", default=[4, 16])
+    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--ways", default="loop,ablate,tune")
+    ap.add_argument("--before", metavar="CHECKOUT",
+                    help="also run `ablate run` from this checkout of an earlier ablate (way 'before')")
+    ap.add_argument("--way", help=argparse.SUPPRESS)
+    ap.add_argument("study", nargs="?", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.way:
+        {"loop": run_loop, "tune": run_tune}[args.way](args.study)
+        return
+    cpus = os.cpu_count() or 1
+    # OpenMP threads that spin while waiting cost a shared machine dearly; the same for all ways
+    env = dict(os.environ, BENCH_THREADS=str(cpus), OMP_WAIT_POLICY="PASSIVE",
+               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    ways = args.ways.split(",") + (["before"] if args.before else [])
+    times: dict[str, dict[int, float]] = {w: {} for w in ways}
+    with tempfile.TemporaryDirectory(prefix="bench-orch-") as tmp:
+        d = Path(tmp)
+        data = image_folder(d / "data")
+        for n in args.n:
+            study = study_file(d, n, args.epochs, cpus, data)
+            for way in ways:
+                run_env, cwd = env, ROOT
+                if way in ("ablate", "before"):
+                    cmd = [sys.executable, "-m", "ablate.cli", "run", str(study), "--db", f"sqlite:///{d}/{n}{way}.db",
+                           "--artifacts", str(d / f"art{n}{way}")]
+                    if way == "before":
+                        cwd = Path(args.before).resolve()  # `python -m` imports from the working directory first
+                        run_env = dict(env, PYTHONPATH=str(cwd))
+                else:
+                    cmd = [sys.executable, __file__, "--way", way, str(study)]
+                times[way][n] = timed(cmd, run_env, cwd)
+                print(f"N={n:3d} {way:7s} {times[way][n]:7.1f} s", flush=True)
+    print(f"\n{platform.machine()}, {cpus} cores, {args.epochs} epochs per trial; seconds")
+    print("| way | " + " | ".join(f"N={n}" for n in args.n) + " | per trial | fixed | per trial beyond loop | fixed beyond loop |")
+    print("|---|" + "---|" * (len(args.n) + 4))
+    base = fit(times["loop"]) if "loop" in times and len(args.n) == 2 else None
+    result = {}
+    for way in ways:
+        row = " | ".join(f"{times[way][n]:.1f}" for n in args.n)
+        if len(args.n) == 2:
+            fixed, per = fit(times[way])
+            extra = f"{per - base[1]:+.2f} | {fixed - base[0]:+.1f}" if base else "- | -"
+            row += f" | {per:.2f} | {fixed:.1f} | {extra}"
+        print(f"| {way} | {row} |")
+        result[way] = times[way]
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
