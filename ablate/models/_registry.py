@@ -5,22 +5,33 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import timm
-from timm.models import register_model
+from timm.models import build_model_with_cfg, register_model
 from torch import nn
 
 # timm passes these to every entrypoint; ablate's models have no pretrained weights to load.
 _TIMM_ONLY = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 
 
-def ablate_model(cls: Callable[..., nn.Module], name: str, **defaults: Any) -> None:
-    """Register ``name`` as an entrypoint that builds ``cls(**defaults, **kwargs)``."""
+def ablate_model(cls: Callable[..., nn.Module], name: str, feature_cfg: dict[str, Any] | None = None,
+                 **defaults: Any) -> None:
+    """Register ``name`` as an entrypoint that builds ``cls(**defaults, **kwargs)``.
+
+    ``feature_cfg`` (as timm's own entrypoints pass it to ``build_model_with_cfg``) makes
+    ``features_only=True`` / ``out_indices`` give the model's stage outputs, e.g. for UperNet; a model
+    registered without one has no feature pyramid. A classifier is built by ``cls`` directly, as before."""
 
     def entry(pretrained: bool = False, **kwargs: Any) -> nn.Module:
         if pretrained:
             raise ValueError(f"{name} has no pretrained weights; train it with a study")
         for k in _TIMM_ONLY:
             kwargs.pop(k, None)
-        return cls(**{**defaults, **kwargs})
+        if not kwargs.get("features_only"):
+            kwargs.pop("features_only", None)
+            return cls(**{**defaults, **kwargs})
+        if feature_cfg is None:
+            raise ValueError(f"{name} has no feature pyramid (features_only=True)")
+        return build_model_with_cfg(cls, name, False, pretrained_cfg={"architecture": name},
+                                    feature_cfg=dict(feature_cfg), **{**defaults, **kwargs})
 
     entry.__name__ = name
     entry.__qualname__ = name
