@@ -59,10 +59,11 @@ SEG_ZOO: tuple[SegZooEntry, ...] = (  # Table 11, ADE20K columns
 
 def build_upernet(model: dict[str, Any], num_classes: int = ADE20K_CLASSES, in_chans: int = 3,
                   drop_path_rate: float = 0.0) -> nn.Module:
-    """UperNet on a study's ``model`` section (the backbone: registry name and kwargs)."""
+    """UperNet on a study's ``model`` section (the backbone: registry name and kwargs; ``head``: UperNet's)."""
     from ablate.models.upernet import UperNet
 
-    return UperNet(model["name"], num_classes, dict(model.get("kwargs") or {}), in_chans, drop_path_rate)
+    return UperNet(model["name"], num_classes, dict(model.get("kwargs") or {}), in_chans, drop_path_rate,
+                   **dict(model.get("head") or {}))
 
 
 def measure_upernet(model: dict[str, Any], num_classes: int = ADE20K_CLASSES, in_chans: int = 3,
