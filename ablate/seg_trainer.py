@@ -85,6 +85,7 @@ def train(config: dict[str, Any], report: Report | None = None, device: str | No
     if distributed is not None:
         train_loader = distributed.wrap_loader(train_loader)
     per_eval, evals = int(recipe["max_steps_per_epoch"]), int(recipe["epochs"])
+    accum = int(recipe.get("accum_steps", 1))
     optimizer = create_optimizer_v2(model, opt=recipe["opt"], lr=recipe["lr"], weight_decay=recipe["weight_decay"],
                                     momentum=recipe["momentum"])
     scheduler = PolyLRScheduler(optimizer, t_initial=per_eval * evals, power=1.0, lr_min=recipe.get("min_lr", 0.0),
@@ -109,26 +110,27 @@ def train(config: dict[str, Any], report: Report | None = None, device: str | No
     for interval in range(start, evals):
         model.train()
         t0, seen, loss_sum, it = time.perf_counter(), 0, 0.0, iter(train_loader)
-        for step in range(per_eval):
-            try:
-                x, y = next(it)
-            except StopIteration:  # another pass over the training set within the interval
-                it = iter(train_loader)
-                x, y = next(it)
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            with _autocast(dev, dtype):
-                out = step_model(x)
-                main, aux = out if isinstance(out, tuple) else (out, None)
-                loss = F.cross_entropy(main.float(), y, ignore_index=IGNORE_INDEX)
-                if aux is not None:
-                    loss = loss + AUX_WEIGHT * F.cross_entropy(aux.float(), y, ignore_index=IGNORE_INDEX)
+        for step in range(per_eval):  # one iteration: accum_steps micro-batches (the recipe's total batch)
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            for _ in range(accum):
+                try:
+                    x, y = next(it)
+                except StopIteration:  # another pass over the training set within the interval
+                    it = iter(train_loader)
+                    x, y = next(it)
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                with _autocast(dev, dtype):
+                    out = step_model(x)
+                    main, aux = out if isinstance(out, tuple) else (out, None)
+                    loss = F.cross_entropy(main.float(), y, ignore_index=IGNORE_INDEX)
+                    if aux is not None:
+                        loss = loss + AUX_WEIGHT * F.cross_entropy(aux.float(), y, ignore_index=IGNORE_INDEX)
+                scaler.scale(loss / accum).backward()
+                loss_sum += loss.item() * len(y)
+                seen += len(y)
             scaler.step(optimizer)
             scaler.update()
             scheduler.step_update(interval * per_eval + step + 1)
-            loss_sum += loss.item() * len(y)
-            seen += len(y)
         elapsed = time.perf_counter() - t0
         train_loss = loss_sum / max(seen, 1)
         if not math.isfinite(train_loss):
