@@ -181,6 +181,9 @@ class TableSpec(_Strict):
     baseline: dict[str, Any] | None = None
     notes: list[str] = Field(default_factory=list)
     paper: list[dict[str, Any]] = Field(default_factory=list, description="the paper's rows, shown beside")
+    beside: str | None = Field(default=None, description="a study whose table `ablate table` renders to the right "
+                               "of this one, rows joined on the shared leading columns (Table 11's ADE20K half)")
+    group: str | None = Field(default=None, description="this half's header group when rendered beside another")
 
 
 class AxesSpec(_Strict):
@@ -215,6 +218,9 @@ class InitFrom(_Strict):
     study: str
     trial: str | None = Field(default=None, description="trial id, as `ablate plan` prints it")
     match: dict[str, Any] | None = Field(default=None, description="axis values, e.g. {model.kwargs.kernel_size: 13}")
+    match_axes: list[str] | None = Field(
+        default=None, description="config paths each trial matches by its own values, e.g. [model.name, seed]: "
+        "every arm fine-tunes from its own source trial (Table 11's ADE20K half from its ImageNet half)")
 
     @field_validator("study")
     @classmethod
@@ -223,8 +229,8 @@ class InitFrom(_Strict):
 
     @model_validator(mode="after")
     def _one_way(self) -> "InitFrom":
-        if (self.trial is None) == (self.match is None):
-            raise ValueError("init_from: give exactly one of 'trial' (an id) or 'match' (axis values)")
+        if (self.trial is None) == (self.match is None and self.match_axes is None):
+            raise ValueError("init_from: give exactly one of 'trial' (an id) or 'match' / 'match_axes' (axis values)")
         return self
 
 
