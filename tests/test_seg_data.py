@@ -7,12 +7,12 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from _seg_synth import make_seg_folder
 from PIL import Image
 
 from ablate.data import DatasetError, check_dataset, dataset_info
 from ablate.seg_data import build_seg_splits, reduce_labels
 from ablate.seg_metrics import confusion_matrix, scores
+from ablate.seg_synth import make_seg_folder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 import torch
-from _seg_synth import make_seg_folder
 
 from ablate.orchestrate import run_study
+from ablate.seg_synth import make_seg_folder
 from ablate.seg_tables import render_beside
 from ablate.seg_trainer import train
 from ablate.store import Store

@@ -1,4 +1,5 @@
-"""A tiny segmentation set in ADE20K's released layout, learnable in a few iterations."""
+"""A tiny generated segmentation set in ADE20K's released layout, learnable in a few iterations: the
+tests' data and the ``ade20k-demo`` profile's (``python -m ablate.seg_synth DIR``)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,14 @@ def make_seg_folder(root: Path, n_train: int = 8, n_val: int = 4, size: tuple[in
             Image.fromarray(img).save(base / "images" / split / f"ADE_{split}_{i:08d}.jpg", quality=95)
             Image.fromarray(mask, mode="L").save(base / "annotations" / split / f"ADE_{split}_{i:08d}.png")
     return root
+
+
+if __name__ == "__main__":  # python -m ablate.seg_synth DIR [N_TRAIN N_VAL]
+    import sys
+
+    args = sys.argv[1:]
+    if not args:
+        sys.exit("usage: python -m ablate.seg_synth DIR [N_TRAIN N_VAL]")
+    counts = [int(a) for a in args[1:3]] or [64, 16]
+    out = make_seg_folder(Path(args[0]), *counts, size=(64, 96))
+    print(f"{out}/ADEChallengeData2016: {counts[0]} training and {counts[-1]} validation image/mask pairs")
