@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed-stamp
 DEMO_DEBS := dataset-fashion-mnist
 TEST_DEBS := dataset-fashion-mnist postgresql chromium
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo demo-seg test bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,10 @@ venv: $(STAMP)
 demo: venv
 	@bash scripts/system-deps.sh $(DEMO_DEBS)
 	$(BIN)/ablate run studies/dilation.yaml --profile demo
+
+demo-seg: venv  # Table 11's ADE20K half in miniature: UperNet on a generated image/mask set, on the CPU
+	$(BIN)/python -m ablate.seg_synth seg-demo
+	$(BIN)/ablate run studies/convnext_kernels.yaml --profile ade20k-demo
 
 test: venv
 	@bash scripts/system-deps.sh $(TEST_DEBS)

@@ -267,7 +267,15 @@ def table(
 
     if fmt not in FORMATS:
         _fail(f"--format: one of {', '.join(FORMATS)}, got '{fmt}'")
-    text = render(_load_study(_store(db), study), fmt)
+    store = _store(db)
+    record = _load_study(store, study)
+    beside = (record.spec.get("table") or {}).get("beside")
+    if beside and beside in {n for n, _, _ in store.studies()}:  # Table 11 whole: the downstream half to the right
+        from ablate.seg_tables import render_beside
+
+        text = render_beside(record, store.load(beside), fmt)
+    else:
+        text = render(record, fmt)
     if out_file:
         out_file.write_text(text)
         err.print(f"wrote {out_file}")

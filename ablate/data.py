@@ -119,6 +119,10 @@ def dataset_info(spec: dict[str, Any], default_classes: int = 1000) -> tuple[int
     machine (say ImageNet on a cluster) falls back to ``default_classes``."""
     if spec["name"] == "fashion_mnist":
         return 10, 1
+    if spec["name"] in ("ade20k", "seg_folder"):
+        from ablate.seg_data import num_classes
+
+        return num_classes(spec), 3
     root = _root(spec)
     if root is not None and (root / "train").is_dir():
         return sum(1 for p in (root / "train").iterdir() if p.is_dir()), 3
@@ -127,6 +131,10 @@ def dataset_info(spec: dict[str, Any], default_classes: int = 1000) -> tuple[int
 
 def check_dataset(spec: dict[str, Any]) -> None:
     """Fail early, before any trial starts, when the data is not there."""
+    if spec["name"] in ("ade20k", "seg_folder"):
+        from ablate.seg_data import check_seg_dataset
+
+        return check_seg_dataset(spec)
     if spec["name"] == "fashion_mnist":
         root = _root(spec) or Path(FASHION_MNIST_DIR)
         for names in FASHION_MNIST_FILES.values():

@@ -51,16 +51,23 @@ SPEED_ONLY: tuple[str, ...] = ("recipe.workers",)
 RETIRED: tuple[str, ...] = ("recipe.resolution",)
 
 
+# Paths added after trials were stored, with their defaults: left out of the id while at the default,
+# so every trial stored before they existed keeps its id (segmentation: model.task and its dataset fields).
+ADDED_DEFAULTS: dict[str, Any] = {"model.task": "classification", "model.head": {}, "recipe.warmup_steps": None,
+                                  "dataset.num_classes": None, "dataset.reduce_zero_label": None}
+
+
 def identity(config: dict[str, Any]) -> dict[str, Any]:
-    """The part of a trial's config that its id hashes: everything but SPEED_ONLY and RETIRED paths."""
+    """The part of a trial's config that its id hashes: everything but SPEED_ONLY and RETIRED paths
+    (and ADDED_DEFAULTS paths at their defaults)."""
     out = copy.deepcopy(config)
-    for path in SPEED_ONLY + RETIRED:
+    for path in SPEED_ONLY + RETIRED + tuple(ADDED_DEFAULTS):
         *parents, leaf = path.split(".")
         node: Any = out
         for p in parents:
             node = node.get(p) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
+        if isinstance(node, dict) and leaf in node and (path not in ADDED_DEFAULTS or node[leaf] == ADDED_DEFAULTS[path]):
+            node.pop(leaf)
     return out
 
 

@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from ablate.artifacts import WEIGHTS, ArtifactStore
 from ablate.data import check_dataset
@@ -29,8 +29,9 @@ class InitFromError(Exception):
     """``init_from`` names a trial that is not in the database, not completed, or has no weights."""
 
 
-def resolve_init_from(store: Store, plan: Plan, artifacts: ArtifactStore) -> dict[str, str] | None:
-    """The trial a study fine-tunes from ({"study", "trial"}), its weights checked before anything runs."""
+def resolve_init_from(store: Store, plan: Plan, artifacts: ArtifactStore) -> dict[str, Any] | None:
+    """The trial a study fine-tunes from ({"study", "trial"}; with ``match_axes`` one per trial, by trial
+    id), its weights checked before anything runs."""
     ref = plan.study.init_from
     if ref is None:
         return None
@@ -39,6 +40,8 @@ def resolve_init_from(store: Store, plan: Plan, artifacts: ArtifactStore) -> dic
     except KeyError:
         raise InitFromError(f"init_from: study '{ref.study}' is not in {store.display_url}; run it first") from None
     done = [t for t in source.trials if t.status == COMPLETED]
+    if ref.match_axes:
+        return _init_per_trial(ref, plan, done, artifacts)
     if ref.trial is not None:
         found = [t for t in done if t.trial_id == ref.trial]
     else:
@@ -57,6 +60,35 @@ def resolve_init_from(store: Store, plan: Plan, artifacts: ArtifactStore) -> dic
         raise InitFromError(f"init_from: no weights at {artifacts.display(path)} (set --artifacts / ABLATE_ARTIFACTS "
                             "to where that study ran; its artifacts.keep must include 'final')")
     return {"study": ref.study, "trial": found[0].trial_id}
+
+
+def _value(config: dict[str, Any], params: dict[str, Any], path: str) -> Any:
+    return params[path] if path in params else config["seed"] if path == "seed" else get_path(config, path)
+
+
+def _init_per_trial(ref: Any, plan: Plan, done: list, artifacts: ArtifactStore) -> dict[str, Any]:
+    """``init_from.match_axes``: each trial's source is the completed trial with its own values of those
+    paths (and ``match``'s); {trial id: {"study", "trial"}}, every source's weights checked."""
+    out: dict[str, Any] = {}
+    for p in plan.trials:
+        want = {k: _value(p.trial.config, p.trial.params, k) for k in ref.match_axes}
+        want.update(ref.match or {})
+
+        def matches(t: Any) -> bool:
+            try:
+                return all(_value(t.config, t.params, k) == v for k, v in want.items())
+            except KeyError:
+                return False
+        found = [t for t in done if matches(t)]
+        if len(found) != 1:
+            raise InitFromError(f"init_from: expected exactly one completed trial matching {want} in study "
+                                f"'{ref.study}' (for trial {p.trial.id}), found {len(found)}")
+        path = artifacts.path(ref.study, found[0].trial_id, WEIGHTS)
+        if not artifacts.exists(path):
+            raise InitFromError(f"init_from: no weights at {artifacts.display(path)} (set --artifacts / "
+                                "ABLATE_ARTIFACTS to where that study ran; its artifacts.keep must include 'final')")
+        out[p.trial.id] = {"study": ref.study, "trial": found[0].trial_id}
+    return out
 
 
 def retrain_ids(store: Store, plan: Plan, named: list[str], stale: bool) -> list[str]:

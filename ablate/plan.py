@@ -40,6 +40,12 @@ def measure(config: dict[str, Any]) -> tuple[int, int]:
     convs), as the paper reports them; the model is built on the meta device when it can be."""
     model_cfg = config["model"]
     classes, chans = dataset_info(config["dataset"], int(model_cfg.get("kwargs", {}).get("num_classes", 1000)))
+    if model_cfg.get("task") == "segmentation":  # UperNet at the evaluation scale: 4s x s (Table 11: 2048x512)
+        from ablate.seg_zoo import measure_upernet
+
+        size = int(config["dataset"]["image_size"])
+        counts = measure_upernet(model_cfg, classes, chans, (size, 4 * size))
+        return counts.params, counts.flops
     return measure_deployed(model_cfg, classes, chans, int(config["dataset"]["image_size"]))
 
 

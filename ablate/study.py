@@ -62,10 +62,16 @@ class _Strict(BaseModel):
 
 
 class ModelSpec(_Strict):
-    """A model from the registry (timm's, with ablate's models registered on import)."""
+    """A model from the registry (timm's, with ablate's models registered on import).
+
+    ``task: segmentation`` makes the model the backbone of a UperNet (``ablate.models.upernet``)
+    trained on a segmentation dataset (``ade20k`` or ``seg_folder``) by ``ablate.seg_trainer``."""
 
     name: str
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    task: Literal["classification", "segmentation"] = "classification"
+    head: dict[str, Any] = Field(default_factory=dict, description="segmentation: UperNet kwargs (channels: 512, "
+                                 "aux_channels: 256, ...); empty: the paper's")
 
 
 class RecipeSpec(_Strict):
@@ -90,6 +96,7 @@ class RecipeSpec(_Strict):
     layer_decay: float | None = Field(default=None, gt=0, le=1, description="stage-wise lr decay (timm)")
     sched: str = "cosine"
     warmup_epochs: int = Field(default=5, ge=0)
+    warmup_steps: int | None = Field(default=None, ge=0, description="warmup in iterations (segmentation)")
     warmup_lr: float = Field(default=1e-6, ge=0)
     min_lr: float = Field(default=0.0, ge=0)
     auto_augment: str | None = Field(default=None, description="timm RandAugment string, e.g. rand-m9-mstd0.5-inc1")
@@ -118,14 +125,22 @@ class RecipeSpec(_Strict):
         return data
 
 
-class DatasetSpec(_Strict):
-    """``fashion_mnist`` (idx files) or ``folder`` (ImageNet layout: root/train/<class>/*, root/val/...)."""
+SEGMENTATION_DATASETS = ("ade20k", "seg_folder")
 
-    name: Literal["fashion_mnist", "folder"]
+
+class DatasetSpec(_Strict):
+    """``fashion_mnist`` (idx files) or ``folder`` (ImageNet layout: root/train/<class>/*, root/val/...);
+    for segmentation ``ade20k`` (ADEChallengeData2016 as released) or ``seg_folder`` (image/mask pairs in
+    the same layout, ``num_classes`` given); there ``image_size`` is the training crop (``ablate.seg_data``)."""
+
+    name: Literal["fashion_mnist", "folder", "ade20k", "seg_folder"]
     root: str | None = None
     image_size: int = Field(default=224, ge=8)
     train_subset: int | None = Field(default=None, ge=1)
     val_subset: int | None = Field(default=None, ge=1)
+    num_classes: int | None = Field(default=None, ge=1, description="seg_folder: classes in the masks")
+    reduce_zero_label: bool | None = Field(
+        default=None, description="mask 0 = ignore, classes from 1 (ade20k: always; seg_folder: default false)")
 
 
 class ResourceSpec(_Strict):
@@ -166,6 +181,9 @@ class TableSpec(_Strict):
     baseline: dict[str, Any] | None = None
     notes: list[str] = Field(default_factory=list)
     paper: list[dict[str, Any]] = Field(default_factory=list, description="the paper's rows, shown beside")
+    beside: str | None = Field(default=None, description="a study whose table `ablate table` renders to the right "
+                               "of this one, rows joined on the shared leading columns (Table 11's ADE20K half)")
+    group: str | None = Field(default=None, description="this half's header group when rendered beside another")
 
 
 class AxesSpec(_Strict):
@@ -200,6 +218,9 @@ class InitFrom(_Strict):
     study: str
     trial: str | None = Field(default=None, description="trial id, as `ablate plan` prints it")
     match: dict[str, Any] | None = Field(default=None, description="axis values, e.g. {model.kwargs.kernel_size: 13}")
+    match_axes: list[str] | None = Field(
+        default=None, description="config paths each trial matches by its own values, e.g. [model.name, seed]: "
+        "every arm fine-tunes from its own source trial (Table 11's ADE20K half from its ImageNet half)")
 
     @field_validator("study")
     @classmethod
@@ -208,8 +229,8 @@ class InitFrom(_Strict):
 
     @model_validator(mode="after")
     def _one_way(self) -> "InitFrom":
-        if (self.trial is None) == (self.match is None):
-            raise ValueError("init_from: give exactly one of 'trial' (an id) or 'match' (axis values)")
+        if (self.trial is None) == (self.match is None and self.match_axes is None):
+            raise ValueError("init_from: give exactly one of 'trial' (an id) or 'match' / 'match_axes' (axis values)")
         return self
 
 
@@ -346,6 +367,16 @@ class Study(_Strict):
                 raise ValueError(f"analyses.{name}.weights: weights that artifacts.keep keeps "
                                  f"({', '.join(self.artifacts.keep) or 'nothing'}); the analysis reads "
                                  f"'{opts.weights}' weights: add it to artifacts.keep")
+        return self
+
+    @model_validator(mode="after")
+    def _task_fits_dataset(self) -> "Study":
+        seg_data = self.dataset.name in SEGMENTATION_DATASETS
+        if seg_data != (self.model.task == "segmentation"):
+            raise ValueError(f"model.task: 'segmentation' goes with a dataset named {' or '.join(SEGMENTATION_DATASETS)}"
+                             f", got task '{self.model.task}' on dataset '{self.dataset.name}'")
+        if self.dataset.name == "seg_folder" and self.dataset.num_classes is None:
+            raise ValueError("dataset.num_classes: required for a seg_folder dataset (the classes in its masks)")
         return self
 
     @model_validator(mode="after")

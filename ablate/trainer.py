@@ -147,7 +147,13 @@ def train(config: dict[str, Any], report: Report | None = None, device: str | No
     continue (model, optimizer, scheduler, EMA, scaler, epoch, RNG states); ``resume=state``
     continues after that epoch and, on CPU with fixed seeds, reaches the same metrics as an
     uninterrupted run. ``init_state``: weights to start from (``init_from``; new heads stay fresh).
-    Files (checkpoints, weights) are the caller's: see ``ablate.trial_state``."""
+    Files (checkpoints, weights) are the caller's: see ``ablate.trial_state``.
+    A ``model.task: segmentation`` trial is ``ablate.seg_trainer``'s (the same interface)."""
+    if config["model"].get("task") == "segmentation":
+        from ablate.seg_trainer import train as train_segmentation
+
+        return train_segmentation(config, report, device, resume=resume, checkpoints=checkpoints,
+                                  distributed=distributed, init_state=init_state)
     recipe = config["recipe"]
     generator = seed_everything(int(config["seed"]))
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

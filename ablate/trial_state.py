@@ -93,6 +93,8 @@ class TrialState:
     def init_weights(self) -> dict[str, Any] | None:
         """Weights of the trial this one fine-tunes from (``init_from``), read from the store."""
         src = self.runtime.get("init_from")
+        if src and "trial" not in src:  # per trial (init_from.match_axes): {trial id: {"study", "trial"}}
+            src = src.get(self.trial_id)
         if not src:
             return None
         return self.store.load(self.store.path(src["study"], src["trial"], WEIGHTS))

@@ -254,7 +254,7 @@ def check_recipe(recipe: dict[str, Any], file: str) -> None:
 def check_metrics(study: Study, configs: list[dict[str, Any]], file: str) -> None:
     """``metric.name`` is reported by every trial, a table's ``metric:`` column by some trial."""
     cuda, ddp = study.resources.gpus > 0, study.resources.workers > 1
-    every = [set(metrics.reported(c["recipe"], cuda=cuda, ddp=ddp)) for c in configs]
+    every = [set(metrics.reported_by(c, cuda=cuda, ddp=ddp)) for c in configs]
     name = study.metric.name
     if not all(name in s for s in every):
         why = ""

@@ -33,7 +33,16 @@ APPENDIX_A = {
                             epochs=30, mixup=0.0, cutmix=0.0, auto_augment=R, resolution=224),
     "in22k-to-1k-384": dict(gpus=32, batch_size=16, drop_path_rate=0.3, resolution=384, lr=4e-4, mixup=0.0),
     "xl-finetune-320": dict(epochs=30, lr=1e-4, layer_decay=0.4, resolution=320),
+    # Table 11's ADE20K half: 80K iterations (Appendix D) in ConvNeXt's UperNet configs' schedule (AdamW 1e-4,
+    # wd 0.05, poly, 1500 warmup iterations, 8 GPUs x 2), 512 crops
+    "ade20k-upernet-80k": dict(opt="adamw", lr=1e-4, weight_decay=0.05, sched="poly", warmup_steps=1500,
+                               batch_size=2, gpus=8, resolution=512),
 }
+
+
+def test_ade20k_recipe_is_80k_iterations() -> None:
+    r = RecipeSpec(preset="ade20k-upernet-80k")
+    assert r.epochs * r.max_steps_per_epoch == 80_000 and r.batch_size * r.gpus == 16
 
 
 def test_every_recipe_is_checked() -> None:

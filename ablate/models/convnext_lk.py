@@ -36,7 +36,10 @@ class ConvNeXtLK(ConvNeXt):
                 trunc_normal_(block.conv_dw.small.weight, std=0.02)  # timm's ConvNeXt init for convs
 
 
+# timm's own feature config for ConvNeXt: ``features_only=True`` gives the four stage outputs (strides 4-32)
+FEATURES = dict(out_indices=(0, 1, 2, 3), flatten_sequential=True)
+
 # ConvNeXt-T/S/B (Liu et al. 2022), as timm's convnext_tiny / _small / _base
-ablate_model(ConvNeXtLK, "convnext_lk_tiny", depths=(3, 3, 9, 3), dims=(96, 192, 384, 768))
-ablate_model(ConvNeXtLK, "convnext_lk_small", depths=(3, 3, 27, 3), dims=(96, 192, 384, 768))
-ablate_model(ConvNeXtLK, "convnext_lk_base", depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024))
+ablate_model(ConvNeXtLK, "convnext_lk_tiny", FEATURES, depths=(3, 3, 9, 3), dims=(96, 192, 384, 768))
+ablate_model(ConvNeXtLK, "convnext_lk_small", FEATURES, depths=(3, 3, 27, 3), dims=(96, 192, 384, 768))
+ablate_model(ConvNeXtLK, "convnext_lk_base", FEATURES, depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024))

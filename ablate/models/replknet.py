@@ -25,18 +25,22 @@ Deliberate differences from the official code:
 * The deploy form (``ablate.reparam.merge``) also fuses every conv's BN and folds the pre-block BNs
   into the following 1x1 convs (exact, since those convs have no padding); the official
   ``structural_reparam`` only merges the large/small kernel pairs.
-* No ``out_indices`` / intermediate-feature mode: classification only (timm's ``features_only``
-  machinery is not wired up).
+* Feature pyramid through timm: ``timm.create_model("replknet_31b", features_only=True)`` (or with
+  ``out_indices``) returns each stage's output *before* its transition, as the official
+  ``out_indices`` mode does (``forward_intermediates``, wrapped by timm's ``FeatureGetterNet``). The
+  official ``norm_intermediate_features`` (an extra BN per output, RepLKNet-XL downstream only) is
+  not in the backbone: ``ablate.models.upernet`` adds per-output norms where a setup uses them.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from timm.layers import DropPath, calculate_drop_path_rates
+from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 from torch import nn
 
@@ -98,12 +102,14 @@ class RepLKStage(nn.Module):
                                             _relu_conv(out_channels, out_channels, 3, 2, groups=out_channels))
         assert len(drop_paths) == depth
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """The stage's output at its own resolution and width (what a feature pyramid takes)."""
         if self.grad_checkpointing and not torch.jit.is_scripting():
-            x = checkpoint_seq(self.blocks, x)
-        else:
-            x = self.blocks(x)
-        return self.transition(x)
+            return checkpoint_seq(self.blocks, x)
+        return self.blocks(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.transition(self.forward_blocks(x))
 
 
 LR_DECAY_GROUPS = ("official", "stage")
@@ -154,6 +160,9 @@ class RepLKNet(nn.Module):
             stages.append(RepLKStage(chs, depth, k, small_kernel, dpr[start:start + depth], dw_ratio, ffn_ratio, out))
             start += depth
         self.stages = nn.Sequential(*stages)
+        # stem stride 4, then each transition halves: stage i's blocks run at stride 4 * 2**i
+        self.feature_info = [dict(num_chs=c, reduction=4 * 2 ** i, module=f"stages.{i}.blocks")
+                             for i, c in enumerate(channels)]
         self.num_features = self.head_hidden_size = channels[-1]
         self.norm = nn.BatchNorm2d(channels[-1])
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -195,6 +204,42 @@ class RepLKNet(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         self.num_classes = num_classes
         self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_intermediates(
+            self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None, norm: bool = False,
+            stop_early: bool = False, output_fmt: str = "NCHW", intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """timm's intermediate-feature API: stage outputs before their transitions (the official
+        ``out_indices`` mode). ``norm`` applies the head's BN to the last stage's output."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"RepLKNet features are NCHW, got output_fmt={output_fmt!r}")
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        last = len(self.stages) - 1
+        intermediates = []
+        x = self.stem(x)
+        stages = self.stages if not stop_early else self.stages[:max_index + 1]
+        for i, stage in enumerate(stages):
+            x = stage.forward_blocks(x)
+            if i in take:
+                intermediates.append(self.norm(x) if norm and i == last else x)
+            if intermediates_only and i == max_index:
+                return intermediates
+            x = stage.transition(x)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop what the kept stage outputs do not need (later stages, the last transition, head)."""
+        take, max_index = feature_take_indices(len(self.stages), indices)
+        if prune_norm or max_index < len(self.stages) - 1:
+            self.norm = nn.Identity()
+        self.stages = self.stages[:max_index + 1]
+        self.stages[-1].transition = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0)
+        return take
 
     def forward_features(self, x: torch.Tensor, final_norm: bool = True) -> torch.Tensor:
         """The last feature map; ``final_norm=False`` skips the final BN (stage 4's output, the map
@@ -249,11 +294,14 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) 
 
 
 # Sec. 4.2 / Appendix A: B = [2, 2, 18, 2], K = [31, 29, 27, 13], 5x5 re-param, FFN ratio 4
-ablate_model(RepLKNet, "replknet_31b", channels=(128, 256, 512, 1024))
-ablate_model(RepLKNet, "replknet_31l", channels=(192, 384, 768, 1536))
+# timm's feature config: ``features_only=True`` wraps the model in FeatureGetterNet (forward_intermediates)
+FEATURES = dict(out_indices=(0, 1, 2, 3), feature_cls="getter")
+
+ablate_model(RepLKNet, "replknet_31b", FEATURES, channels=(128, 256, 512, 1024))
+ablate_model(RepLKNet, "replknet_31l", FEATURES, channels=(192, 384, 768, 1536))
 # Sec. 4.2 / Appendix B (Table 10): RepLKNet-31B's architecture with 13x13 kernels in every stage
-ablate_model(RepLKNet, "replknet_13", channels=(128, 256, 512, 1024), kernel_sizes=(13, 13, 13, 13))
+ablate_model(RepLKNet, "replknet_13", FEATURES, channels=(128, 256, 512, 1024), kernel_sizes=(13, 13, 13, 13))
 # Appendix A, "RepLKNet-XL": C = [256, 512, 1024, 2048], K = [27, 27, 27, 13], inverted bottleneck 1.5,
 # no structural re-parameterization
-ablate_model(RepLKNet, "replknet_xl", channels=(256, 512, 1024, 2048), kernel_sizes=(27, 27, 27, 13),
+ablate_model(RepLKNet, "replknet_xl", FEATURES, channels=(256, 512, 1024, 2048), kernel_sizes=(27, 27, 27, 13),
              small_kernel=None, dw_ratio=1.5, lr_decay_groups="stage")
