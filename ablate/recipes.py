@@ -115,6 +115,10 @@ PAPER_FIELDS: dict[str, frozenset[str]] = {
     "in22k-to-1k-224": (_FT_STATED | {"drop_path_rate"}) - {"warmup_epochs"},
     "in22k-to-1k-384": (_FT_STATED | {"drop_path_rate"}) - {"warmup_epochs"},
     "xl-finetune-320": frozenset(("resolution", "epochs", "lr", "layer_decay")),
+    # "ADE20K (80K iterations)" (10 evaluations x 8000 iterations), and the UperNet setup the paper says it
+    # follows (Swin / ConvNeXt's mmseg configs, cited in SOURCES) for the optimizer, schedule and batch
+    "ade20k-upernet-80k": frozenset(("epochs", "max_steps_per_epoch", "opt", "lr", "weight_decay", "sched",
+                                     "warmup_steps", "batch_size", "gpus")),
 }
 """The fields Appendix A states for each recipe (directly or by "the same as")."""
 
