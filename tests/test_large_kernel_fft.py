@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 from ablate.flops import count_macs
-from ablate.layers.large_kernel import (FFT_MIN_KERNEL, IMPL_ENV, LargeKernelDW, ParallelSmallKernel, choose_impl,
-                                        depthwise_conv2d, fft_depthwise_conv2d)
+from ablate.layers.large_kernel import (FFT_MIN_KERNEL, FFT_MIN_TAPS, IMPL_ENV, LargeKernelDW, ParallelSmallKernel,
+                                        choose_impl, depthwise_conv2d, fft_depthwise_conv2d)
 from ablate.reparam import gate
 
 PROPERTY = settings(max_examples=40, deadline=None, derandomize=True)
@@ -93,6 +93,7 @@ def test_auto_picks_fft_from_the_measured_crossover_only_on_cpu_float(monkeypatc
     assert choose_impl(None, x, (big, big), (1, 1)) == "fft"
     assert choose_impl(None, x, (big - 2, big - 2), (1, 1)) == "native"
     assert choose_impl(None, x, ((big + 1) // 2, (big + 1) // 2), (2, 2)) == "fft"  # effective size counts
+    assert choose_impl(None, x, (FFT_MIN_TAPS - 2,) * 2, (big,) * 2) == "native"  # ... with taps enough
     assert choose_impl(None, x.bfloat16(), (big, big), (1, 1)) == "native"  # no half FFT on CPU
     assert choose_impl("fft", x.to("meta"), (31, 31), (1, 1)) == "native"  # FLOP counting sees the conv itself
     assert choose_impl("native", x, (31, 31), (1, 1)) == "native" and choose_impl("fft", x, (3, 3), (1, 1)) == "fft"

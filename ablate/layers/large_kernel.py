@@ -31,6 +31,8 @@ IMPL_ENV = "ABLATE_DW_CONV"
 # type, from bench/depthwise_conv.py (fwd + bwd, float32, channels_last; docs/performance.md). A device
 # type missing here (CUDA: not yet measured; meta: FLOP counting, which counts native convs) is native.
 FFT_MIN_KERNEL = {"cpu": 13}
+# ... and at least this many taps a side: a sparse 3x3 at dilation 6 (effective 13) is still cheaper natively
+FFT_MIN_TAPS = 5
 FFT_DTYPES = (torch.float32, torch.float64)  # torch.fft on CPU has no half types: those stay native in auto
 
 
@@ -53,7 +55,10 @@ def choose_impl(impl: str | None, x: torch.Tensor, kernel_size: tuple[int, int],
         return impl
     size = min(d * (k - 1) + 1 for k, d in zip(kernel_size, dilation))
     crossover = FFT_MIN_KERNEL.get(x.device.type)
-    return "fft" if crossover is not None and size >= crossover and x.dtype in FFT_DTYPES else "native"
+    taps = min(kernel_size)
+    if crossover is None or size < crossover or taps < FFT_MIN_TAPS or x.dtype not in FFT_DTYPES:
+        return "native"
+    return "fft"
 
 
 def _fft_size(n: int) -> int:
