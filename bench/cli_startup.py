@@ -81,6 +81,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--code", action="append", default=[], help="another ablate checkout to time as well")
     ap.add_argument("--with-models", action="store_true", help="also time `ablate models` (FLOPs of the zoo)")
+    ap.add_argument("--only", help="comma-separated command names from the table (default: all)")
     a = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ablate-cli-bench-"))
@@ -101,25 +102,26 @@ def main() -> None:
     codes = [str(ROOT)] + [str(Path(c).resolve()) for c in a.code]
     envs = {c: dict(os.environ, PYTHONPATH=c, ABLATE_DB=url, ABLATE_ARTIFACTS=str(work / "artifacts"),
                     OMP_NUM_THREADS="1") for c in codes}
-    base: list[float] = []
-    rows = []
-    for name, args in commands.items():
+    names = [c for c in a.only.split(",") if c] if a.only else list(commands)
+    base = [timed([sys.executable, "-c", "pass"], envs[codes[0]], work) for _ in range(a.repeats)]
+    print(f"# {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+          f"{a.db or f'{a.trials} trials'} database, median of {a.repeats}; ratios to the median `python -c pass` "
+          "measured between the runs")
+    print("| command | code | wall s | / python -c pass | heavy modules loaded |")
+    print("|---|---|---|---|---|", flush=True)
+    for name in names:
+        args = commands[name]
         for code in codes:
             env = envs[code]
-            timed([sys.executable, "-m", "ablate.cli", *args], env, work)  # warm caches
+            timed([sys.executable, "-m", "ablate.cli", *args], env, work)  # warm the page cache
             times = []
             for _ in range(a.repeats):
                 base.append(timed([sys.executable, "-c", "pass"], env, work))
                 times.append(timed([sys.executable, "-m", "ablate.cli", *args], env, work))
-            rows.append((name, code, statistics.median(times), loaded(args, env, work)))
-    floor = statistics.median(base)
-    print(f"# {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"{a.trials if not a.db else a.db} trials DB, median of {a.repeats}; `python -c pass` = {floor:.3f} s")
-    print("| command | code | wall s | / python -c pass | heavy modules loaded |")
-    print("|---|---|---|---|---|")
-    for name, code, t, mods in rows:
-        print(f"| `ablate {name}` | {Path(code).name} | {t:.2f} | {t / floor:.1f}x | {', '.join(mods) or '-'} |")
-
+            t, floor = statistics.median(times), statistics.median(base)
+            print(f"| `ablate {name}` | {Path(code).name} | {t:.2f} | {t / floor:.1f}x | "
+                  f"{', '.join(loaded(args, env, work)) or '-'} |", flush=True)
+    print(f"`python -c pass`: {statistics.median(base):.3f} s (median of {len(base)})")
 
 if __name__ == "__main__":
     main()
