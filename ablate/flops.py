@@ -11,14 +11,10 @@ Segmentation FLOPs (Table 11's ADE20K columns, "following Swin") were counted by
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
-
-aten = torch.ops.aten
-
+if TYPE_CHECKING:  # torch is imported where it is used: `human` serves commands that must not load it
+    from torch import nn
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
@@ -30,6 +26,9 @@ def _input_hw(image_size: int | tuple[int, int]) -> tuple[int, int]:
 
 def _count(model: nn.Module, image_size: int | tuple[int, int], in_chans: int,
            custom_mapping: dict[Any, Any] | None = None, copy_model: bool = True) -> int:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     meta = (copy.deepcopy(model) if copy_model else model).to("meta").eval()
     x = torch.zeros(1, in_chans, *_input_hw(image_size), device="meta")
     with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=custom_mapping) as counter:
@@ -83,6 +82,9 @@ class _MmcvExtras:
         """aten ops -> mmcv's per-module formulas, for models whose ReLUs are ``nn.ReLU`` modules, whose
         BNs were SyncBN when mmcv counted them and whose norms are not ``nn.LayerNorm`` (UperNet on
         ConvNeXt / RepLKNet, as the mmseg configs build them)."""
+        import torch
+
+        aten = torch.ops.aten
         return {aten.convolution: self.conv, aten.relu: self.outputs, aten.relu_: self.outputs,
                 aten._adaptive_avg_pool2d: self.inputs, aten.avg_pool2d: self.inputs,
                 aten.max_pool2d_with_indices: self.inputs}

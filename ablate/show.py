@@ -6,6 +6,7 @@ never rich markup, never terminal control sequences.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -45,8 +46,16 @@ def _kv(title: str, items: dict[str, Any]) -> Table:
 
 
 def _artifacts(study: str, trial_id: str, root: str | None) -> Table | Text:
-    from ablate.artifacts import ArtifactStore
+    from ablate.artifacts import ArtifactStore, artifacts_root, safe_name
 
+    local = root or artifacts_root()
+    if "://" not in local:  # nothing on a local disk: say so without importing pyarrow (~0.2 s)
+        try:
+            folder = str(Path(local).resolve() / safe_name(study, "study") / safe_name(trial_id, "trial id"))
+        except ValueError as e:
+            return Text(f"artifacts: not readable ({_plain(e)})")
+        if not Path(folder).is_dir():
+            return Text(f"artifacts: none under {_plain(folder)}")
     try:
         files = ArtifactStore(root)
         folder = files.trial_dir(study, trial_id)

@@ -268,16 +268,22 @@ def _alembic_config(conn: Any = None) -> Any:
     return cfg
 
 
-def head_revision() -> str:
-    from alembic.script import ScriptDirectory
+def known_revisions() -> list[str]:
+    """Schema revisions in db/versions, oldest first, read from the file names (``NNNN_what.py``,
+    revision id ``NNNN``; tests/test_store.py holds alembic's own graph to this list), so commands
+    that only read check a database's schema without importing alembic (~0.3 s)."""
+    return sorted(p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
 
-    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+def head_revision() -> str:
+    return known_revisions()[-1]
 
 
 def _current_revision(conn: Any) -> str | None:
-    from alembic.migration import MigrationContext
-
-    return MigrationContext.configure(conn).get_current_revision()
+    """What alembic's MigrationContext.get_current_revision reads (one linear history, one row)."""
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def migrate(engine: Engine) -> None:
@@ -415,14 +421,9 @@ class Store:
             raise DatabaseError(f"database {self.display_url}: not an ablate database (tables "
                                 f"{', '.join(foreign or sorted(tables)[:5])} without ablate's schema version); "
                                 "use another database")
-        else:
-            from alembic.script import ScriptDirectory
-
-            try:
-                ScriptDirectory.from_config(_alembic_config()).get_revision(revision)
-            except Exception:
-                raise DatabaseError(f"database {self.display_url}: schema revision {revision} is not one this "
-                                    "ablate knows (written by a newer ablate, or not ablate's)") from None
+        elif revision not in known_revisions():
+            raise DatabaseError(f"database {self.display_url}: schema revision {revision} is not one this "
+                                "ablate knows (written by a newer ablate, or not ablate's)")
         if tables and revision == head_revision():
             return
         migrate(self.engine)

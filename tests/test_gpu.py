@@ -65,3 +65,49 @@ def test_a_cuda_trial_resumes_from_the_artifact_store(image_folder: Path, tmp_pa
     again.on_complete()
     files = ArtifactStore(runtime["artifacts"])
     assert files.exists(files.path("gpu", "t1", "model.pt")) and files.checkpoints("gpu", "t1") == []
+
+
+@pytest.mark.parametrize("kernel", [13, 31])
+def test_fft_depthwise_conv_equals_cudnn_and_prints_their_speed(kernel: int) -> None:
+    """The FFT path of large depthwise convs on CUDA: outputs and gradients equal to cuDNN's conv
+    (float32, TF32 off), and fwd+bwd timings of both printed (run with -s) for FFT_MIN_KERNEL['cuda'];
+    bench/depthwise_conv.py --device cuda gives the full table."""
+    import time
+
+    import torch.nn.functional as F
+
+    from ablate.layers.large_kernel import fft_depthwise_conv2d
+    from ablate.reparam import full_fp32
+
+    g = torch.Generator().manual_seed(kernel)
+    x = torch.randn(32, 64, 56, 56, generator=g).cuda().contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = (torch.randn(64, 1, kernel, kernel, generator=g) / kernel).cuda().requires_grad_()
+    b = torch.randn(64, generator=g).cuda().requires_grad_()
+    dy = torch.randn(32, 64, 56, 56, generator=g).cuda().contiguous(memory_format=torch.channels_last)
+
+    def native(x, w, b):
+        return F.conv2d(x, w, b, 1, kernel // 2, 1, groups=64)
+
+    def fft(x, w, b):
+        return fft_depthwise_conv2d(x, w, b, 1, kernel // 2, 1)
+
+    results, times = {}, {}
+    with full_fp32():
+        for name, fn in (("native", native), ("fft", fft)):
+            y = fn(x, w, b)
+            results[name] = [y, *torch.autograd.grad(y, (x, w, b), dy)]
+            spent = []
+            for _ in range(5):
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                y = fn(x, w, b)
+                torch.autograd.grad(y, (x, w, b), dy)
+                torch.cuda.synchronize()
+                spent.append(time.perf_counter() - start)
+            times[name] = sorted(spent)[2]
+    for a, e, what in zip(results["fft"], results["native"], ("output", "grad input", "grad weight", "grad bias")):
+        err = ((a - e).abs().max() / e.abs().max().clamp_min(1.0)).item()
+        assert err < 1e-4, f"{what}: {err:.3g}"
+    print(f"\n{torch.cuda.get_device_name()} depthwise {kernel}x{kernel} fwd+bwd (batch 32, 64 ch, 56x56, float32, "
+          f"channels_last): native {times['native'] * 1e3:.2f} ms, fft {times['fft'] * 1e3:.2f} ms, "
+          f"native/fft {times['native'] / times['fft']:.2f}x")

@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from conftest import drop_schema
 from ablate.store import (COMPLETED, FAILED, INTERRUPTED, PENDING, RUNNING, TRANSIENT, Base, Store,
-                          head_revision)
+                          _alembic_config, head_revision, known_revisions)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -40,6 +40,16 @@ def test_schema_comes_from_the_migration_and_matches_the_orm(store: Store) -> No
         assert compare_metadata(MigrationContext.configure(c), Base.metadata) == []
         assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == head_revision()
     Store(store.url)  # migrating again is a no-op
+
+
+def test_revisions_read_from_file_names_are_alembics_history() -> None:
+    """Read-only commands check the schema from db/versions' file names (no alembic import): the
+    list must be alembic's own linear history, oldest first, so a migration named otherwise fails here."""
+    from alembic.script import ScriptDirectory
+
+    scripts = ScriptDirectory.from_config(_alembic_config())
+    assert [s.revision for s in reversed(list(scripts.walk_revisions()))] == known_revisions()
+    assert head_revision() == scripts.get_current_head()
 
 
 def test_register_is_idempotent_and_reports_status(store: Store) -> None:

@@ -6,15 +6,110 @@ Two training-time forms, both merged into a single conv for deployment by ``merg
   ``small`` (kxk depthwise) + BN; the outputs are summed.
 * ``ParallelSmallKernel`` (ConvNeXt): wraps an existing conv that has a bias and no norm after it and
   adds a parallel small kernel without bias or norm, so the merge is an exact kernel sum.
+
+Both run their large depthwise conv through ``depthwise_conv2d``, which computes it natively
+(``F.conv2d``) or through an FFT (``torch.fft``): the cost of the FFT does not grow with the kernel,
+so from a crossover size on it is several times faster (bench/depthwise_conv.py). Parameters, state
+dict keys and the re-parameterized form are the same either way; only the arithmetic differs (by
+float rounding). ``impl`` (module kwarg) or ``$ABLATE_DW_CONV``: ``native``, ``fft`` or ``auto``.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from ablate.layers.conv_bn import ConvBN, fuse_conv_bn
+
+IMPLS = ("native", "fft", "auto")
+IMPL_ENV = "ABLATE_DW_CONV"
+# Smallest effective kernel (dilation * (k - 1) + 1) for which ``auto`` takes the FFT, per device
+# type, from bench/depthwise_conv.py (fwd + bwd, float32, channels_last; docs/performance.md). A device
+# type missing here (CUDA: not yet measured; meta: FLOP counting, which counts native convs) is native.
+FFT_MIN_KERNEL = {"cpu": 13}
+# ... and at least this many taps a side: a sparse 3x3 at dilation 6 (effective 13) is still cheaper natively
+FFT_MIN_TAPS = 5
+FFT_DTYPES = (torch.float32, torch.float64)  # torch.fft on CPU has no half types: those stay native in auto
+
+
+def default_impl() -> str:
+    """``$ABLATE_DW_CONV`` if set, else ``auto``."""
+    impl = os.environ.get(IMPL_ENV, "auto") or "auto"
+    if impl not in IMPLS:
+        raise ValueError(f"{IMPL_ENV}={impl!r}: one of {', '.join(IMPLS)}")
+    return impl
+
+
+def choose_impl(impl: str | None, x: torch.Tensor, kernel_size: tuple[int, int], dilation: tuple[int, int]) -> str:
+    """``native`` or ``fft`` for this input: ``auto`` takes the FFT from the device's measured crossover."""
+    impl = impl or default_impl()
+    if impl not in IMPLS:
+        raise ValueError(f"depthwise conv impl {impl!r}: one of {', '.join(IMPLS)}")
+    if not isinstance(x, torch.Tensor) or x.is_meta:
+        return "native"  # torch.fx tracing (re-param's BN fusion), FLOP counting: they see the conv itself
+    if impl != "auto":
+        return impl
+    size = min(d * (k - 1) + 1 for k, d in zip(kernel_size, dilation))
+    crossover = FFT_MIN_KERNEL.get(x.device.type)
+    taps = min(kernel_size)
+    if crossover is None or size < crossover or taps < FFT_MIN_TAPS or x.dtype not in FFT_DTYPES:
+        return "native"
+    return "fft"
+
+
+def _fft_size(n: int) -> int:
+    """The smallest 2^a 3^b 5^c 7^d >= n: sizes pocketfft and cuFFT transform fastest."""
+    while True:
+        m = n
+        for p in (2, 3, 5, 7):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
+
+
+def fft_depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                         stride=1, padding=0, dilation=1) -> torch.Tensor:
+    """``F.conv2d(x, weight, bias, stride, padding, dilation, groups=C)`` for a depthwise ``weight``
+    of shape (C, 1, kh, kw), through a real FFT; differentiable in ``x``, ``weight`` and ``bias``.
+
+    Cross-correlation with zero padding is a circular one on a grid of N >= H + padding (and >= the
+    kernel and the output) with the kernel rolled back by the padding: x is zero-filled to N by rfft2 itself, the
+    product is X * conj(W), and the valid outputs are the first rows and columns (every stride-th:
+    computed densely, then subsampled). Half types are computed in float32 and cast back."""
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    w = dilate_kernel(weight, (dh, dw))
+    kh, kw = w.shape[-2:]
+    h, wd = x.shape[-2:]
+    out_h, out_w = h + 2 * ph - kh + 1, wd + 2 * pw - kw + 1
+    if out_h <= 0 or out_w <= 0:
+        raise RuntimeError(f"input {h}x{wd} padded by {ph},{pw} is smaller than the kernel {kh}x{kw}")
+    n = (_fft_size(max(h + ph, kh, out_h)), _fft_size(max(wd + pw, kw, out_w)))
+    compute = x.dtype if x.dtype in FFT_DTYPES else torch.float32
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    spec_x = torch.fft.rfft2(x.to(compute), s=n)
+    w = torch.roll(F.pad(w.to(compute), [0, n[1] - kw, 0, n[0] - kh]), shifts=(-ph, -pw), dims=(-2, -1))
+    spec_w = torch.fft.rfft2(w, s=n).reshape(1, -1, n[0], n[1] // 2 + 1)
+    y = torch.fft.irfft2(spec_x * spec_w.conj(), s=n)[..., :out_h:sh, :out_w:sw]
+    if bias is not None:
+        y = y + bias.to(compute).reshape(1, -1, 1, 1)
+    y = y.to(x.dtype)
+    return y.contiguous(memory_format=torch.channels_last) if channels_last else y.contiguous()
+
+
+def depthwise_conv2d(x: torch.Tensor, conv: nn.Conv2d, impl: str | None = None) -> torch.Tensor:
+    """``conv(x)``, through the FFT where ``impl`` (or ``$ABLATE_DW_CONV``, default ``auto``) says so
+    and ``conv`` is a depthwise conv (groups = in = out channels) with zero, numeric padding."""
+    depthwise = (conv.groups == conv.in_channels == conv.out_channels and conv.padding_mode == "zeros"
+                 and not isinstance(conv.padding, str))
+    if not depthwise or choose_impl(impl, x, conv.kernel_size, conv.dilation) == "native":
+        return conv(x)
+    return fft_depthwise_conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation)
 
 
 def dilate_kernel(kernel: torch.Tensor, dilation: int | tuple[int, int]) -> torch.Tensor:
@@ -60,8 +155,11 @@ def _deploy_conv(template: nn.Conv2d | ConvBN, weight: torch.Tensor, bias: torch
 
 class LargeKernelDW(nn.Module):
     def __init__(self, channels: int, kernel_size: int, stride: int = 1, dilation: int = 1,
-                 small_kernel: int | None = None):
+                 small_kernel: int | None = None, impl: str | None = None):
         super().__init__()
+        if impl is not None and impl not in IMPLS:
+            raise ValueError(f"impl {impl!r}: one of {', '.join(IMPLS)}")
+        self.impl = impl  # None: $ABLATE_DW_CONV, else auto (read at each forward)
         if kernel_size % 2 == 0 or (small_kernel is not None and small_kernel % 2 == 0):
             raise ValueError(f"kernel sizes must be odd, got {kernel_size} and {small_kernel}")
         if small_kernel is not None and small_kernel > dilation * (kernel_size - 1) + 1:
@@ -74,8 +172,8 @@ class LargeKernelDW(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged is not None:
-            return self.merged(x)
-        out = self.lk(x)
+            return depthwise_conv2d(x, self.merged, self.impl)
+        out = self.lk.bn(depthwise_conv2d(x, self.lk.conv, self.impl))
         if self.small is not None:
             out = out + self.small(x)
         return out
@@ -108,8 +206,11 @@ class ParallelSmallKernel(nn.Module):
     Without a BN in the branch the merge is an exact kernel sum (the large conv's bias covers both),
     so it adds no normalisation the host architecture does not have."""
 
-    def __init__(self, lk: nn.Conv2d, small_kernel: int):
+    def __init__(self, lk: nn.Conv2d, small_kernel: int, impl: str | None = None):
         super().__init__()
+        if impl is not None and impl not in IMPLS:
+            raise ValueError(f"impl {impl!r}: one of {', '.join(IMPLS)}")
+        self.impl = impl
         if type(lk) is not nn.Conv2d:
             raise ValueError(f"ParallelSmallKernel needs a plain nn.Conv2d with static padding, "
                              f"got {type(lk).__name__}")
@@ -130,8 +231,8 @@ class ParallelSmallKernel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.merged is not None:
-            return self.merged(x)
-        return self.lk(x) + self.small(x)
+            return depthwise_conv2d(x, self.merged, self.impl)
+        return depthwise_conv2d(x, self.lk, self.impl) + self.small(x)
 
     @torch.no_grad()
     def merged_kernel(self) -> tuple[torch.Tensor, torch.Tensor]:

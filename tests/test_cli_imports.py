@@ -1,0 +1,96 @@
+"""Commands that only read answer at once: each runs in a fresh interpreter on a real SQLite
+database, and what it imported is read from ``sys.modules`` at exit. torch, timm and Ray (seconds
+of import) are never among them; ``plan`` and ``models`` may import torch, never Ray. Alembic is
+only for writers (a read checks the schema revision with one SELECT). bench/cli_startup.py times
+the same commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from _synth import big_studies
+from conftest import tiny_study
+
+# Runs the CLI as `python -m ablate.cli ARGS` would, then writes its exit code and loaded modules.
+RUNNER = """
+import json, runpy, sys
+out, args = sys.argv[1], json.loads(sys.argv[2])
+sys.argv = ["ablate", *args]
+code = 0
+try:
+    runpy.run_module("ablate.cli", run_name="__main__")
+except SystemExit as e:
+    code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+with open(out, "w") as f:
+    json.dump({"code": code, "modules": sorted({m.split(".")[0] for m in sys.modules})}, f)
+"""
+
+NEVER = {"torch", "timm", "ray"}
+READS = NEVER | {"alembic"}  # what no read-only command needs
+
+
+def run_cli(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> set[str]:
+    """Top-level packages imported by one CLI invocation; asserts it succeeded."""
+    out = tmp_path / "modules.json"
+    r = subprocess.run([sys.executable, "-c", RUNNER, str(out), json.dumps(list(args))], capture_output=True,
+                       text=True, timeout=120, cwd=tmp_path, env=env)
+    got = json.loads(out.read_text())
+    assert got["code"] == 0, (args, r.stdout[-2000:], r.stderr[-2000:])
+    return set(got["modules"])
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A small synthetic database (two studies) and one trial id in it."""
+    from ablate.store import Store
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('cli') / 'r.db'}"
+    records = big_studies(n_trials=48, n_studies=2, seeds=2, epochs=3)
+    store = Store(url)
+    store.import_records(records)
+    store.close()
+    return url, records[0].trials[0].trial_id
+
+
+READ_ONLY = {
+    "help": (["--help"], {"sqlalchemy", "numpy", "pandas", "pyarrow", "scipy", "plotly", "pydantic_settings"}),
+    "studies": (["studies"], {"numpy", "pandas", "pyarrow", "scipy", "plotly"}),
+    "table": (["table", "synthetic_00", "--format", "latex"], {"pandas", "pyarrow", "plotly"}),
+    "show": (["show", "{trial}"], {"numpy", "pandas", "pyarrow", "scipy", "plotly"}),
+    "export_csv": (["export", "synthetic_00", "--out", "x.csv"], {"scipy", "plotly"}),
+    "export_parquet": (["export", "synthetic_00", "--out", "x.parquet"], {"scipy", "plotly"}),
+    "dashboard": (["dashboard", "--out", "report.html"], {"pandas"}),
+    "recipes": (["recipes"], {"numpy", "sqlalchemy", "scipy"}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(READ_ONLY))
+def test_read_only_commands_import_neither_torch_timm_nor_ray(db: tuple[str, str], tmp_path: Path,
+                                                              case: str) -> None:
+    url, trial = db
+    args, also_unneeded = READ_ONLY[case]
+    env = dict(os.environ, ABLATE_DB=url, ABLATE_ARTIFACTS=str(tmp_path / "artifacts"))
+    loaded = run_cli(tmp_path, *[a.format(trial=trial) for a in args], env=env)
+    assert "ablate" in loaded and "typer" in loaded  # the command really ran
+    unneeded = loaded & (READS | also_unneeded)
+    assert not unneeded, f"`ablate {' '.join(args)}` imported {sorted(unneeded)}"
+
+
+def test_plan_and_models_may_import_torch_but_not_ray(tmp_path: Path, image_folder: Path) -> None:
+    """Also shows the check above can fail: the same runner sees torch and timm where they load."""
+    env = dict(os.environ, ABLATE_DB=f"sqlite:///{tmp_path / 'none.db'}")
+    study = tmp_path / "tiny.yaml"
+    study.write_text(yaml.safe_dump(tiny_study("tiny", image_folder)))
+    loaded = run_cli(tmp_path, "plan", str(study), env=env)
+    assert "torch" in loaded and "ray" not in loaded and "alembic" not in loaded
+    assert not (tmp_path / "none.db").exists()
+    loaded = run_cli(tmp_path, "models", "--all", "mobilenetv2_lk*", env=env)
+    assert "timm" in loaded and "ray" not in loaded
+
