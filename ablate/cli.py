@@ -352,12 +352,13 @@ def export(
 def dashboard(
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP, envvar="ABLATE_DB"),
     out_file: Path = typer.Option(Path("report.html"), "--out", "-o", help="The HTML page to write."),
-    serve: bool = typer.Option(False, "--serve", help="Serve the page instead of writing it; it is regenerated "
-                               "on every request and reloads itself while trials run."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on (with --serve)."),
+    serve: bool = typer.Option(False, "--serve", help="Serve the page on loopback instead of writing it: built "
+                               "once, rebuilt only when results change; curves and trial details on demand."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Loopback address to serve on (with --serve): 127.0.0.1 "
+                            "or ::1; the dashboard has no authentication."),
     port: int = typer.Option(8050, "--port", help="Port to serve on (with --serve)."),
-    refresh: int = typer.Option(10, "--refresh", min=0, help="Seconds between reloads while trials run "
-                                "(with --serve; 0: never)."),
+    refresh: int = typer.Option(10, "--refresh", min=0, help="Seconds between the page's checks for new "
+                                "results (with --serve; it reloads only when they changed; 0: never)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Also write every plot as PNG and SVG under "
                                           "this folder (kaleido + a local Chromium)."),
     artifacts: Optional[Path] = typer.Option(None, "--artifacts", help="Trial artifact folder, for ERF / kernel "
@@ -371,13 +372,15 @@ def dashboard(
     store = _store(db)
     if images is not None:
         try:
-            paths = dash.export_images(store.load_many(history=True), images, artifacts=artifacts)
+            paths = dash.export_images(store, images, artifacts=artifacts)
         except dash.ImageExportError as e:
             _fail(str(e), 1)
         err.print(f"wrote {len(paths)} images under {images}")
     if serve:
         try:
             server = dash.make_server(store, host, port, refresh, artifacts)
+        except ValueError as e:
+            _fail(str(e))
         except OSError as e:
             _fail(f"--port: a free port on {host} ({e})")
         err.print(f"serving the dashboard of {store.display_url} at http://{host}:{server.server_address[1]}/ (Ctrl-C stops)")

@@ -812,3 +812,18 @@ class Store:
                     conn.execute(insert(MetricRow.__table__), metrics)
                 n += len(rows)
         return n
+
+    # -- change detection (the served dashboard's cache) -----------------------------------------
+    def results_version(self) -> str:
+        """A fingerprint of everything a results view shows, from a few aggregates that indexes
+        or primary keys answer: it changes when a study is added or updated, a trial is added,
+        starts, ends, changes status or is rerun, or a metric row is written (``add_metrics``
+        deletes and inserts, so the largest metric id grows). Equal fingerprints: nothing to redo."""
+        with self.engine.connect() as c:
+            studies = c.execute(select(func.count(StudyRow.id), func.max(StudyRow.updated_at))).one()
+            trials = c.execute(select(func.count(TrialRow.pk), func.max(TrialRow.started_at),
+                                      func.max(TrialRow.ended_at), func.sum(TrialRow.attempts))).one()
+            status = sorted(c.execute(select(TrialRow.status, func.count()).group_by(TrialRow.status)).all())
+            metrics = c.execute(select(func.max(MetricRow.id))).scalar()
+            attempts = c.execute(select(func.count(TrialAttemptRow.pk))).scalar()
+        return repr((tuple(studies), tuple(trials), [tuple(s) for s in status], metrics, attempts))
