@@ -21,19 +21,24 @@ from typing import Any, Iterable
 
 from ablate.store import Store, StudyRecord
 
-from ablate.dashboard.data import History, detail, load_history, load_studies, version
+from ablate.dashboard.data import History, detail, load_details, load_history, load_studies, version
 from ablate.dashboard.figures import HEATMAP_ARTIFACTS, overview_figure, study_figures
-from ablate.dashboard.page import build_page, detail_ids, plotly_js, safe_url, study_blob
+from ablate.dashboard.page import build_page, curve_ids, detail_ids, plotly_js, safe_url, study_blob
 from ablate.dashboard.view import StudyView, study_view
 
 __all__ = ["HEATMAP_ARTIFACTS", "ImageExportError", "build", "build_page", "export_images", "make_server",
            "page_of_records", "plotly_js", "report", "study_figures", "study_view", "write_report"]
 
 
-def _with_details(view: StudyView, history: History, ids: list[str]) -> dict[str, dict[str, Any]]:
+def _with_details(view: StudyView, history: History, ids: list[str],
+                  store: Store | None = None) -> dict[str, dict[str, Any]]:
     by_id = {t.trial_id: t for t in view.record.trials}
-    return {tid: detail(view.name, dataclasses.replace(by_id[tid], history=history.get(tid, {})))
-            for tid in ids if tid in by_id}
+    trials = [by_id[i] for i in ids if i in by_id]
+    if store is not None:
+        trials = load_details(store, view.name, trials, history)
+    else:
+        trials = [dataclasses.replace(t, history=history.get(t.trial_id, {})) for t in trials]
+    return {t.trial_id: detail(view.name, t) for t in trials}
 
 
 def build(store: Store, *, names: Iterable[str] | None = None, refresh: int = 0, served: bool = False,
@@ -45,9 +50,9 @@ def build(store: Store, *, names: Iterable[str] | None = None, refresh: int = 0,
     blobs = {}
     for r in records:
         v = views[r.name]
-        ids = detail_ids(v)
-        hist = load_history(store, r.name, ids)
-        blobs[r.name] = study_blob(v, hist, artifacts, None if served else _with_details(v, hist, ids))
+        ids = detail_ids(v) if not served else []
+        hist = load_history(store, r.name, list(dict.fromkeys(curve_ids(v) + ids)))
+        blobs[r.name] = study_blob(v, hist, artifacts, None if served else _with_details(v, hist, ids, store))
     page = build_page(records, blobs, source=safe_url(store.url), refresh=refresh, served=served, version=stamp)
     return page, views
 
@@ -107,8 +112,7 @@ def export_images(store_or_records: Store | list[StudyRecord], out_dir: str | Pa
     specs, paths = [], []
     for r in records:
         v = study_view(r)
-        ids = detail_ids(v)
-        hist = load_history(store, r.name, ids) if store is not None else \
+        hist = load_history(store, r.name, curve_ids(v)) if store is not None else \
             {t.trial_id: t.history for t in r.trials if t.history}
         figs = {"overview": overview_figure([r])} | study_figures(v, hist, artifacts)
         for key, fig in figs.items():

@@ -11,23 +11,50 @@ from ablate.store import Store, StudyRecord, TrialRecord
 History = dict[str, dict[str, list[tuple[int, float]]]]  # trial id -> metric -> [(epoch, value)]
 
 
+def load_study(store: Store, name: str) -> StudyRecord:
+    """One study with its trials and their final values (``Store.final_values``, an aggregate
+    query), each arm's first trial with its config (what tables and plots read of a config), the
+    other trials without one, and errors as their first line: no per-epoch row is read."""
+    from ablate.store import TrialRecord, arm_key
+
+    info = store.study_info(name)
+    summaries = store.trial_summaries(name)
+    firsts: dict[str, str] = {}
+    for t in summaries:
+        firsts.setdefault(arm_key(t.params), t.trial_id)
+    configs = store.configs(name, list(firsts.values()))
+    finals = store.final_values(name)
+    trials = []
+    for t in summaries:
+        rec = TrialRecord(t.trial_id, t.params, configs.get(t.trial_id, {}), t.seed, t.status, t.n_params, t.flops,
+                          t.error, t.started_at, t.ended_at, provenance=t.provenance, attempts=t.attempts,
+                          error_kind=t.error_kind, profile=t.profile)
+        rec.final = {m: v for m, (_, v) in finals.get(t.trial_id, {}).items()}
+        trials.append(rec)
+    return StudyRecord(info.name, info.description, info.spec, trials)
+
+
 def load_studies(store: Store, names: Iterable[str] | None = None) -> list[StudyRecord]:
-    """Every study (or ``names``) with its trials and their final values, without history."""
-    fn = getattr(store, "load_summaries", None)
-    if fn is not None:
-        return fn(names)
-    return store.load_many(names, history=False)
+    """Every study (or those of ``names`` that exist), by name, as ``load_study`` reads them."""
+    have = [n for n, _, _ in store.studies()]
+    wanted = have if names is None else [n for n in names if n in set(have)]
+    return [load_study(store, n) for n in wanted]
 
 
 def load_history(store: Store, study: str, trial_ids: list[str]) -> History:
     """Per-epoch metrics of ``trial_ids`` of ``study`` only."""
-    if not trial_ids:
-        return {}
-    fn = getattr(store, "load_history", None)
-    if fn is not None:
-        return fn(study, trial_ids)
-    want = set(trial_ids)
-    return {t.trial_id: t.history for t in store.load(study, history=True).trials if t.trial_id in want}
+    return store.histories(study, trial_ids) if trial_ids else {}
+
+
+def load_details(store: Store, study: str, trials: list[TrialRecord], history: History) -> list[TrialRecord]:
+    """``trials`` made whole for their details: full config, full error, every epoch."""
+    import dataclasses
+
+    ids = [t.trial_id for t in trials]
+    configs = store.configs(study, ids)
+    errors = store.trial_errors(study, [t.trial_id for t in trials if t.error])
+    return [dataclasses.replace(t, config=configs.get(t.trial_id, t.config), error=errors.get(t.trial_id, t.error),
+                                history=history.get(t.trial_id, {})) for t in trials]
 
 
 def version(store: Store) -> str:

@@ -25,8 +25,9 @@ from ablate.dashboard.figures import (STATUS_COLORS, STATUSES, curve_arms, overv
 from ablate.dashboard.view import StudyView, study_view
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
-MAX_DETAIL_FAILED = 30  # failed trials per study whose details the static page embeds (the latest)
-MAX_DETAIL_RUNNING = 20
+MAX_DETAILS = 40  # trials per study whose full details the static page embeds
+MAX_DETAIL_FAILED = 10  # of which failed (the latest)
+MAX_DETAIL_RUNNING = 5  # and running
 MAX_ERROR = 4000  # characters of an error embedded
 
 
@@ -45,9 +46,10 @@ def message_first(error: str) -> str:
 
 
 def _clean(obj: Any) -> Any:
-    """NaN/inf are not JSON: they become null (Plotly leaves a gap)."""
+    """NaN/inf are not JSON: they become null (Plotly leaves a gap); other floats keep 6
+    significant digits (more than any plot or table shows; 0.1 + 0.2 is written 0.3)."""
     if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
+        return float(f"{obj:.6g}") if math.isfinite(obj) else None
     if isinstance(obj, dict):
         return {k: _clean(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -83,14 +85,19 @@ def _round(v: float | None) -> float | None:
 
 # -- one study -------------------------------------------------------------------------------------
 def detail_ids(view: StudyView) -> list[str]:
-    """The trials whose full details the static page embeds: those of the arms whose curves are
-    drawn, the latest failed and the running ones."""
-    ids = [t.trial_id for a in curve_arms(view) for t in a.arm.trials]
+    """The trials whose full details the static page embeds (at most MAX_DETAILS): the latest
+    failed, the running, then those of the arms whose curves are drawn."""
     failed = sorted((t for t in view.record.trials if t.status == FAILED),
                     key=lambda t: t.ended_at or datetime.min.replace(tzinfo=timezone.utc), reverse=True)
-    ids += [t.trial_id for t in failed[:MAX_DETAIL_FAILED]]
+    ids = [t.trial_id for t in failed[:MAX_DETAIL_FAILED]]
     ids += [t.trial_id for t in view.record.trials if t.status == RUNNING][:MAX_DETAIL_RUNNING]
-    return list(dict.fromkeys(ids))
+    ids += [t.trial_id for a in curve_arms(view) for t in a.arm.trials]
+    return list(dict.fromkeys(ids))[:MAX_DETAILS]
+
+
+def curve_ids(view: StudyView) -> list[str]:
+    """The trials whose per-epoch history the curves need."""
+    return [t.trial_id for a in curve_arms(view) for t in a.arm.trials]
 
 
 def table_json(record: StudyRecord) -> dict[str, Any]:
@@ -124,15 +131,15 @@ def study_blob(view: StudyView, history: dict[str, dict[str, list[tuple[int, flo
     figs = study_figures(view, history, artifacts)
     counts = Counter(t.status for t in view.record.trials)
     curves = curve_arms(view)
-    return _clean({
+    return {
         "name": view.name, "description": strip_controls(view.record.description or ""),
         "metric": view.metric, "metricLabel": pretty(view.metric), "mode": view.mode,
         "counts": {s: counts.get(s, 0) for s in list(STATUSES) + sorted(set(counts) - set(STATUSES))},
-        "figs": figs, "table": table_json(view.record),
+        "figs": _clean(figs), "table": table_json(view.record),
         "arms": [a.label for a in view.arms], "baseline": view.baseline.index if view.baseline else None,
         "curveArms": [a.index for a in curves],
-        "trials": trials_json(view), "details": details or {},
-    })
+        "trials": trials_json(view), "details": _clean(details or {}),
+    }
 
 
 # -- the page --------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ Stdlib http.server only. Database text never reaches the status line or a header
 
 from __future__ import annotations
 
-import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,9 @@ from urllib.parse import parse_qs, urlsplit
 from ablate.store import Store
 from ablate.text import strip_controls
 
+from ablate.dashboard.data import detail, load_details, load_history, version
+from ablate.dashboard.figures import curve_arms, curves_figure
+from ablate.dashboard.page import _clean, to_json
 from ablate.dashboard.view import StudyView
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -43,7 +45,6 @@ class PageCache:
     def current(self) -> tuple[bytes, dict[str, StudyView]]:
         """The page for the results as they are now: the cached one unless they changed."""
         from ablate.dashboard import build
-        from ablate.dashboard.data import version
 
         now = version(self.store)
         with self.lock:  # one build at a time; requests that waited find it built
@@ -55,8 +56,6 @@ class PageCache:
 
 
 def _trial(cache: PageCache, q: dict[str, str]) -> dict[str, Any] | None:
-    from ablate.dashboard.data import detail, load_history
-
     _, views = cache.current()
     view = views.get(q.get("study", ""))
     if view is None:
@@ -64,17 +63,11 @@ def _trial(cache: PageCache, q: dict[str, str]) -> dict[str, Any] | None:
     rec = next((t for t in view.record.trials if t.trial_id == q.get("id")), None)
     if rec is None:
         return None
-    import dataclasses
-
-    hist = load_history(cache.store, view.name, [rec.trial_id]).get(rec.trial_id, {})
-    return detail(view.name, dataclasses.replace(rec, history=hist))
+    hist = load_history(cache.store, view.name, [rec.trial_id])
+    return detail(view.name, load_details(cache.store, view.name, [rec], hist)[0])
 
 
 def _curves(cache: PageCache, q: dict[str, str]) -> dict[str, Any] | None:
-    from ablate.dashboard.data import load_history
-    from ablate.dashboard.figures import curve_arms, curves_figure
-    from ablate.dashboard.page import _clean
-
     _, views = cache.current()
     view = views.get(q.get("study", ""))
     if view is None:
@@ -118,8 +111,6 @@ def make_server(store: Store, host: str = "127.0.0.1", port: int = 8050, refresh
                     self._send(cache.current()[0], "text/html; charset=utf-8")
                     return
                 if parts.path == "/api/version":
-                    from ablate.dashboard.data import version
-
                     obj: Any = {"version": version(store)}
                 elif parts.path == "/api/trial":
                     obj = _trial(cache, q)
@@ -131,8 +122,6 @@ def make_server(store: Store, host: str = "127.0.0.1", port: int = 8050, refresh
                 if obj is None:
                     self.send_error(404, "Not Found", "no such study, trial or arm")
                     return
-                from ablate.dashboard.page import to_json
-
                 self._send(to_json(obj).encode("utf-8"), "application/json")
             except Exception as e:  # keep serving; show what broke
                 # the status line and headers carry fixed text only: an exception's message can hold text
