@@ -32,7 +32,7 @@ from ablate.store import COMPLETED, FAILED, INTERRUPTED, PENDING, RUNNING, Study
 from ablate.dashboard.view import ArmView, StudyView, escape, value_key, value_text
 
 MAX_CURVES = 12  # arms in the per-epoch curves: the baseline and the best
-MAX_DOTS = 60  # arms in the dot plot
+MAX_DOTS = 30  # arms in the dot plot (the baseline and the best)
 MAX_POINTS = 300  # arm points in an axis plot; beyond, the axis' marginal (mean and range over arms)
 MAX_GRID = 40  # values per axis of the heatmap
 MAX_GROUPS = 10  # lines in an axis plot, one per value of the other varying axis
@@ -148,11 +148,12 @@ def arms_figure(view: StudyView) -> dict[str, Any] | None:
                 f"(no baseline declared){shown}"
         xtitle = pretty(view.metric)
         shapes = []
-    lay = layout(title, xtitle, "", height=max(260, 90 + 22 * len(arms)), shapes=shapes,
-                 margin={"l": 60, "r": 20, "t": 50, "b": 50})
+    lay = layout(title, xtitle, "", height=max(300, 130 + 22 * len(arms)), shapes=shapes,
+                 margin={"l": 60, "r": 20, "t": 50, "b": 90})
     lay["yaxis"] = {"autorange": "reversed", "automargin": True, "type": "category",
                     "categoryorder": "array", "categoryarray": labels}
-    lay["legend"] = {"orientation": "h", "y": -0.12 if len(arms) > 8 else -0.3, "font": {"size": 11}}
+    lay["legend"] = {"orientation": "h", "x": 0, "y": 0, "yref": "container", "yanchor": "bottom",
+                     "font": {"size": 11}}
     return {"data": traces, "layout": lay}
 
 

@@ -196,7 +196,7 @@ def build_page(records: list[StudyRecord], blobs: dict[str, dict[str, Any]], *, 
     return "".join([
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
-        "<title>ablate dashboard</title>",
+        "<title>ablate dashboard</title><link rel=\"icon\" href=\"data:,\">",  # no favicon request
         f"<style>{TABLE_CSS}{_static('dashboard.css')}</style>",
         f"<script>{js}</script><script>performance.mark('ablate:plotly-loaded')</script>",
         "</head><body>",

@@ -33,9 +33,12 @@ def declared_axes(spec: dict[str, Any]) -> list[str]:
     return out
 
 
-def value_key(v: Any) -> str:
-    """A hashable, order-stable key for an axis value (lists such as per-stage kernel sizes)."""
-    return json.dumps(v, sort_keys=True)
+def value_key(v: Any) -> Any:
+    """A hashable key for an axis value: the value itself, tagged with its type so that 1, 1.0
+    and True stay apart as JSON keeps them; lists (per-stage kernel sizes) as canonical JSON."""
+    if isinstance(v, (list, dict)):
+        return ("json", json.dumps(v, sort_keys=True))
+    return (type(v).__name__, v)
 
 
 def value_text(v: Any) -> str:
@@ -49,7 +52,7 @@ def value_text(v: Any) -> str:
     return str(v)
 
 
-SHORT = {"kernel_size": "k", "kernel_sizes": "k", "dilation": "d"}
+SHORT = {"kernel_size": "k", "kernel_sizes": "k", "dilation": "d", "name": "model"}  # last segment -> label
 
 
 def short_names(paths: list[str]) -> dict[str, str]:
@@ -62,7 +65,7 @@ def short_names(paths: list[str]) -> dict[str, str]:
             cand = ".".join(parts[-n:])
             if not any(q != p and (q == cand or q.endswith("." + cand)) for q in paths):
                 break
-        out[p] = SHORT.get(cand, cand) if n == 1 else cand
+        out[p] = SHORT.get(cand, cand) if n == 1 and (cand != "name" or p == "model.name") else cand
     return out
 
 
@@ -96,6 +99,7 @@ class StudyView:
     baseline: ArmView | None
     names: dict[str, str] = field(default_factory=dict)  # axis path -> short name
     alpha: float = ALPHA
+    _values: dict[str, list[Any]] = field(default_factory=dict, repr=False)
 
     @property
     def name(self) -> str:
@@ -108,11 +112,13 @@ class StudyView:
 
     def values(self, axis: str) -> list[Any]:
         """The axis' distinct values in the order the arms first show them (the file's order)."""
-        seen: dict[str, Any] = {}
-        for a in self.arms:
-            v = a.arm.params.get(axis)
-            seen.setdefault(value_key(v), v)
-        return list(seen.values())
+        if axis not in self._values:
+            seen: dict[Any, Any] = {}
+            for a in self.arms:
+                v = a.arm.params.get(axis)
+                seen.setdefault(value_key(v), v)
+            self._values[axis] = list(seen.values())
+        return self._values[axis]
 
 
 def arm_text(params: dict[str, Any], axes: list[str], names: dict[str, str]) -> str:

@@ -36,7 +36,7 @@
   function slots(b) {
     var keys = Object.keys(b.figs), out = [];
     function add(key, alts, wide) { out.push({key: key, alts: alts || [key], wide: !!wide}); }
-    if (b.figs.arms) { add('arms', null, b.figs.arms.layout.height > 500); }
+    if (b.figs.arms) { add('arms'); }
     if (b.figs.grid) { add('grid'); }
     keys.filter(function (k) { return k.indexOf('axis:') === 0; }).forEach(function (k) { add(k); });
     if (keys.some(function (k) { return k.indexOf('curves:') === 0; })) { add('curves'); }
