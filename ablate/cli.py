@@ -241,17 +241,24 @@ def run(
 def table(
     study: str = typer.Argument(..., help="Study name (the 'name' in its file)."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP, envvar="ABLATE_DB"),
-    fmt: str = typer.Option("md", "--format", "-f", help="md, csv (one row per arm, with trial ids), latex "
-                            "(booktabs) or html."),
+    fmt: str = typer.Option("md", "--format", "-f", help="md, csv (one row per arm, snake_case columns, with "
+                            "trial ids), latex (booktabs) or html."),
     out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file instead of stdout."),
+    all_arms: bool = typer.Option(False, "--all", help="Also show arms, seeds and profiles the database holds "
+                                  "but the study file no longer declares (marked ‡)."),
 ) -> None:
-    """Print a study's table from the result database: mean ± std over seeds, Δ and a paired test
-    against the baseline, best in bold."""
-    from ablate.tables import FORMATS, render
+    """Print a study's table from the result database: the arms its study file declares (as last
+    run), mean ± std over seeds, Δ and a paired test against the baseline, best in bold."""
+    from ablate.tables import FORMATS, load_table_record, render
 
     if fmt not in FORMATS:
         _fail(f"--format: one of {', '.join(FORMATS)}, got '{fmt}'")
-    text = render(_load_study(_store(db), study), fmt)
+    store = _store(db)
+    try:
+        record = load_table_record(store, study)
+    except KeyError:
+        _unknown_study(store, study)
+    text = render(record, fmt, all_arms=all_arms)
     if out_file:
         out_file.write_text(text)
         err.print(f"wrote {out_file}")
@@ -320,31 +327,43 @@ def models(
     out.print(t)
 
 
+def _unknown_study(store, study: str) -> None:
+    known = ", ".join(n for n, _, _ in store.studies()[:20]) or "none yet"
+    _fail(f"study '{study}' is not in {store.display_url} (studies there: {known})")
+
+
 def _load_study(store, study: str, history: bool = False):
     try:
         return store.load(study, history=history)
     except KeyError:
-        known = ", ".join(n for n, _, _ in store.studies()) or "none yet"
-        _fail(f"study '{study}' is not in {store.display_url} (studies there: {known})")
+        _unknown_study(store, study)
 
 
 @app.command()
 def export(
-    study: str = typer.Argument(..., help="Study name (the 'name' in its file)."),
+    studies: Optional[list[str]] = typer.Argument(None, help="Study names (default: every study in the database)."),
     out_file: Path = typer.Option(..., "--out", "-o", help="File to write."),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="csv or parquet (default: from --out's "
                                       "suffix .csv / .parquet; a suffix that says otherwise is an error)."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP, envvar="ABLATE_DB"),
+    final: bool = typer.Option(False, "--final", help="Only each metric's last epoch (one row per trial and metric)."),
+    trials: Optional[list[str]] = typer.Option(None, "--trial", metavar="TRIAL_ID", help="Only this trial "
+                                               "(repeatable; full ids, as `ablate plan` prints them)."),
 ) -> None:
-    """Write every trial and metric of a study in long format (one row per trial, epoch and metric), for pandas."""
+    """Write trials and metrics in long format (one row per trial, epoch and metric; epochs from 1),
+    for pandas. Streams in chunks: memory stays small whatever the database's size."""
     from ablate.export import export as write_export, resolve_format
 
     try:  # before the database is opened: a wrong name writes nothing
         fmt = resolve_format(out_file, fmt)
     except ValueError as e:
         _fail(str(e))
-    record = _load_study(_store(db), study, history=True)
-    n = write_export(record, out_file, fmt)
+    store = _store(db)
+    known = {n for n, _, _ in store.studies()}
+    for name in studies or []:
+        if name not in known:
+            _unknown_study(store, name)
+    n = write_export(store, out_file, fmt, studies=studies or None, trial_ids=trials or None, final=final)
     err.print(f"wrote {n} rows to {out_file}")
 
 

@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ablate.text import human  # noqa: F401  (formatting lives with text; kept here for callers)
+
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
@@ -28,11 +30,3 @@ def count_macs(model: nn.Module, image_size: int, in_chans: int = 3) -> int:
     with FlopCounterMode(display=False) as counter:
         meta(x)
     return counter.get_total_flops() // 2
-
-
-def human(n: float, unit: str = "") -> str:
-    """4.0M / 15.3G style, the paper's rounding to one decimal."""
-    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
-        if abs(n) >= div:
-            return f"{n / div:.1f}{suffix}{unit}"
-    return f"{n:.0f}{unit}"

@@ -266,7 +266,7 @@ def check_metrics(study: Study, configs: list[dict[str, Any]], file: str) -> Non
         raise StudyError(file, "metric.name", f"a metric the trainer reports, got '{name}'"
                          f"{did_you_mean(name, metrics.ALL)}; it reports {', '.join(sorted(set().union(*every)))}")
     any_trial = set().union(*every)
-    for i, col in enumerate(study.table.columns if study.table else []):
+    for i, col in enumerate((study.table.columns or []) if study.table else []):
         if col.source.startswith("metric:"):
             m = col.source.split(":", 1)[1]
             if m not in any_trial:
@@ -297,7 +297,7 @@ def check_table(study: Study, configs: list[dict[str, Any]], file: str) -> None:
         base = study.table.baseline
         if not any(all(_has_path(c, k) and get_path(c, k) == v for k, v in base.items()) for c in configs):
             raise StudyError(file, "table.baseline", f"config values of one of the study's trials, got {base!r:.200}")
-    for i, col in enumerate(study.table.columns if study.table else []):
+    for i, col in enumerate((study.table.columns or []) if study.table else []):
         src = col.source
         if src.startswith("derived:") and src.split(":", 1)[1] not in DERIVED:
             raise StudyError(file, f"table.columns[{i}].source", f"one of {', '.join('derived:' + d for d in DERIVED)}"

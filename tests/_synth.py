@@ -133,6 +133,7 @@ def scale_record(name: str, n_trials: int, *, epochs: int = 10, seeds: int = 10,
                               n_params=11_000_000, flops=37_000_000, history=hist, error=err,
                               model={"name": "resnet18", "kwargs": {}})
                     t.config["recipe"]["epochs"] = epochs
+                    t.config["dataset"] = {"name": "fashion_mnist", "image_size": 32}
                     yield t
 
     rec = StudyRecord(name, f"synthetic {name}", spec, [])
