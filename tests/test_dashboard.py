@@ -99,7 +99,7 @@ def two_axis_record(name: str = "mine", seeds: int = 3):
                                     history=hist, model={"name": "resnet18", "kwargs": {}}))
     rec = record(name, trials, None)
     rec.spec["axes"] = {"grid": {"recipe.lr": list(LRS), "model.kwargs.drop_rate": list(DROPS)}, "zip": [], "exclude": []}
-    rec.spec["baseline"] = {"recipe.lr": 0.01, "model.kwargs.drop_rate": 0.0}
+    rec.spec["seeds"] = list(range(seeds))
     rec.spec["table"] = {"columns": [{"header": "lr", "source": "recipe.lr"},
                                      {"header": "drop", "source": "model.kwargs.drop_rate"},
                                      {"header": "Top-1", "source": "metric:top1"}],
@@ -131,7 +131,7 @@ def paper_records():
 # -- what is plotted ---------------------------------------------------------------------------------
 def test_empty_page_says_so():
     page = page_of_records([], source="sqlite:///x.db")
-    assert "No studies in this database yet" in page and 'id="fig-overview"' in page
+    assert "No studies in this database yet" in page
     assert 'id="study-picker"' not in page
 
 
@@ -197,10 +197,20 @@ def test_untested_arms_below_three_seeds_and_no_baseline():
     dots = {tr["name"]: tr for tr in study_figures(view)["arms"]["data"]}
     assert set(dots) == {"n<3 (untested)", "baseline"}  # never significant at 2 seeds
     rec = two_axis_record()
-    rec.spec.pop("baseline")
     rec.spec["table"].pop("baseline")
     fig = study_figures(study_view(rec))["arms"]
     assert "no baseline declared" in fig["layout"]["title"]["text"] and len(fig["data"][0]["x"]) == 6
+
+
+def test_arms_the_file_no_longer_declares_stay_in_the_trials_table():
+    rec = two_axis_record()
+    rec.spec["axes"]["grid"]["recipe.lr"] = [0.01, 0.05]  # lr=0.1 removed from the file
+    view = study_view(rec)
+    assert len(view.arms) == 4 and [a.label for a in view.extra] == \
+        ["lr=0.1 drop_rate=0 (not in the study file)", "lr=0.1 drop_rate=0.2 (not in the study file)"]
+    blob = blobs_of(page_of_records([rec]))["mine"]
+    assert len(blob["trials"]["id"]) == 18 and blob["arms"][blob["trials"]["arm"][-1]].endswith("(not in the study file)")
+    assert "significant" not in {t["name"] for t in blob["figs"]["arms"]["data"]}  # lr=0.1 is not plotted
 
 
 def test_epoch_ticks_are_integers():
@@ -211,7 +221,7 @@ def test_many_arms_keep_figures_bounded():
     rec = big_studies(4000, 1, seeds=2, epochs=2)[0]  # 2000 arms: k x d x lr
     figs = study_figures(study_view(rec))
     assert sum(len(t["y"]) for t in figs["arms"]["data"]) <= 30
-    assert all(len(t["x"]) <= 300 for k, f in figs.items() for t in f["data"] if k.startswith("axis:"))
+    assert all(len(t["x"]) <= 120 for k, f in figs.items() for t in f["data"] if k.startswith(("axis:", "params", "flops")))
     assert "grid" in figs  # k x d x lr is a grid
 
 
@@ -471,7 +481,7 @@ def open_report(url: str, shot: Path, *, click_trial: int | None = 0) -> dict:
         c.evaluate("window.ablateDrawAll()", await_promise=True)
         info = {"ready_s": ready, "drawn_s": drawn_ms / 1000, "all_s": time.monotonic() - t0,
                 "on_screen": on_screen, "plots": c.evaluate(VISIBLE_PLOTS),
-                "overview": c.evaluate("document.querySelectorAll('#plot-overview .main-svg').length"),
+                "overview": c.evaluate("document.querySelectorAll('#overview tr').length"),
                 "modebars": c.evaluate("document.querySelectorAll('.modebar').length"),
                 "trial_rows": c.evaluate("document.querySelectorAll('section.study:not([hidden]) table.trials tbody tr').length")}
         c.screenshot(shot)
@@ -500,7 +510,7 @@ def test_browser_empty_database(tmp_path, chromium):
     page = write_report(store, tmp_path / "empty.html")
     info = open_report(page.as_uri(), tmp_path / "dashboard-empty.png", click_trial=None)
     assert info["errors"] == []
-    assert info["overview"] >= 1  # the (empty) overview chart is drawn
+    assert info["overview"] == 0
     assert info["stddev"] > 5, "the screenshot is blank"
 
 
@@ -583,7 +593,7 @@ def test_browser_10k_trials_loads_fast(tmp_path, chromium, big_report):
         print(f"10k-trial page, cold browser: on-screen plots drawn {r['drawn_s']:.2f}s after navigation start "
               f"({r['ready_s']:.2f}s wall from the navigate command), all plots {r['all_s']:.2f}s")
         assert r["errors"] == []
-        assert len(r["on_screen"]) >= 2 and r["overview"] >= 1 and len(r["others"]) == 9
+        assert len(r["on_screen"]) >= 2 and r["overview"] == 10 and len(r["others"]) == 9
         assert {"arms", "grid", "axis:recipe.lr", "curves"} <= set(r["plots"])
         assert r["trial_rows"] == 25  # a page of the study's 1,000 trials
         assert r["stddev"] > 5

@@ -33,8 +33,8 @@ from ablate.dashboard.view import ArmView, StudyView, escape, value_key, value_t
 
 MAX_CURVES = 12  # arms in the per-epoch curves: the baseline and the best
 MAX_DOTS = 30  # arms in the dot plot (the baseline and the best)
-MAX_POINTS = 300  # arm points in an axis plot; beyond, the axis' marginal (mean and range over arms)
-MAX_GRID = 40  # values per axis of the heatmap
+MAX_POINTS = 120  # arm points in an axis or size plot; beyond, the marginal (mean, range, best over arms per x)
+MAX_GRID = 100  # values per axis of the heatmap (values written in cells up to 400 cells)
 MAX_GROUPS = 10  # lines in an axis plot, one per value of the other varying axis
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf", "#393b79", "#637939"]
@@ -187,29 +187,7 @@ def axis_figure(view: StudyView, axis: str) -> dict[str, Any] | None:
     traces: list[dict[str, Any]] = []
     hover = "%{text}<br>" + escape(name) + " %{x}<br>" + pretty(view.metric) + " %{y:.4g}<extra></extra>"
     if len(arms) > MAX_POINTS:
-        by_x: dict[str, list[ArmView]] = {}
-        for a in arms:
-            by_x.setdefault(value_key(a.arm.params.get(axis)), []).append(a)
-        xs, ms, lo, hi, best, text = [], [], [], [], [], []
-        for v in values:
-            group = by_x.get(value_key(v))
-            if not group:
-                continue
-            means = [a.mean for a in group]
-            m = math.fsum(means) / len(means)  # type: ignore[arg-type]
-            xs.append(v if kind != "category" else value_text(v))
-            ms.append(m)
-            lo.append(m - min(means))  # type: ignore[type-var,operator]
-            hi.append(max(means) - m)  # type: ignore[type-var,operator]
-            b = max(group, key=lambda a: a.mean if view.mode != "min" else -a.mean)  # type: ignore[operator]
-            best.append(b.mean)
-            text.append(f"{len(group)} arms; best: {escape(b.label)}")
-        traces.append({"type": "scatter", "mode": "lines+markers", "name": "mean over arms (bar: range)", "x": xs,
-                       "y": ms, "text": text, "marker": {"size": 8, "color": PALETTE[0]},
-                       "error_y": {"type": "data", "symmetric": False, "array": hi, "arrayminus": lo, "thickness": 1},
-                       "hovertemplate": hover})
-        traces.append({"type": "scatter", "mode": "markers", "name": "best arm", "x": xs, "y": best, "text": text,
-                       "marker": {"size": 8, "symbol": "star", "color": PALETTE[1]}, "hovertemplate": hover})
+        traces += marginal_traces(view, arms, lambda a: a.arm.params.get(axis), values, kind == "category", hover)
         title = f"{pretty(view.metric)} against {escape(name)} ({len(arms)} arms: mean, range and best per value)"
     else:
         group_axis = others[0] if len(others) == 1 and len(view.values(others[0])) <= MAX_GROUPS else None
@@ -242,6 +220,35 @@ def axis_figure(view: StudyView, axis: str) -> dict[str, Any] | None:
         lay["xaxis"]["tickvals"] = sorted(values)  # kernel sizes 3, 7, 9, 13: those ticks, not 2.5, 5, ...
     lay["showlegend"] = len(traces) > 1
     return {"data": traces, "layout": lay}
+
+
+def marginal_traces(view: StudyView, arms: list[ArmView], x_of: Any, values: list[Any], category: bool,
+                    hover: str) -> list[dict[str, Any]]:
+    """Too many arms to draw one by one: per x value, the mean over arms (bar: their range) and
+    the best arm."""
+    by_x: dict[Any, list[ArmView]] = {}
+    for a in arms:
+        by_x.setdefault(value_key(x_of(a)), []).append(a)
+    xs, ms, lo, hi, best, text = [], [], [], [], [], []
+    for v in values:
+        group = by_x.get(value_key(v))
+        if not group:
+            continue
+        means = [a.mean for a in group]
+        m = math.fsum(means) / len(means)  # type: ignore[arg-type]
+        xs.append(value_text(v) if category else v)
+        ms.append(m)
+        lo.append(m - min(means))  # type: ignore[type-var,operator]
+        hi.append(max(means) - m)  # type: ignore[type-var,operator]
+        b = max(group, key=lambda a: a.mean if view.mode != "min" else -a.mean)  # type: ignore[operator]
+        best.append(b.mean)
+        text.append(f"{len(group)} arms; best: {escape(b.label)}")
+    return [{"type": "scatter", "mode": "lines+markers", "name": "mean over arms (bar: range)", "x": xs, "y": ms,
+             "text": text, "marker": {"size": 8, "color": PALETTE[0]},
+             "error_y": {"type": "data", "symmetric": False, "array": hi, "arrayminus": lo, "thickness": 1},
+             "hovertemplate": hover},
+            {"type": "scatter", "mode": "markers", "name": "best arm", "x": xs, "y": best, "text": text,
+             "marker": {"size": 8, "symbol": "star", "color": PALETTE[1]}, "hovertemplate": hover}]
 
 
 def grid_axes(view: StudyView) -> tuple[str, str] | None:
@@ -286,12 +293,13 @@ def grid_figure(view: StudyView) -> dict[str, Any] | None:
     na, nb = view.names.get(a, a), view.names.get(b, b)
     scale = "Viridis" if view.mode != "min" else "Viridis_r"
     return {"data": [{"type": "heatmap", "x": [value_text(v) for v in va], "y": [value_text(v) for v in vb], "z": z,
-                      "customdata": counts, "colorscale": scale, "texttemplate": "%{z:.4g}", "xgap": 1, "ygap": 1,
+                      "customdata": counts, "colorscale": scale, "xgap": 1 if len(va) <= 40 else 0,
+                      "ygap": 1 if len(vb) <= 40 else 0, **({"texttemplate": "%{z:.4g}"} if len(va) * len(vb) <= 400 else {}),
                       "colorbar": {"title": {"text": pretty(view.metric)}},
                       "hovertemplate": f"{escape(na)}=%{{x}}<br>{escape(nb)}=%{{y}}<br>"
                                        f"{pretty(view.metric)} %{{z:.4g}} (%{{customdata}} arms)<extra></extra>"}],
             "layout": layout(f"{pretty(view.metric)} over {escape(na)} × {escape(nb)}{over}", escape(a), escape(b),
-                             height=max(320, 120 + 26 * len(vb)),
+                             height=min(900, max(320, 120 + 26 * len(vb))),
                              xaxis={"title": {"text": escape(a)}, "type": "category", "automargin": True},
                              yaxis={"title": {"text": escape(b)}, "type": "category", "automargin": True})}
 
@@ -322,22 +330,24 @@ def size_figure(view: StudyView, what: str) -> dict[str, Any] | None:
     pts = [(a, x) for a, x in pts if x is not None]
     if len({x for _, x in pts}) < 2:
         return None
-    if len(pts) > MAX_POINTS:
-        pts = [(a, x) for a, x in pts if a.index in {b.index for b in view.best_first()[:MAX_POINTS]}]
+    hover = "%{text}<br>" + what + " %{x:.4~s}<br>" + pretty(view.metric) + " %{y:.4g}<extra></extra>"
     pts.sort(key=lambda p: p[1])
-    data = [{"type": "scatter", "mode": "markers", "name": pretty(view.metric),
-             "x": [x for _, x in pts], "y": [a.mean for a, _ in pts],
-             "error_y": {"type": "data", "array": [_std(a) for a, _ in pts], "visible": True, "thickness": 1},
-             "text": [f"{escape(a.label)} (n={a.n})" for a, _ in pts], "customdata": [[a.index] for a, _ in pts],
-             "marker": {"size": 8, "color": PALETTE[0]},
-             "hovertemplate": "%{text}<br>" + what + " %{x:.4~s}<br>" + pretty(view.metric) + " %{y:.4g}<extra></extra>"}]
+    if len(pts) > MAX_POINTS:
+        xs = {a.index: x for a, x in pts}
+        data = marginal_traces(view, [a for a, _ in pts], lambda a: xs[a.index], sorted(set(xs.values())), False, hover)
+    else:
+        data = [{"type": "scatter", "mode": "markers", "name": pretty(view.metric),
+                 "x": [x for _, x in pts], "y": [a.mean for a, _ in pts],
+                 "error_y": {"type": "data", "array": [_std(a) for a, _ in pts], "visible": True, "thickness": 1},
+                 "text": [f"{escape(a.label)} (n={a.n})" for a, _ in pts], "customdata": [[a.index] for a, _ in pts],
+                 "marker": {"size": 8, "color": PALETTE[0]}, "hovertemplate": hover}]
     log = what != "kernel size"
     lay = layout(f"{pretty(view.metric)} against {what}", what + (" (multiply-adds)" if what == "FLOPs" else ""),
                  pretty(view.metric))
     if log:
         lay["xaxis"]["type"] = "log"
         lay["xaxis"]["exponentformat"] = "SI"  # 300M, 1.3G as the paper writes them (plotly's default says 1.3B)
-    lay["showlegend"] = False
+    lay["showlegend"] = len(data) > 1
     return {"data": data, "layout": lay}
 
 

@@ -20,12 +20,11 @@ from typing import Any
 from ablate.store import FAILED, RUNNING, StudyRecord, TrialRecord
 from ablate.text import strip_controls
 
-from ablate.dashboard.figures import (STATUS_COLORS, STATUSES, curve_arms, overview_figure, pretty,
-                                      study_figures)
+from ablate.dashboard.figures import STATUS_COLORS, STATUSES, curve_arms, pretty, study_figures
 from ablate.dashboard.view import StudyView, study_view
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
-MAX_DETAILS = 40  # trials per study whose full details the static page embeds
+MAX_DETAILS = 20  # trials per study whose full details the static page embeds
 MAX_DETAIL_FAILED = 10  # of which failed (the latest)
 MAX_DETAIL_RUNNING = 5  # and running
 MAX_ERROR = 4000  # characters of an error embedded
@@ -49,7 +48,10 @@ def _clean(obj: Any) -> Any:
     """NaN/inf are not JSON: they become null (Plotly leaves a gap); other floats keep 6
     significant digits (more than any plot or table shows; 0.1 + 0.2 is written 0.3)."""
     if isinstance(obj, float):
-        return float(f"{obj:.6g}") if math.isfinite(obj) else None
+        if not math.isfinite(obj):
+            return None
+        v = float(f"{obj:.6g}")
+        return int(v) if v.is_integer() and abs(v) < 1e15 else v  # 3680000.0 is written 3680000
     if isinstance(obj, dict):
         return {k: _clean(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -114,7 +116,7 @@ def table_json(record: StudyRecord) -> dict[str, Any]:
 def trials_json(view: StudyView) -> dict[str, Any]:
     """Every trial of the study in columns: id, arm (index into ``arms``), seed, status (index
     into ``statuses``), final study metric."""
-    arm_of = {id(t): a.index for a in view.arms for t in a.arm.trials}
+    arm_of = {id(t): a.index for a in view.arms + view.extra for t in a.arm.trials}
     code = {s: i for i, s in enumerate(STATUSES)}
     ts = view.record.trials
     extra = sorted({t.status for t in ts} - set(code))
@@ -136,7 +138,7 @@ def study_blob(view: StudyView, history: dict[str, dict[str, list[tuple[int, flo
         "metric": view.metric, "metricLabel": pretty(view.metric), "mode": view.mode,
         "counts": {s: counts.get(s, 0) for s in list(STATUSES) + sorted(set(counts) - set(STATUSES))},
         "figs": _clean(figs), "table": table_json(view.record),
-        "arms": [a.label for a in view.arms], "baseline": view.baseline.index if view.baseline else None,
+        "arms": [a.label for a in view.arms + view.extra], "baseline": view.baseline.index if view.baseline else None,
         "curveArms": [a.index for a in curves],
         "trials": trials_json(view), "details": _clean(details or {}),
     }
@@ -204,14 +206,31 @@ def build_page(records: list[StudyRecord], blobs: dict[str, dict[str, Any]], *, 
         f"generated {now.strftime('%Y-%m-%d %H:%M:%S UTC')}"
         f"{f' · checks for new results every {refresh}s' if served and refresh else ''}</span></header>",
         "<main>", empty,
-        '<div class="plot" id="plot-overview"></div>',
+        overview_html(records),
         sections,
         json_script("ablate-conf", conf),
-        json_script("fig-overview", _clean(overview_figure(records))),
         *(json_script(f"study-{dom_id(r.name)}", blobs[r.name]) for r in records),
         f"<script>{_static('dashboard.js')}</script>",
         "</main></body></html>\n",
     ])
+
+
+def overview_html(records: list[StudyRecord]) -> str:
+    """Trials per study by status as plain HTML bars (no plot to draw before the study's own);
+    a click on a study shows it."""
+    if not records:
+        return ""
+    e = html.escape
+    top = max(len(r.trials) for r in records) or 1
+    rows = []
+    for r in records:
+        c = Counter(t.status for t in r.trials)
+        segs = "".join(f'<i style="width:{100 * c[s] / top:.3f}%;background:{STATUS_COLORS.get(s, "#999")}" '
+                       f'title="{c[s]} {e(s)}"></i>' for s in list(STATUSES) + sorted(set(c) - set(STATUSES)) if c.get(s))
+        counts = ", ".join(f"{c[s]} {e(s)}" for s in list(STATUSES) + sorted(set(c) - set(STATUSES)) if c.get(s))
+        rows.append(f'<tr data-study="{e(dom_id(r.name))}"><th>{e(r.name)}</th><td class="bar">{segs}</td>'
+                    f'<td class="muted">{len(r.trials)} trials{": " + counts if counts else ""}</td></tr>')
+    return f'<table id="overview"><caption>Trials per study</caption>{"".join(rows)}</table>'
 
 
 def safe_url(url: str) -> str:

@@ -85,7 +85,8 @@ class ArmView:
 
     @property
     def first(self):
-        return self.arm.trials[0]
+        """One of its trials (the config, params and FLOPs of all), or None for an arm not run yet."""
+        return self.arm.trials[0] if self.arm.trials else None
 
 
 @dataclass
@@ -93,12 +94,13 @@ class StudyView:
     record: StudyRecord
     metric: str
     mode: str
-    arms: list[ArmView]
+    arms: list[ArmView]  # the study file's arms, in its order (the table's rows)
     axes: list[str]  # declared axes present in the trials' params, in file order
     varying: list[str]  # the axes with more than one value across arms
     baseline: ArmView | None
     names: dict[str, str] = field(default_factory=dict)  # axis path -> short name
     alpha: float = ALPHA
+    extra: list[ArmView] = field(default_factory=list)  # arms in the database the file no longer declares
     _values: dict[str, list[Any]] = field(default_factory=dict, repr=False)
 
     @property
@@ -133,7 +135,8 @@ def escape(s: str) -> str:
 
 def study_view(record: StudyRecord, alpha: float = ALPHA) -> StudyView:
     metric, mode = study_metric(record.spec)
-    arms = group_arms(record)
+    every = group_arms(record, all_arms=True)
+    arms = [a for a in every if a.declared]
     present = {k for a in arms for k in a.params}
     axes = [k for k in declared_axes(record.spec) if k in present]
     axes += sorted(present - set(axes))  # studies written before axes were stored, synthetic ones
@@ -150,9 +153,14 @@ def study_view(record: StudyRecord, alpha: float = ALPHA) -> StudyView:
         s = summarize(seeds.values())
         views.append(ArmView(i, arm, arm_text(arm.params, varying, names), s.mean, s.std, s.n, seeds,
                              is_baseline=arm is base_arm))
+    extra = []
+    for i, arm in enumerate((a for a in every if not a.declared), len(views)):
+        s = summarize(v for v in arm.by_seed(metric).values() if v is not None and math.isfinite(v))
+        extra.append(ArmView(i, arm, arm_text(arm.params, varying or axes, names) + " (not in the study file)",
+                             s.mean, s.std, s.n, {}))
     baseline = next((v for v in views if v.is_baseline), None)
     if baseline is not None and baseline.seeds:
         others = [v for v in views if not v.is_baseline and v.seeds]
         for v, p in zip(others, compare_with_baseline(baseline.seeds, [v.seeds for v in others], alpha)):
             v.compare = p
-    return StudyView(record, metric, mode, views, axes, varying, baseline, names, alpha)
+    return StudyView(record, metric, mode, views, axes, varying, baseline, names, alpha, extra)

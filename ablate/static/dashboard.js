@@ -435,16 +435,12 @@
   // -- start -------------------------------------------------------------------------------------
   performance.mark('ablate:dom-parsed');
   var jobs = [];
-  var ov = document.getElementById('plot-overview');
-  var ovFig = JSON.parse(document.getElementById('fig-overview').textContent);
-  jobs.push(Plotly.newPlot(ov, ovFig.data, ovFig.layout, PLOT));
   var names = picker ? Array.prototype.map.call(picker.options, function (o) { return o.value; }) : [];
   var wanted = decodeURIComponent(location.hash.slice(1));
   jobs.push(show(names.indexOf(wanted) >= 0 ? wanted : (names[0] || null)));
   if (picker) { picker.addEventListener('change', function () { show(picker.value); }); }
-  ov.on && ov.on('plotly_click', function (ev) {
-    var i = ev && ev.points && ev.points[0] ? ev.points[0].pointIndex : -1;
-    if (i >= 0 && i < names.length) { show(names[i]); }  // bars are in the picker's order
+  document.querySelectorAll('#overview tr').forEach(function (tr) {
+    tr.addEventListener('click', function () { show(tr.dataset.study); });
   });
   window.ablateShow = show;
   window.ablateDrawAll = function () { return current ? drawAll(current) : Promise.resolve(0); };
