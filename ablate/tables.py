@@ -395,6 +395,8 @@ def build_table(record: StudyRecord, alpha: float = ALPHA, *, all_arms: bool = F
             results = dict(zip(compared, compare_with_baseline(base_seeds, [arms[i].by_seed(name) for i in compared],
                                                                alpha)))
             for i, arm in enumerate(arms):
+                d.raw[i].update(dict.fromkeys(f"delta_{key}{x}" for x in ("", "_test", "_pairs", "_p", "_p_holm",
+                                                                        "_ci_low", "_ci_high", "_significant")))
                 if arm is baseline:
                     d.cells.append("baseline")
                     if test is not None:
