@@ -13,21 +13,23 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from ablate.plan import Plan
-from ablate.runner import TrialSink
 from ablate.text import strip_controls
+
+if TYPE_CHECKING:  # types only: importing them loads torch and Ray, which a display does not need
+    from ablate.plan import Plan
+    from ablate.runner import TrialSink
 
 STATES = ("running", "done", "failed")
 
 
 class ProgressSink:
-    def __init__(self, inner: TrialSink, plan: Plan, console: Console | None = None):
+    def __init__(self, inner: "TrialSink", plan: "Plan", console: Console | None = None):
         self.inner, self.plan = inner, plan
         self.console = console or Console(stderr=True)
         self.metric, self.mode = plan.study.metric.name, plan.study.metric.mode

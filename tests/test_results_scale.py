@@ -179,9 +179,9 @@ def _lines_per_event(n: int, terminal: bool) -> tuple[list[int], object]:
 @pytest.mark.parametrize("terminal", [True, False])
 def test_progress_work_per_event_does_not_grow_with_trials(terminal: bool) -> None:
     few, _ = _lines_per_event(20, terminal)
-    many, screen = _lines_per_event(700, terminal)
+    many, screen = _lines_per_event(3000, terminal)
     assert few == many and len(few) == 4 and all(c > 0 for c in few)
     if terminal:  # the same information: counts of every state, the best, the latest trials
-        assert screen.title == "p: 0 pending, 0 running, 600 done, 100 failed"
-        assert "best: top1 1398.00 (t000699)" in screen.caption and "678 more finished not shown" in screen.caption
-        assert screen.columns[0]._cells[0] == "t000699" and screen.row_count == 22
+        assert screen.title == "p: 0 pending, 0 running, 2571 done, 429 failed"
+        assert "best: top1 5998.00 (t002999)" in screen.caption and "2978 more finished not shown" in screen.caption
+        assert screen.columns[0]._cells[0] == "t002999" and screen.row_count == 22
