@@ -207,7 +207,9 @@ def run(
         with ProgressSink(journal, p, console=err) as sink:
             summary = run_study(file, profile, store=store, sink=sink, address=address, plan=p, journal=journal,
                                 artifacts=artifacts, rerun=rerun, rerun_stale=rerun_stale)
-        record = store.load(p.study.name)
+        from ablate.tables import load_table_record
+
+        record = load_table_record(store, p.study.name)
     except _user_errors() as e:
         _fail(f"{file}: {e}")
     except (RunInterrupted, KeyboardInterrupt) as e:

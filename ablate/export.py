@@ -46,11 +46,12 @@ def resolve_format(path: str | Path, fmt: str | None = None) -> str:
     return fmt or implied or "csv"
 
 
-def _param_types(store: Store, studies: list[str] | None, trial_ids: list[str] | None) -> dict[str, str]:
+def _param_types(store: Store, studies: list[str] | None, trial_ids: list[str] | None,
+                 chunk: int) -> dict[str, str]:
     """{axis: arrow type name} over every exported trial: a column of lists or dicts (per-stage
     kernel sizes) or of mixed kinds becomes JSON text, so every row has one type."""
     kinds: dict[str, set[str]] = {}
-    for _, trials in store.iter_trial_chunks(studies, trial_ids, metrics="none", chunk=CHUNK_TRIALS * 5):
+    for _, trials in store.iter_trial_chunks(studies, trial_ids, metrics="none", chunk=chunk):
         for t in trials:
             for k, v in t.params.items():
                 if k != "seed" and v is not None:
@@ -117,7 +118,7 @@ def export(store: Store, path: str | Path, fmt: str | None = None, *, studies: I
     fmt = resolve_format(path, fmt)
     names = None if studies is None else list(studies)
     ids = None if trial_ids is None else list(trial_ids)
-    params = _param_types(store, names, ids)
+    params = _param_types(store, names, ids, chunk)
     schema = _schema(params)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")  # a failed export leaves no half-written file under the name

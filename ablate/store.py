@@ -209,6 +209,7 @@ class StudyRecord:
     trials: list[TrialRecord]
 
 
+CODE_FIELDS = ("ablate_version", "git_commit", "git_dirty")  # = ablate.provenance.CODE_FIELDS (no import here)
 ERROR_HEAD = 2000  # characters of a trial's error read for its first line (summaries)
 IN_CHUNK = 5000  # ids per IN (...) list: SQLite allows 32766 bound values, PostgreSQL 65535
 
@@ -768,7 +769,7 @@ class Store:
     # the same SQL on SQLite and PostgreSQL, served by the indexes of db/versions/0004.
     #
     #   study_info(study) -> StudyInfo                 name, description, spec (KeyError if none)
-    #   trial_summaries(study, trial_ids=None, *, config=False) -> list[TrialSummary]
+    #   trial_summaries(study, trial_ids=None, *, config=False, light=False) -> list[TrialSummary]
     #                                                  one row per trial, in insertion order: id, arm,
     #                                                  params, seed, status, params/FLOPs, error's first
     #                                                  line, provenance, profile; no metric rows
@@ -800,12 +801,19 @@ class Store:
         return sid
 
     def trial_summaries(self, study: str, trial_ids: Iterable[str] | None = None, *,
-                        config: bool = False) -> list[TrialSummary]:
+                        config: bool = False, light: bool = False) -> list[TrialSummary]:
         """Every trial of ``study`` (or those of ``trial_ids``), without metric rows; ``config=True``
-        adds each full config (what a table needs of it is in one trial per arm: see ``configs``)."""
+        adds each full config (what a table needs of it is in one trial per arm: see ``configs``).
+        ``light=True`` (what a table reads) leaves out the error, times and attempts, and reads of the
+        provenance only its code fields (``CODE_FIELDS``), extracted by the database."""
+        prov: list[Any] = [TrialRow.provenance] if not light else [
+            TrialRow.provenance["ablate_version"].as_string(), TrialRow.provenance["git_commit"].as_string(),
+            TrialRow.provenance["git_dirty"].as_boolean()]
         cols = [TrialRow.pk, TrialRow.trial_id, TrialRow.params, TrialRow.seed, TrialRow.status, TrialRow.n_params,
-                TrialRow.flops, func.substr(TrialRow.error, 1, ERROR_HEAD), TrialRow.error_kind, TrialRow.attempts,
-                TrialRow.started_at, TrialRow.ended_at, TrialRow.provenance, TrialRow.profile]
+                TrialRow.flops, TrialRow.error_kind, TrialRow.profile, *prov]
+        if not light:
+            cols += [func.substr(TrialRow.error, 1, ERROR_HEAD), TrialRow.attempts, TrialRow.started_at,
+                     TrialRow.ended_at]
         if config:
             cols.append(TrialRow.config)
         out: list[TrialSummary] = []
@@ -814,9 +822,14 @@ class Store:
             for where in _id_filters(trial_ids):
                 q = select(*cols).where(TrialRow.study_id == sid, *where).order_by(TrialRow.pk)
                 for r in c.execute(q):
-                    out.append(TrialSummary(study, r[1], r[2], r[3], r[4], r[5], r[6], _first_line(r[7]), r[8],
-                                            r[9], _utc(r[10]), _utc(r[11]), dict(r[12] or {}), r[13],
-                                            r[14] if config else None, _pk=r[0]))
+                    if light:
+                        code = {k: v for k, v in zip(CODE_FIELDS, r[9:12]) if v is not None}
+                        out.append(TrialSummary(study, r[1], r[2], r[3], r[4], r[5], r[6], None, r[7], 0, None, None,
+                                                code, r[8], r[12] if config else None, _pk=r[0]))
+                    else:
+                        out.append(TrialSummary(study, r[1], r[2], r[3], r[4], r[5], r[6], _first_line(r[10]), r[7],
+                                                r[11], _utc(r[12]), _utc(r[13]), dict(r[9] or {}), r[8],
+                                                r[14] if config else None, _pk=r[0]))
         if trial_ids is not None:
             out.sort(key=lambda t: t._pk)
         return out

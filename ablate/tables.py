@@ -125,6 +125,11 @@ def declared_arms(spec: dict[str, Any]) -> list[dict[str, Any]] | None:
 
 
 def group_arms(record: StudyRecord, all_arms: bool = False) -> list[Arm]:
+    """The arms of ``table_arms`` that hold at least one trial (what plots can draw)."""
+    return [a for a in table_arms(record, all_arms) if a.trials]
+
+
+def table_arms(record: StudyRecord, all_arms: bool = False) -> list[Arm]:
     """The table's arms. From a study file's spec: exactly its declared arms in its order, each with
     the trials of its declared seeds and profile (the newest registration of a seed when a changed
     file registered it again); with ``all_arms``, then every other arm, seed or profile the database
@@ -133,7 +138,7 @@ def group_arms(record: StudyRecord, all_arms: bool = False) -> list[Arm]:
     if declared is None:
         arms: dict[str, Arm] = {}
         for t in record.trials:
-            key = arm_key(t.params)
+            key = _arm_of(t)
             arms.setdefault(key, Arm({k: v for k, v in t.params.items() if k != "seed"}, [])).trials.append(t)
         return list(arms.values())
     seeds = set(record.spec.get("seeds") or [])
@@ -142,7 +147,7 @@ def group_arms(record: StudyRecord, all_arms: bool = False) -> list[Arm]:
     current: dict[tuple[str, int], TrialRecord] = {}
     extra: list[TrialRecord] = []
     for t in record.trials:  # in registration order: a later registration of a seed supersedes
-        key = arm_key(t.params)
+        key = _arm_of(t)
         mine = key in rows and t.seed in seeds and getattr(t, "profile", None) in (None, profile)
         if not mine:
             extra.append(t)
@@ -157,7 +162,7 @@ def group_arms(record: StudyRecord, all_arms: bool = False) -> list[Arm]:
     if all_arms:
         others: dict[tuple[str, str | None], Arm] = {}
         for t in extra:
-            k = (arm_key(t.params), getattr(t, "profile", None))
+            k = (_arm_of(t), getattr(t, "profile", None))
             others.setdefault(k, Arm({a: v for a, v in t.params.items() if a != "seed"}, [], False)).trials.append(t)
         out += list(others.values())
     return out
@@ -186,17 +191,27 @@ def load_table_record(store: Store, study: str) -> StudyRecord:
     final value of each metric the table shows, and one config per arm (and profile); no per-epoch
     row is read. KeyError when the database holds no such study."""
     info = store.study_info(study)
-    summaries = store.trial_summaries(study)
+    summaries = store.trial_summaries(study, light=True)
     finals = store.final_values(study, needed_metrics(info.spec))
     first: dict[tuple[str, str | None], str] = {}
+    keys = []
     for t in summaries:
-        first.setdefault((t.arm, t.profile), t.trial_id)
+        key = arm_key(t.params)
+        keys.append(key)
+        first.setdefault((key, t.profile), t.trial_id)
     configs = store.configs(study, first.values())
-    trials = [TrialRecord(t.trial_id, t.params, configs.get(t.trial_id, {}), t.seed, t.status, t.n_params, t.flops,
-                          t.error, t.started_at, t.ended_at, {m: v for m, (_, v) in finals.get(t.trial_id, {}).items()},
-                          provenance=t.provenance, attempts=t.attempts, error_kind=t.error_kind, profile=t.profile)
-              for t in summaries]
+    trials = []
+    for t, key in zip(summaries, keys):
+        rec = TrialRecord(t.trial_id, t.params, configs.get(t.trial_id, {}), t.seed, t.status, t.n_params, t.flops,
+                          None, None, None, {m: v for m, (_, v) in finals.get(t.trial_id, {}).items()},
+                          provenance=t.provenance, error_kind=t.error_kind, profile=t.profile)
+        rec._arm = key  # type: ignore[attr-defined]  # computed once (table_arms reads it)
+        trials.append(rec)
     return StudyRecord(info.name, info.description, info.spec, trials)
+
+
+def _arm_of(t: TrialRecord) -> str:
+    return getattr(t, "_arm", None) or arm_key(t.params)
 
 
 # -- default columns -------------------------------------------------------------------------------
@@ -353,7 +368,7 @@ def build_table(record: StudyRecord, alpha: float = ALPHA, *, all_arms: bool = F
     main = (record.spec.get("metric") or {}).get("name", "top1")
     main_mode = (record.spec.get("metric") or {}).get("mode", "max")
     columns = spec.get("columns") or default_columns(record.spec, record)
-    arms = group_arms(record, all_arms)
+    arms = table_arms(record, all_arms)
     in_file = [t for a in arms if a.declared for t in a.trials]
     baseline = find_baseline(spec, arms)
     notes = list(spec.get("notes", []))
@@ -395,6 +410,8 @@ def build_table(record: StudyRecord, alpha: float = ALPHA, *, all_arms: bool = F
             results = dict(zip(compared, compare_with_baseline(base_seeds, [arms[i].by_seed(name) for i in compared],
                                                                alpha)))
             for i, arm in enumerate(arms):
+                d.raw[i].update(dict.fromkeys(f"delta_{key}{x}" for x in ("", "_test", "_pairs", "_p", "_p_holm",
+                                                                        "_ci_low", "_ci_high", "_significant")))
                 if arm is baseline:
                     d.cells.append("baseline")
                     if test is not None:

@@ -120,3 +120,18 @@ def test_profile_is_recorded_at_registration(store: Store) -> None:
     store.register("s5", "", {"name": "s5", "profile": None}, rows + [dict(rows[0], trial_id="t1")])
     assert {t.trial_id: t.profile for t in store.trial_summaries("s5")} == {"t0": "demo", "t1": ""}
     assert store.trial_summaries("s5")[0].status != COMPLETED
+
+
+def test_light_summaries_read_only_the_code_fields_of_the_provenance(store: Store) -> None:
+    rows = [{"trial_id": f"t{i}", "params": {"k": i, "seed": 0}, "config": {"seed": 0}, "seed": 0,
+             "n_params": 1, "flops": 1} for i in range(3)]
+    store.register("s6", "", {"name": "s6", "profile": None}, rows)
+    store.update_provenance("s6", "t0", {"ablate_version": "0.1", "git_commit": "abc", "git_dirty": True,
+                                         "host": "h", "devices": ["cpu"]})
+    store.update_provenance("s6", "t1", {"ablate_version": "0.1", "git_commit": None, "git_dirty": False})
+    light = {t.trial_id: t for t in store.trial_summaries("s6", light=True)}
+    assert light["t0"].provenance == {"ablate_version": "0.1", "git_commit": "abc", "git_dirty": True}
+    assert light["t1"].provenance == {"ablate_version": "0.1", "git_dirty": False}
+    assert light["t2"].provenance == {} and light["t2"].error is None and light["t2"].profile == ""
+    full = {t.trial_id: t for t in store.trial_summaries("s6")}
+    assert full["t0"].provenance["devices"] == ["cpu"]
