@@ -14,11 +14,12 @@ History = dict[str, dict[str, list[tuple[int, float]]]]  # trial id -> metric ->
 def load_study(store: Store, name: str) -> StudyRecord:
     """One study with its trials and their final values (``Store.final_values``, an aggregate
     query), each arm's first trial with its config (what tables and plots read of a config), the
-    other trials without one, and errors as their first line: no per-epoch row is read."""
+    other trials without one, no errors or times (``load_details`` reads them for the trials shown
+    whole): no per-epoch row is read."""
     from ablate.store import TrialRecord, arm_key
 
     info = store.study_info(name)
-    summaries = store.trial_summaries(name)
+    summaries = store.trial_summaries(name, light=True)  # provenance: code fields only; no error, times
     firsts: dict[str, str] = {}
     for t in summaries:
         firsts.setdefault(arm_key(t.params), t.trial_id)
@@ -51,10 +52,16 @@ def load_details(store: Store, study: str, trials: list[TrialRecord], history: H
     import dataclasses
 
     ids = [t.trial_id for t in trials]
+    full = {s.trial_id: s for s in store.trial_summaries(study, ids)}
     configs = store.configs(study, ids)
-    errors = store.trial_errors(study, [t.trial_id for t in trials if t.error])
-    return [dataclasses.replace(t, config=configs.get(t.trial_id, t.config), error=errors.get(t.trial_id, t.error),
-                                history=history.get(t.trial_id, {})) for t in trials]
+    errors = store.trial_errors(study, ids)
+    out = []
+    for t in trials:
+        s = full.get(t.trial_id)
+        more = dict(provenance=s.provenance, attempts=s.attempts, started_at=s.started_at, ended_at=s.ended_at) if s else {}
+        out.append(dataclasses.replace(t, config=configs.get(t.trial_id, t.config), error=errors.get(t.trial_id, t.error),
+                                       history=history.get(t.trial_id, {}), **more))
+    return out
 
 
 def version(store: Store) -> str:

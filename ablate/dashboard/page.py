@@ -89,8 +89,7 @@ def _round(v: float | None) -> float | None:
 def detail_ids(view: StudyView) -> list[str]:
     """The trials whose full details the static page embeds (at most MAX_DETAILS): the latest
     failed, the running, then those of the arms whose curves are drawn."""
-    failed = sorted((t for t in view.record.trials if t.status == FAILED),
-                    key=lambda t: t.ended_at or datetime.min.replace(tzinfo=timezone.utc), reverse=True)
+    failed = [t for t in reversed(view.record.trials) if t.status == FAILED]  # the latest registered first
     ids = [t.trial_id for t in failed[:MAX_DETAIL_FAILED]]
     ids += [t.trial_id for t in view.record.trials if t.status == RUNNING][:MAX_DETAIL_RUNNING]
     ids += [t.trial_id for a in curve_arms(view) for t in a.arm.trials]
