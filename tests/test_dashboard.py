@@ -309,8 +309,26 @@ class Served:
         self.thread.join(10)
 
 
-def test_served_page_is_cached_until_results_change(tmp_path):
-    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+def empty_db(tmp_path: Path, backend: str, request) -> str:
+    """A fresh SQLite file, or the PostgreSQL test database of `make test` emptied (as tests/test_store.py does)."""
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'db.db'}"
+    from sqlalchemy import text
+
+    from ablate.store import Base
+
+    url = request.getfixturevalue("pg_url")
+    s = Store(url)
+    with s.engine.begin() as c:
+        Base.metadata.drop_all(c)
+        c.execute(text("DROP TABLE IF EXISTS alembic_version"))
+    s.close()
+    return url
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_served_page_is_cached_until_results_change(tmp_path, backend, request):
+    store = Store(empty_db(tmp_path, backend, request))
     srv = Served(store, refresh=7)
     try:
         status, ctype, body = srv.get()
@@ -406,19 +424,7 @@ def test_served_dashboard_keeps_database_text_out_of_the_status_line_and_headers
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_bulk_import_and_load_many_roundtrip(tmp_path, backend, request):
-    if backend == "sqlite":
-        url = f"sqlite:///{tmp_path / 'bulk.db'}"
-    else:  # the test database of `make test`, emptied as tests/test_store.py does
-        from sqlalchemy import text
-
-        from ablate.store import Base
-
-        url = request.getfixturevalue("pg_url")
-        s = Store(url, create=False)
-        with s.engine.begin() as c:
-            Base.metadata.drop_all(c)
-            c.execute(text("DROP TABLE IF EXISTS alembic_version"))
-        s.close()
+    url = empty_db(tmp_path, backend, request)
     recs = big_studies(120, 3, seeds=2, epochs=3) + small_records()
     store = Store(url)
     try:
