@@ -17,11 +17,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ablate.store import FAILED, RUNNING, StudyRecord, TrialRecord
+from ablate.store import FAILED, RUNNING, StudyRecord
 from ablate.text import strip_controls
 
 from ablate.dashboard.figures import STATUS_COLORS, STATUSES, curve_arms, pretty, study_figures
-from ablate.dashboard.view import StudyView, study_view
+from ablate.dashboard.view import StudyView
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 MAX_DETAILS = 20  # trials per study whose full details the static page embeds
@@ -236,7 +236,3 @@ def safe_url(url: str) -> str:
     """The database URL without a password."""
     return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
 
-
-def status_counts(trials: list[TrialRecord]) -> dict[str, int]:
-    c = Counter(t.status for t in trials)
-    return {s: c.get(s, 0) for s in STATUSES}
