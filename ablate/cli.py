@@ -207,7 +207,9 @@ def run(
         with ProgressSink(journal, p, console=err) as sink:
             summary = run_study(file, profile, store=store, sink=sink, address=address, plan=p, journal=journal,
                                 artifacts=artifacts, rerun=rerun, rerun_stale=rerun_stale)
-        record = store.load(p.study.name)
+        from ablate.tables import load_table_record
+
+        record = load_table_record(store, p.study.name)
     except _user_errors() as e:
         _fail(f"{file}: {e}")
     except (RunInterrupted, KeyboardInterrupt) as e:
@@ -245,15 +247,17 @@ def run(
 def table(
     study: str = typer.Argument(..., help="Study name (the 'name' in its file)."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP, envvar="ABLATE_DB"),
-    fmt: str = typer.Option("md", "--format", "-f", help="md, csv (one row per arm, with trial ids), latex "
-                            "(booktabs) or html."),
+    fmt: str = typer.Option("md", "--format", "-f", help="md, csv (one row per arm, snake_case columns, with "
+                            "trial ids), latex (booktabs) or html."),
     out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file instead of stdout."),
     analysis: Optional[str] = typer.Option(None, "--analysis", "-a", help="The table of an analysis instead: "
                                            "'erf' prints Table 10's layout (r per threshold t, the paper's numbers "
                                            "beside); md, csv or latex."),
+    all_arms: bool = typer.Option(False, "--all", help="Also show arms, seeds and profiles the database holds "
+                                  "but the study file no longer declares (marked ‡)."),
 ) -> None:
-    """Print a study's table from the result database: mean ± std over seeds, Δ and a paired test
-    against the baseline, best in bold."""
+    """Print a study's table from the result database: the arms its study file declares (as last
+    run), mean ± std over seeds, Δ and a paired test against the baseline, best in bold."""
     if analysis is not None:
         from ablate.analyses.tables import AnalysisTableError, render_analysis
 
@@ -263,19 +267,22 @@ def table(
             _fail(str(e))
         _write_text(text, out_file)
         return
-    from ablate.tables import FORMATS, render
+    from ablate.tables import FORMATS, load_table_record, render
 
     if fmt not in FORMATS:
         _fail(f"--format: one of {', '.join(FORMATS)}, got '{fmt}'")
     store = _store(db)
-    record = _load_study(store, study)
+    try:
+        record = load_table_record(store, study)
+    except KeyError:
+        _unknown_study(store, study)
     beside = (record.spec.get("table") or {}).get("beside")
     if beside and beside in {n for n, _, _ in store.studies()}:  # Table 11 whole: the downstream half to the right
         from ablate.seg_tables import render_beside
 
-        text = render_beside(record, store.load(beside), fmt)
+        text = render_beside(record, load_table_record(store, beside), fmt)
     else:
-        text = render(record, fmt)
+        text = render(record, fmt, all_arms=all_arms)
     if out_file:
         out_file.write_text(text)
         err.print(f"wrote {out_file}")
@@ -416,31 +423,43 @@ def models(
     out.print(t)
 
 
+def _unknown_study(store, study: str) -> None:
+    known = ", ".join(n for n, _, _ in store.studies()[:20]) or "none yet"
+    _fail(f"study '{study}' is not in {store.display_url} (studies there: {known})")
+
+
 def _load_study(store, study: str, history: bool = False):
     try:
         return store.load(study, history=history)
     except KeyError:
-        known = ", ".join(n for n, _, _ in store.studies()) or "none yet"
-        _fail(f"study '{study}' is not in {store.display_url} (studies there: {known})")
+        _unknown_study(store, study)
 
 
 @app.command()
 def export(
-    study: str = typer.Argument(..., help="Study name (the 'name' in its file)."),
+    studies: Optional[list[str]] = typer.Argument(None, help="Study names (default: every study in the database)."),
     out_file: Path = typer.Option(..., "--out", "-o", help="File to write."),
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="csv or parquet (default: from --out's "
                                       "suffix .csv / .parquet; a suffix that says otherwise is an error)."),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP, envvar="ABLATE_DB"),
+    final: bool = typer.Option(False, "--final", help="Only each metric's last epoch (one row per trial and metric)."),
+    trials: Optional[list[str]] = typer.Option(None, "--trial", metavar="TRIAL_ID", help="Only this trial "
+                                               "(repeatable; full ids, as `ablate plan` prints them)."),
 ) -> None:
-    """Write every trial and metric of a study in long format (one row per trial, epoch and metric), for pandas."""
+    """Write trials and metrics in long format (one row per trial, epoch and metric; epochs from 1),
+    for pandas. Streams in chunks: memory stays small whatever the database's size."""
     from ablate.export import export as write_export, resolve_format
 
     try:  # before the database is opened: a wrong name writes nothing
         fmt = resolve_format(out_file, fmt)
     except ValueError as e:
         _fail(str(e))
-    record = _load_study(_store(db), study, history=True)
-    n = write_export(record, out_file, fmt)
+    store = _store(db)
+    known = {n for n, _, _ in store.studies()}
+    for name in studies or []:
+        if name not in known:
+            _unknown_study(store, name)
+    n = write_export(store, out_file, fmt, studies=studies or None, trial_ids=trials or None, final=final)
     err.print(f"wrote {n} rows to {out_file}")
 
 
@@ -448,12 +467,13 @@ def export(
 def dashboard(
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP, envvar="ABLATE_DB"),
     out_file: Path = typer.Option(Path("report.html"), "--out", "-o", help="The HTML page to write."),
-    serve: bool = typer.Option(False, "--serve", help="Serve the page instead of writing it; it is regenerated "
-                               "on every request and reloads itself while trials run."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to serve on (with --serve)."),
+    serve: bool = typer.Option(False, "--serve", help="Serve the page on loopback instead of writing it: built "
+                               "once, rebuilt only when results change; curves and trial details on demand."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Loopback address to serve on (with --serve): 127.0.0.1 "
+                            "or ::1; the dashboard has no authentication."),
     port: int = typer.Option(8050, "--port", help="Port to serve on (with --serve)."),
-    refresh: int = typer.Option(10, "--refresh", min=0, help="Seconds between reloads while trials run "
-                                "(with --serve; 0: never)."),
+    refresh: int = typer.Option(10, "--refresh", min=0, help="Seconds between the page's checks for new "
+                                "results (with --serve; it reloads only when they changed; 0: never)."),
     images: Optional[Path] = typer.Option(None, "--images", help="Also write every plot as PNG and SVG under "
                                           "this folder (kaleido + a local Chromium)."),
     artifacts: Optional[Path] = typer.Option(None, "--artifacts", help="Trial artifact folder, for ERF / kernel "
@@ -467,13 +487,15 @@ def dashboard(
     store = _store(db)
     if images is not None:
         try:
-            paths = dash.export_images(store.load_many(history=True), images, artifacts=artifacts)
+            paths = dash.export_images(store, images, artifacts=artifacts)
         except dash.ImageExportError as e:
             _fail(str(e), 1)
         err.print(f"wrote {len(paths)} images under {images}")
     if serve:
         try:
             server = dash.make_server(store, host, port, refresh, artifacts)
+        except ValueError as e:
+            _fail(str(e))
         except OSError as e:
             _fail(f"--port: a free port on {host} ({e})")
         err.print(f"serving the dashboard of {store.display_url} at http://{host}:{server.server_address[1]}/ (Ctrl-C stops)")

@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # torch is imported where it is used: `human` serves commands that must not load it
     from torch import nn
 
+from ablate.text import human  # noqa: F401  (formatting lives with text; kept here for callers)
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -100,10 +103,3 @@ def count_macs_and_mmcv_flops(model: nn.Module, image_size: int | tuple[int, int
     total = _count(model, image_size, in_chans, extras.mapping(), copy_model)
     return total // 2, total // 2 + extras.extra
 
-
-def human(n: float, unit: str = "") -> str:
-    """4.0M / 15.3G style, the paper's rounding to one decimal."""
-    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
-        if abs(n) >= div:
-            return f"{n / div:.1f}{suffix}{unit}"
-    return f"{n:.0f}{unit}"

@@ -10,6 +10,7 @@ which keeps the replaced attempt in ``trial_attempts``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -17,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from sqlalchemy import (JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text,
                         UniqueConstraint, create_engine, delete, event, func, insert, inspect, or_,
@@ -124,7 +125,8 @@ class StudyRow(Base):
 
 class TrialRow(Base):
     __tablename__ = "trials"
-    __table_args__ = (UniqueConstraint("study_id", "trial_id", name="uq_trials_study_trial"),)
+    __table_args__ = (UniqueConstraint("study_id", "trial_id", name="uq_trials_study_trial"),
+                      Index("ix_trials_study_status", "study_id", "status"))  # 0004
     pk: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
     trial_id: Mapped[str] = mapped_column(String(64))
@@ -142,14 +144,17 @@ class TrialRow(Base):
     error_kind: Mapped[str | None] = mapped_column(String(16), nullable=True)
     claimed_by: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # the profile whose registration inserted it, "" for the file's base; None: registered before 0004
+    profile: Mapped[str | None] = mapped_column(String(100), nullable=True)
     study: Mapped[StudyRow] = relationship(back_populates="trials")
 
 
 class MetricRow(Base):
     __tablename__ = "metrics"
-    __table_args__ = (UniqueConstraint("trial_pk", "epoch", "name", name="uq_metrics_trial_epoch_name"),)
+    __table_args__ = (UniqueConstraint("trial_pk", "epoch", "name", name="uq_metrics_trial_epoch_name"),
+                      Index("ix_metrics_trial_name_epoch", "trial_pk", "name", "epoch", "value"))  # 0004
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    trial_pk: Mapped[int] = mapped_column(ForeignKey("trials.pk", ondelete="CASCADE"), index=True)
+    trial_pk: Mapped[int] = mapped_column(ForeignKey("trials.pk", ondelete="CASCADE"))
     epoch: Mapped[int] = mapped_column(Integer)
     name: Mapped[str] = mapped_column(String(64))
     value: Mapped[float] = mapped_column(Float)
@@ -193,6 +198,7 @@ class TrialRecord:
     attempts: int = 0
     error_kind: str | None = None
     past_attempts: list[dict[str, Any]] = field(default_factory=list)  # replaced by rerun, oldest first
+    profile: str | None = None  # the profile that registered it ("": the base; None: unknown)
 
 
 @dataclass
@@ -201,6 +207,90 @@ class StudyRecord:
     description: str
     spec: dict[str, Any]
     trials: list[TrialRecord]
+
+
+CODE_FIELDS = ("ablate_version", "git_commit", "git_dirty")  # = ablate.provenance.CODE_FIELDS (no import here)
+ERROR_HEAD = 2000  # characters of a trial's error read for its first line (summaries)
+IN_CHUNK = 5000  # ids per IN (...) list: SQLite allows 32766 bound values, PostgreSQL 65535
+
+
+def display_epoch(epoch: int | None) -> int | None:
+    """The epoch as a person counts it (from 1); the database stores the trainer's 0-based index."""
+    return None if epoch is None else epoch + 1
+
+
+def _first_line(error: str | None) -> str | None:
+    """An error's message: its first non-empty line (the exception's own message comes first)."""
+    if not error:
+        return error
+    return next((ln.strip() for ln in error.splitlines() if ln.strip()), "")
+
+
+def _id_filters(trial_ids: Iterable[str] | None) -> Iterator[list[Any]]:
+    """WHERE clauses that select ``trial_ids`` in IN-lists of bounded length ([] = all trials)."""
+    if trial_ids is None:
+        yield []
+        return
+    ids = sorted(set(trial_ids))
+    for i in range(0, len(ids), IN_CHUNK):
+        yield [TrialRow.trial_id.in_(ids[i:i + IN_CHUNK])]
+
+
+def _final_query(scope: Any, names: list[str] | None) -> Any:
+    """(trial pk, trial id, metric, epoch, value) at each metric's last epoch, for the trials whose
+    pk is in ``scope`` (a subquery or a list): max(epoch) per (trial, metric), joined back to its
+    row; both halves read only the index (trial_pk, name, epoch, value)."""
+    where = [MetricRow.trial_pk.in_(scope)]
+    if names is not None:
+        where.append(MetricRow.name.in_(names))
+    last = (select(MetricRow.trial_pk.label("pk"), MetricRow.name.label("name"), func.max(MetricRow.epoch).label("e"))
+            .where(*where).group_by(MetricRow.trial_pk, MetricRow.name).subquery())
+    return (select(last.c.pk, TrialRow.trial_id, last.c.name, last.c.e, MetricRow.value)
+            .select_from(last)
+            .join(MetricRow, (MetricRow.trial_pk == last.c.pk) & (MetricRow.name == last.c.name)
+                  & (MetricRow.epoch == last.c.e))
+            .join(TrialRow, TrialRow.pk == last.c.pk))
+
+
+@dataclass
+class StudyInfo:
+    """A study without its trials."""
+
+    name: str
+    description: str
+    spec: dict[str, Any]
+
+
+@dataclass
+class TrialSummary:
+    """A trial without its per-epoch rows (``Store.trial_summaries``); ``error`` is its first line."""
+
+    study: str
+    trial_id: str
+    params: dict[str, Any]
+    seed: int
+    status: str
+    n_params: int | None
+    flops: int | None
+    error: str | None
+    error_kind: str | None
+    attempts: int
+    started_at: datetime | None
+    ended_at: datetime | None
+    provenance: dict[str, Any]
+    profile: str | None  # the profile that registered it ("": the file's base; None: unknown, before 0004)
+    config: dict[str, Any] | None = None  # with config=True only
+    _pk: int = field(default=0, repr=False)
+
+    @property
+    def arm(self) -> str:
+        """The axis values without the seed, as canonical JSON: trials of one arm share it."""
+        return arm_key(self.params)
+
+
+def arm_key(params: dict[str, Any]) -> str:
+    """Canonical JSON of a trial's axis values without its seed (the key of its arm)."""
+    return json.dumps({k: v for k, v in params.items() if k != "seed"}, sort_keys=True)
 
 
 @dataclass
@@ -493,7 +583,7 @@ class Store:
                 for t in trials:
                     row = existing.get(t["trial_id"])
                     if row is None:
-                        s.add(TrialRow(study_id=study.id, status=PENDING, attempts=0, **t))
+                        s.add(TrialRow(study_id=study.id, status=PENDING, attempts=0, profile=spec.get("profile") or "", **t))
                         status[t["trial_id"]] = PENDING
                     else:
                         if (row.n_params, row.flops) != (t.get("n_params"), t.get("flops")):
@@ -691,6 +781,205 @@ class Store:
                 n += 1
         return n
 
+    # -- reading: ask SQL for what is needed ---------------------------------------------------
+    # The read API (issue 13). Every method reads one study (or a chunk of trials) with a few
+    # queries whose size is the answer's, never every per-epoch row when only finals are needed;
+    # the same SQL on SQLite and PostgreSQL, served by the indexes of db/versions/0004.
+    #
+    #   study_info(study) -> StudyInfo                 name, description, spec (KeyError if none)
+    #   trial_summaries(study, trial_ids=None, *, config=False, light=False) -> list[TrialSummary]
+    #                                                  one row per trial, in insertion order: id, arm,
+    #                                                  params, seed, status, params/FLOPs, error's first
+    #                                                  line, provenance, profile; no metric rows
+    #   configs(study, trial_ids) -> {trial_id: config}  full configs of a few trials
+    #   final_values(study, metrics=None, trial_ids=None) -> {trial_id: {metric: (epoch, value)}}
+    #                                                  each metric's row at the trial's last epoch
+    #   best_values(study, metric, mode="max", trial_ids=None) -> {trial_id: (epoch, value)}
+    #                                                  the best value and its first epoch
+    #   histories(study, trial_ids, metrics=None) -> {trial_id: {metric: [(epoch, value), ...]}}
+    #                                                  per-epoch rows, only for the trials asked
+    #   last_epochs(study) -> {trial_id: last epoch stored}
+    #   iter_trial_chunks(studies=None, trial_ids=None, *, metrics="all"|"final"|"none",
+    #                     chunk=1000) -> Iterator[(study, [TrialRecord])]   bounded memory, for export
+    #
+    # Epochs are stored as the trainer reports them, from 0; what a person reads counts from 1
+    # (``display_epoch``). ``load`` (a whole StudyRecord) is built on these queries.
+    def study_info(self, study: str) -> StudyInfo:
+        with self.engine.connect() as c:
+            row = c.execute(select(StudyRow.name, StudyRow.description, StudyRow.spec)
+                            .where(StudyRow.name == study)).first()
+        if row is None:
+            raise KeyError(study)
+        return StudyInfo(*row)
+
+    def _study_id(self, c: Any, study: str) -> int:
+        sid = c.execute(select(StudyRow.id).where(StudyRow.name == study)).scalar()
+        if sid is None:
+            raise KeyError(study)
+        return sid
+
+    def trial_summaries(self, study: str, trial_ids: Iterable[str] | None = None, *,
+                        config: bool = False, light: bool = False) -> list[TrialSummary]:
+        """Every trial of ``study`` (or those of ``trial_ids``), without metric rows; ``config=True``
+        adds each full config (what a table needs of it is in one trial per arm: see ``configs``).
+        ``light=True`` (what a table reads) leaves out the error, times and attempts, and reads of the
+        provenance only its code fields (``CODE_FIELDS``), extracted by the database."""
+        prov: list[Any] = [TrialRow.provenance] if not light else [
+            TrialRow.provenance["ablate_version"].as_string(), TrialRow.provenance["git_commit"].as_string(),
+            TrialRow.provenance["git_dirty"].as_boolean()]
+        cols = [TrialRow.pk, TrialRow.trial_id, TrialRow.params, TrialRow.seed, TrialRow.status, TrialRow.n_params,
+                TrialRow.flops, TrialRow.error_kind, TrialRow.profile, *prov]
+        if not light:
+            cols += [func.substr(TrialRow.error, 1, ERROR_HEAD), TrialRow.attempts, TrialRow.started_at,
+                     TrialRow.ended_at]
+        if config:
+            cols.append(TrialRow.config)
+        out: list[TrialSummary] = []
+        with self.engine.connect() as c:
+            sid = self._study_id(c, study)
+            for where in _id_filters(trial_ids):
+                q = select(*cols).where(TrialRow.study_id == sid, *where).order_by(TrialRow.pk)
+                for r in c.execute(q):
+                    if light:
+                        code = {k: v for k, v in zip(CODE_FIELDS, r[9:12]) if v is not None}
+                        out.append(TrialSummary(study, r[1], r[2], r[3], r[4], r[5], r[6], None, r[7], 0, None, None,
+                                                code, r[8], r[12] if config else None, _pk=r[0]))
+                    else:
+                        out.append(TrialSummary(study, r[1], r[2], r[3], r[4], r[5], r[6], _first_line(r[10]), r[7],
+                                                r[11], _utc(r[12]), _utc(r[13]), dict(r[9] or {}), r[8],
+                                                r[14] if config else None, _pk=r[0]))
+        if trial_ids is not None:
+            out.sort(key=lambda t: t._pk)
+        return out
+
+    def configs(self, study: str, trial_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The full configs of ``trial_ids`` of ``study``."""
+        out: dict[str, dict[str, Any]] = {}
+        with self.engine.connect() as c:
+            sid = self._study_id(c, study)
+            for where in _id_filters(list(trial_ids)):
+                out.update(c.execute(select(TrialRow.trial_id, TrialRow.config)
+                                     .where(TrialRow.study_id == sid, *where)).all())
+        return out
+
+    def final_values(self, study: str, metrics: Iterable[str] | None = None,
+                     trial_ids: Iterable[str] | None = None) -> dict[str, dict[str, tuple[int, float]]]:
+        """{trial_id: {metric: (epoch, value)}} at each metric's last stored epoch, by an aggregate
+        query (max epoch per trial and metric, joined back to its row). Trials without metrics are
+        absent."""
+        names = list(metrics) if metrics is not None else None
+        out: dict[str, dict[str, tuple[int, float]]] = {}
+        with self.engine.connect() as c:
+            sid = self._study_id(c, study)
+            for where in _id_filters(trial_ids):
+                q = _final_query(select(TrialRow.pk).where(TrialRow.study_id == sid, *where), names)
+                for pk, tid, name, epoch, value in c.execute(q):
+                    out.setdefault(tid, {})[name] = (epoch, value)
+        return out
+
+    def best_values(self, study: str, metric: str, mode: str = "max",
+                    trial_ids: Iterable[str] | None = None) -> dict[str, tuple[int, float]]:
+        """{trial_id: (epoch, value)}: each trial's best ``metric`` (``mode`` max or min) and the
+        first epoch that reached it, by an aggregate query."""
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode: max or min, got {mode!r}")
+        agg = func.max if mode == "max" else func.min
+        out: dict[str, tuple[int, float]] = {}
+        with self.engine.connect() as c:
+            sid = self._study_id(c, study)
+            for where in _id_filters(trial_ids):
+                scope = select(TrialRow.pk).where(TrialRow.study_id == sid, *where)
+                best = (select(MetricRow.trial_pk.label("pk"), agg(MetricRow.value).label("v"))
+                        .where(MetricRow.trial_pk.in_(scope), MetricRow.name == metric)
+                        .group_by(MetricRow.trial_pk).subquery())
+                q = (select(TrialRow.trial_id, func.min(MetricRow.epoch), best.c.v)
+                     .select_from(best)
+                     .join(MetricRow, (MetricRow.trial_pk == best.c.pk) & (MetricRow.name == metric)
+                           & (MetricRow.value == best.c.v))
+                     .join(TrialRow, TrialRow.pk == best.c.pk)
+                     .group_by(TrialRow.trial_id, best.c.v))
+                for tid, epoch, value in c.execute(q):
+                    out[tid] = (epoch, value)
+        return out
+
+    def histories(self, study: str, trial_ids: Iterable[str],
+                  metrics: Iterable[str] | None = None) -> dict[str, dict[str, list[tuple[int, float]]]]:
+        """{trial_id: {metric: [(epoch, value), ...]}} in epoch order, for ``trial_ids`` only."""
+        names = list(metrics) if metrics is not None else None
+        out: dict[str, dict[str, list[tuple[int, float]]]] = {}
+        with self.engine.connect() as c:
+            sid = self._study_id(c, study)
+            for where in _id_filters(list(trial_ids)):
+                q = (select(TrialRow.trial_id, MetricRow.name, MetricRow.epoch, MetricRow.value)
+                     .join(TrialRow, TrialRow.pk == MetricRow.trial_pk)
+                     .where(TrialRow.study_id == sid, *where)
+                     .order_by(MetricRow.trial_pk, MetricRow.name, MetricRow.epoch))
+                if names is not None:
+                    q = q.where(MetricRow.name.in_(names))
+                for tid, name, epoch, value in c.execute(q):
+                    out.setdefault(tid, {}).setdefault(name, []).append((epoch, value))
+        return out
+
+    def last_epochs(self, study: str) -> dict[str, int]:
+        """{trial_id: the last epoch with a stored metric} (trials without metrics are absent)."""
+        with self.engine.connect() as c:
+            sid = self._study_id(c, study)
+            q = (select(TrialRow.trial_id, func.max(MetricRow.epoch)).join(TrialRow, TrialRow.pk == MetricRow.trial_pk)
+                 .where(TrialRow.study_id == sid).group_by(TrialRow.trial_id))
+            return dict(c.execute(q).all())
+
+    def iter_trial_chunks(self, studies: Iterable[str] | None = None, trial_ids: Iterable[str] | None = None, *,
+                          metrics: str = "all", chunk: int = 1000) -> Iterator[tuple[str, list[TrialRecord]]]:
+        """(study, up to ``chunk`` trials) at a time, each trial with its metrics: ``all`` epochs
+        (``history`` and ``final``), only the ``final`` ones, or ``none``; configs are left out.
+        Memory stays bounded by the chunk however large the database (keyset pagination on the
+        trial's key, one metric query per chunk). Unknown study names raise KeyError."""
+        if metrics not in ("all", "final", "none"):
+            raise ValueError(f"metrics: all, final or none, got {metrics!r}")
+        ids = None if trial_ids is None else sorted(set(trial_ids))
+        with self.engine.connect() as c:
+            q = select(StudyRow.id, StudyRow.name).order_by(StudyRow.name)
+            found = c.execute(q).all()
+        if studies is not None:
+            wanted = list(dict.fromkeys(studies))
+            known = {name: sid for sid, name in found}
+            missing = [n for n in wanted if n not in known]
+            if missing:
+                raise KeyError(missing[0])
+            found = [(known[n], n) for n in wanted]
+        cols = (TrialRow.pk, TrialRow.trial_id, TrialRow.params, TrialRow.seed, TrialRow.status, TrialRow.n_params,
+                TrialRow.flops, TrialRow.error, TrialRow.started_at, TrialRow.ended_at, TrialRow.attempts,
+                TrialRow.error_kind)
+        for sid, name in found:
+            for where in _id_filters(ids):
+                last = -1
+                while True:
+                    with self.engine.connect() as c:
+                        rows = c.execute(select(*cols).where(TrialRow.study_id == sid, TrialRow.pk > last, *where)
+                                         .order_by(TrialRow.pk).limit(chunk)).all()
+                        if not rows:
+                            break
+                        last = rows[-1][0]
+                        by_pk = {r[0]: TrialRecord(r[1], r[2], {}, r[3], r[4], r[5], r[6], r[7], _utc(r[8]),
+                                                   _utc(r[9]), attempts=r[10], error_kind=r[11]) for r in rows}
+                        pks = list(by_pk)
+                        if metrics == "all":
+                            mq = (select(MetricRow.trial_pk, MetricRow.name, MetricRow.epoch, MetricRow.value)
+                                  .where(MetricRow.trial_pk.in_(pks))
+                                  .order_by(MetricRow.trial_pk, MetricRow.name, MetricRow.epoch))
+                            for pk, metric, epoch, value in c.execute(mq):
+                                rec = by_pk[pk]
+                                rec.history.setdefault(metric, []).append((epoch, value))
+                                rec.final[metric] = value
+                        elif metrics == "final":
+                            for pk, _, metric, epoch, value in c.execute(_final_query(pks, None)):
+                                rec = by_pk[pk]
+                                rec.history[metric] = [(epoch, value)]
+                                rec.final[metric] = value
+                    yield name, list(by_pk.values())
+                    if len(rows) < chunk:
+                        break
+
     # -- reading ---------------------------------------------------------------------------
     def studies(self) -> list[tuple[str, str, int]]:
         """(name, description, number of trials) of every study."""
@@ -706,21 +995,31 @@ class Store:
                            error_kind=r.error_kind)
 
     def load(self, name: str, *, history: bool = False) -> StudyRecord:
-        """A study with its trials, each trial's last-epoch metrics, and optionally all epochs."""
-        with self._session() as s:
-            study = s.scalar(select(StudyRow).where(StudyRow.name == name))
-            if study is None:
-                raise KeyError(name)
-            rows = list(s.scalars(select(TrialRow).where(TrialRow.study_id == study.id).order_by(TrialRow.pk)))
-            by_pk = {r.pk: self._record(r) for r in rows}
-            q = (select(MetricRow.trial_pk, MetricRow.epoch, MetricRow.name, MetricRow.value)
-                 .join(TrialRow).where(TrialRow.study_id == study.id).order_by(MetricRow.epoch))
-            for pk, epoch, metric, value in s.execute(q):
-                rec = by_pk[pk]
-                rec.final[metric] = value  # ordered by epoch: the last one wins
-                if history:
-                    rec.history.setdefault(metric, []).append((epoch, value))
-            return StudyRecord(study.name, study.description, study.spec, list(by_pk.values()))
+        """A study with its trials (configs included), each trial's last-epoch metrics, and
+        optionally all epochs: built on ``trial_summaries``, ``final_values`` and ``histories``, so
+        without ``history`` no per-epoch row is read."""
+        info = self.study_info(name)
+        summaries = self.trial_summaries(name, config=True)
+        full_errors = self._errors(name)
+        finals = self.final_values(name)
+        hist = self.histories(name, [t.trial_id for t in summaries]) if history else {}
+        trials = []
+        for t in summaries:
+            rec = TrialRecord(t.trial_id, t.params, t.config or {}, t.seed, t.status, t.n_params, t.flops,
+                              full_errors.get(t.trial_id), t.started_at, t.ended_at,
+                              provenance=t.provenance, attempts=t.attempts, error_kind=t.error_kind,
+                              profile=t.profile)
+            rec.final = {m: v for m, (_, v) in finals.get(t.trial_id, {}).items()}
+            rec.history = hist.get(t.trial_id, {})
+            trials.append(rec)
+        return StudyRecord(info.name, info.description, info.spec, trials)
+
+    def _errors(self, study: str) -> dict[str, str]:
+        """{trial_id: full error} of the trials of ``study`` that have one."""
+        with self.engine.connect() as c:
+            sid = self._study_id(c, study)
+            return dict(c.execute(select(TrialRow.trial_id, TrialRow.error)
+                                  .where(TrialRow.study_id == sid, TrialRow.error.is_not(None))).all())
 
     def find_trial(self, trial_id: str) -> tuple[str, TrialRecord]:
         """(study name, the trial with every epoch and its replaced attempts) for a trial id or a
@@ -797,6 +1096,8 @@ class Store:
     def import_records(self, records: Iterable[StudyRecord], *, chunk: int = 20_000) -> int:
         """Insert whole studies (new names only) with bulk inserts: trials, their status, and their
         metrics (``history`` per epoch; a ``final`` value without history is stored at the last epoch).
+        A record's ``trials`` may be any iterable (a generator): they are written ``chunk`` metric
+        rows at a time, so a database of 10^5 generated trials needs no more memory than a chunk.
         Returns the number of trials inserted. Raises ValueError if a study name already exists."""
         n = 0
         with self._wsession.begin() as s:
@@ -806,27 +1107,65 @@ class Store:
                 study = StudyRow(name=rec.name, description=rec.description, spec=rec.spec)
                 s.add(study)
                 s.flush()
-                rows = [{"study_id": study.id, "trial_id": t.trial_id, "params": t.params, "config": t.config,
-                         "seed": t.seed, "status": t.status, "n_params": t.n_params, "flops": t.flops,
-                         "error": t.error, "started_at": t.started_at, "ended_at": t.ended_at,
-                         "attempts": t.attempts or (0 if t.status == PENDING else 1),
-                         "provenance": t.provenance or None, "error_kind": t.error_kind} for t in rec.trials]
                 conn = s.connection()  # Core executemany: the ORM's per-row bookkeeping costs 5x here
-                for i in range(0, len(rows), chunk):
-                    conn.execute(insert(TrialRow.__table__), rows[i:i + chunk])
-                pks = dict(s.execute(select(TrialRow.trial_id, TrialRow.pk).where(TrialRow.study_id == study.id)).all())
-                metrics: list[dict[str, Any]] = []
+                batch: list[TrialRecord] = []
+                size = 0
                 for t in rec.trials:
-                    last = max((e for h in t.history.values() for e, _ in h), default=0)
-                    for name, hist in t.history.items():
-                        metrics += [{"trial_pk": pks[t.trial_id], "epoch": e, "name": name, "value": float(v)}
-                                    for e, v in hist]
-                    metrics += [{"trial_pk": pks[t.trial_id], "epoch": last, "name": name, "value": float(v)}
-                                for name, v in t.final.items() if name not in t.history]
-                    if len(metrics) >= chunk:
-                        conn.execute(insert(MetricRow.__table__), metrics)
-                        metrics = []
-                if metrics:
-                    conn.execute(insert(MetricRow.__table__), metrics)
-                n += len(rows)
+                    batch.append(t)
+                    size += 1 + sum(len(h) for h in t.history.values()) + len(t.final)
+                    if size >= chunk:
+                        n += self._insert_trials(conn, study.id, batch)
+                        batch, size = [], 0
+                if batch:
+                    n += self._insert_trials(conn, study.id, batch)
         return n
+
+    @staticmethod
+    def _insert_trials(conn: Any, study_id: int, trials: list[TrialRecord]) -> int:
+        rows = [{"study_id": study_id, "trial_id": t.trial_id, "params": t.params, "config": t.config,
+                 "seed": t.seed, "status": t.status, "n_params": t.n_params, "flops": t.flops,
+                 "error": t.error, "started_at": t.started_at, "ended_at": t.ended_at,
+                 "attempts": t.attempts or (0 if t.status == PENDING else 1),
+                 "provenance": t.provenance or None, "error_kind": t.error_kind, "profile": t.profile}
+                for t in trials]
+        conn.execute(insert(TrialRow.__table__), rows)
+        pks = dict(conn.execute(select(TrialRow.trial_id, TrialRow.pk).where(
+            TrialRow.study_id == study_id, TrialRow.trial_id.in_([t.trial_id for t in trials]))).all())
+        metrics: list[dict[str, Any]] = []
+        for t in trials:
+            pk = pks[t.trial_id]
+            last = max((e for h in t.history.values() for e, _ in h), default=0)
+            for name, hist in t.history.items():
+                metrics += [{"trial_pk": pk, "epoch": e, "name": name, "value": float(v)} for e, v in hist]
+            metrics += [{"trial_pk": pk, "epoch": last, "name": name, "value": float(v)}
+                        for name, v in t.final.items() if name not in t.history]
+        if metrics:
+            conn.execute(insert(MetricRow.__table__), metrics)
+        return len(rows)
+
+    # -- dashboard reads (h2): change detection for the served cache, full errors -------------
+    # -- change detection (the served dashboard's cache) -----------------------------------------
+    def results_version(self) -> str:
+        """A fingerprint of everything a results view shows, from a few aggregates that indexes
+        or primary keys answer: it changes when a study is added or updated, a trial is added,
+        starts, ends, changes status or is rerun, or a metric row is written (``add_metrics``
+        deletes and inserts, so the largest metric id grows). Equal fingerprints: nothing to redo."""
+        with self.engine.connect() as c:
+            studies = c.execute(select(func.count(StudyRow.id), func.max(StudyRow.updated_at))).one()
+            trials = c.execute(select(func.count(TrialRow.pk), func.max(TrialRow.started_at),
+                                      func.max(TrialRow.ended_at), func.sum(TrialRow.attempts))).one()
+            status = sorted(c.execute(select(TrialRow.status, func.count()).group_by(TrialRow.status)).all())
+            metrics = c.execute(select(func.max(MetricRow.id))).scalar()
+            attempts = c.execute(select(func.count(TrialAttemptRow.pk))).scalar()
+        return repr((tuple(studies), tuple(trials), [tuple(s) for s in status], metrics, attempts))
+
+    def trial_errors(self, study: str, trial_ids: Iterable[str]) -> dict[str, str]:
+        """{trial_id: full stored error} of ``trial_ids`` of ``study`` that have one (the dashboard's
+        trial details; ``trial_summaries`` carries only the first line)."""
+        out: dict[str, str] = {}
+        with self.engine.connect() as c:
+            sid = self._study_id(c, study)
+            for where in _id_filters(list(trial_ids)):
+                out.update(c.execute(select(TrialRow.trial_id, TrialRow.error)
+                                     .where(TrialRow.study_id == sid, TrialRow.error.is_not(None), *where)).all())
+        return out

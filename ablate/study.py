@@ -177,7 +177,10 @@ class ColumnSpec(_Strict):
 
 
 class TableSpec(_Strict):
-    columns: list[ColumnSpec] = Field(min_length=1)
+    """Without ``columns`` the table shows the study's axes, its metric, Δ and the test against
+    ``baseline`` (which may be given alone), Params and FLOPs (see ablate.tables)."""
+
+    columns: list[ColumnSpec] | None = Field(default=None, min_length=1)
     baseline: dict[str, Any] | None = None
     notes: list[str] = Field(default_factory=list)
     paper: list[dict[str, Any]] = Field(default_factory=list, description="the paper's rows, shown beside")

@@ -1,7 +1,15 @@
 """Render a study's table from the result database, laid out by the study file's ``table`` section.
 
-Rows are arms (trials that differ only by seed); metric cells are the mean over completed seeds,
-with ± std when several seeds completed, and the Seeds column says how many completed. With a
+The table is the study file (as last registered by ``ablate run``): its rows are exactly the arms
+(trials that differ only by seed) the file declares, in the file's axis order, made of the trials of
+the file's profile and seeds; an arm not run yet is a row of dashes. "Seeds" is the number of
+distinct seeds completed / the number the file declares. ``all_arms`` (``ablate table --all``) adds
+the arms, seeds and profiles the database holds but the file no longer declares, marked ‡; an arm
+with results made by other code (another ablate version or git commit, uncommitted changes; see
+``ablate.provenance``) is marked §. Metric cells are the mean over completed seeds, with ± std
+when several seeds completed. Without a ``table`` section (or with only a ``baseline``) the table
+shows the study's axes, its metric, Δ and the test against the baseline, Params and FLOPs; a FLOPs
+header says the resolution they were counted at ("FLOPs @32"). With a
 ``table.baseline``, the study's metric gets a Δ column (arm mean - baseline mean) and a paired
 comparison with the baseline over shared seeds (ablate.stats: paired t-test from 3 seeds, Holm across
 the arms). Every Δ carries a mark, explained in the notes: ∗ significant, † not significant, "(n<3)"
@@ -10,7 +18,12 @@ a ``group`` get a grouped header (Table 11's ImageNet / ADE20K). The paper's own
 (``table.paper``) are shown beside the measured ones, and ``table.notes`` are printed under the table,
 so a discrepancy with the paper is stated where the table is read.
 
-Formats: md, latex (booktabs), csv (one row per arm with the trial ids behind each cell), html.
+Formats: md, latex (booktabs, true minus signs, ``\\label{tab:<study>}``), csv (one row per arm,
+snake_case headers, mean / std / n / p in columns of their own, numbers rounded to 6 significant
+digits, the trial ids behind each cell), html.
+
+``load_table_record`` reads what a table needs with the store's aggregate queries: trial summaries,
+the final values of the table's metrics and one config per arm, never a per-epoch row.
 """
 
 from __future__ import annotations
@@ -20,14 +33,15 @@ import html
 import io
 import json
 import math
+import re
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Callable
 
-from ablate.expand import get_path
-from ablate.flops import human
+from ablate.expand import _assignments, _excluded, get_path
 from ablate.stats import ALPHA, MIN_PAIRS, Paired, Summary, compare_with_baseline, summarize
-from ablate.store import COMPLETED, FAILED, INTERRUPTED, StudyRecord, TrialRecord
-from ablate.text import markdown_cell, safe_format, strip_controls
+from ablate.store import COMPLETED, FAILED, INTERRUPTED, Store, StudyRecord, TrialRecord, arm_key
+from ablate.text import human, markdown_cell, safe_format, strip_controls
 
 FORMATS = ("md", "csv", "latex", "html")
 # the mark after each Δ: one for each outcome of the comparison with the baseline (ablate.stats)
@@ -35,6 +49,8 @@ SIGNIFICANT = "∗"  # U+2217, not "*": Markdown would read an asterisk as empha
 DAGGER = "†"  # tested, not significant
 UNTESTED = f" (n<{MIN_PAIRS})"  # too few shared seeds to test
 MISSING = "–"
+NOT_IN_FILE = "‡"  # an arm (or seeds, or a profile) the study file no longer declares (--all)
+STALE = "§"  # results made by other code (provenance)
 
 
 def max_rf(config: dict[str, Any]) -> int:
@@ -54,14 +70,27 @@ DERIVED: dict[str, Callable[[dict[str, Any]], Any]] = {"max_rf": max_rf}
 class Arm:
     params: dict[str, Any]
     trials: list[TrialRecord]
+    declared: bool = True  # in the study file (False: only in the database, shown with --all)
+    seeds_declared: int | None = None  # how many seeds the file declares (None: not from a file)
 
     @property
     def done(self) -> list[TrialRecord]:
         return [t for t in self.trials if t.status == COMPLETED]
 
+    @property
+    def config(self) -> dict[str, Any]:
+        """The config of one of its trials (all share the axis values): {} for an arm not run yet."""
+        return next((t.config for t in self.trials if t.config), {})
+
     def by_seed(self, metric: str) -> dict[int, float]:
         """{seed: final value} of ``metric`` over completed trials."""
         return {t.seed: t.final[metric] for t in self.done if metric in t.final}
+
+    def seeds_cell(self) -> str:
+        """Distinct seeds completed / seeds the file declares (or, off the file, seeds stored)."""
+        done = len({t.seed for t in self.done})
+        total = self.seeds_declared if self.seeds_declared is not None else len({t.seed for t in self.trials})
+        return f"{done}/{total}"
 
 
 @dataclass
@@ -69,10 +98,11 @@ class TableData:
     title: str
     headers: list[str]
     rows: list[list[str]]  # plain text cells (markup is added per format)
-    raw: list[dict[str, Any]]  # one dict per arm, unformatted, for CSV
+    raw: list[dict[str, Any]]  # one dict per arm, unformatted, snake_case keys (the CSV)
     notes: list[str] = field(default_factory=list)
     groups: list[str] = field(default_factory=list)  # per column, "" when ungrouped
     bold: list[list[bool]] = field(default_factory=list)  # per cell: the best value of its column
+    label: str = ""  # the study's name, for LaTeX's \label{tab:...}
 
     def __post_init__(self) -> None:
         if not self.groups:
@@ -81,12 +111,142 @@ class TableData:
             self.bold = [[False] * len(r) for r in self.rows]
 
 
-def group_arms(record: StudyRecord) -> list[Arm]:
-    arms: dict[str, Arm] = {}
-    for t in record.trials:
-        key = json.dumps({k: v for k, v in t.params.items() if k != "seed"}, sort_keys=True)
-        arms.setdefault(key, Arm({k: v for k, v in t.params.items() if k != "seed"}, [])).trials.append(t)
-    return list(arms.values())
+# -- which trials make the table: the study file ---------------------------------------------------
+def declared_arms(spec: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The arms (axis assignments) a stored study spec declares, in the file's order (the order of
+    ``ablate.expand``), or None when the spec carries no axes (a record not made from a file)."""
+    axes = spec.get("axes")
+    if not isinstance(axes, dict):
+        return None
+    from ablate.study import AxesSpec
+
+    study = SimpleNamespace(axes=AxesSpec.model_validate(axes))
+    return [a for a in _assignments(study) if not _excluded(a, study)]  # type: ignore[arg-type]
+
+
+def group_arms(record: StudyRecord, all_arms: bool = False) -> list[Arm]:
+    """The arms of ``table_arms`` that hold at least one trial (what plots can draw)."""
+    return [a for a in table_arms(record, all_arms) if a.trials]
+
+
+def table_arms(record: StudyRecord, all_arms: bool = False) -> list[Arm]:
+    """The table's arms. From a study file's spec: exactly its declared arms in its order, each with
+    the trials of its declared seeds and profile (the newest registration of a seed when a changed
+    file registered it again); with ``all_arms``, then every other arm, seed or profile the database
+    holds, as arms marked ``declared=False``. Without axes in the spec: every arm, in first-seen order."""
+    declared = declared_arms(record.spec)
+    if declared is None:
+        arms: dict[str, Arm] = {}
+        for t in record.trials:
+            key = _arm_of(t)
+            arms.setdefault(key, Arm({k: v for k, v in t.params.items() if k != "seed"}, [])).trials.append(t)
+        return list(arms.values())
+    seeds = set(record.spec.get("seeds") or [])
+    profile = record.spec.get("profile") or ""
+    rows = {arm_key(a): Arm(dict(a), [], True, len(seeds)) for a in declared}
+    current: dict[tuple[str, int], TrialRecord] = {}
+    extra: list[TrialRecord] = []
+    for t in record.trials:  # in registration order: a later registration of a seed supersedes
+        key = _arm_of(t)
+        mine = key in rows and t.seed in seeds and getattr(t, "profile", None) in (None, profile)
+        if not mine:
+            extra.append(t)
+            continue
+        old = current.get((key, t.seed))
+        if old is not None:
+            extra.append(old)
+        current[(key, t.seed)] = t
+    for (key, _), t in current.items():
+        rows[key].trials.append(t)
+    out = list(rows.values())
+    if all_arms:
+        others: dict[tuple[str, str | None], Arm] = {}
+        for t in extra:
+            k = (_arm_of(t), getattr(t, "profile", None))
+            others.setdefault(k, Arm({a: v for a, v in t.params.items() if a != "seed"}, [], False)).trials.append(t)
+        out += list(others.values())
+    return out
+
+
+def stale_arms(arms: list[Arm]) -> set[int]:
+    """Indexes of arms with a completed trial made by other code than the running ablate (another
+    version or git commit, or uncommitted changes). Trials with no provenance (imported, or made
+    before ablate recorded it) are not judged here; ``ablate plan`` lists them."""
+    from ablate.provenance import code, stale_reasons
+
+    now = code()
+    return {i for i, a in enumerate(arms) for t in a.done if t.provenance and stale_reasons(t.provenance, now)}
+
+
+def needed_metrics(spec: dict[str, Any]) -> list[str]:
+    """The metrics a study's table shows: its metric and every ``metric:`` column."""
+    main = (spec.get("metric") or {}).get("name", "top1")
+    cols = ((spec.get("table") or {}).get("columns")) or []
+    return list(dict.fromkeys([main] + [c["source"].split(":", 1)[1] for c in cols
+                                        if str(c.get("source", "")).startswith("metric:")]))
+
+
+def load_table_record(store: Store, study: str) -> StudyRecord:
+    """The study as its table needs it, by the store's aggregate reads: every trial's summary, the
+    final value of each metric the table shows, and one config per arm (and profile); no per-epoch
+    row is read. KeyError when the database holds no such study."""
+    info = store.study_info(study)
+    summaries = store.trial_summaries(study, light=True)
+    finals = store.final_values(study, needed_metrics(info.spec))
+    first: dict[tuple[str, str | None], str] = {}
+    keys = []
+    for t in summaries:
+        key = arm_key(t.params)
+        keys.append(key)
+        first.setdefault((key, t.profile), t.trial_id)
+    configs = store.configs(study, first.values())
+    trials = []
+    for t, key in zip(summaries, keys):
+        rec = TrialRecord(t.trial_id, t.params, configs.get(t.trial_id, {}), t.seed, t.status, t.n_params, t.flops,
+                          None, None, None, {m: v for m, (_, v) in finals.get(t.trial_id, {}).items()},
+                          provenance=t.provenance, error_kind=t.error_kind, profile=t.profile)
+        rec._arm = key  # type: ignore[attr-defined]  # computed once (table_arms reads it)
+        trials.append(rec)
+    return StudyRecord(info.name, info.description, info.spec, trials)
+
+
+def _arm_of(t: TrialRecord) -> str:
+    return getattr(t, "_arm", None) or arm_key(t.params)
+
+
+# -- default columns -------------------------------------------------------------------------------
+METRIC_HEADERS = {"top1": "Top-1", "top5": "Top-5", "miou": "mIoU", "val_loss": "Val loss", "train_loss": "Train loss"}
+
+
+def axis_names(spec: dict[str, Any]) -> list[str]:
+    axes = spec.get("axes") or {}
+    return list(axes.get("grid") or {}) + [k for g in axes.get("zip") or [] for k in g]
+
+
+def default_columns(spec: dict[str, Any], record: StudyRecord) -> list[dict[str, Any]]:
+    """Columns of a study without ``table.columns``: each axis (named by its last path part, or
+    the whole path when two share it), the study's metric (mean ± std; Δ and the test against the
+    baseline when ``table.baseline`` is given), Params and FLOPs when the database has them."""
+    axes = axis_names(spec)
+    lasts = [a.split(".")[-1] for a in axes]
+    cols: list[dict[str, Any]] = [{"header": last if lasts.count(last) == 1 else a, "source": a}
+                                  for a, last in zip(axes, lasts)]
+    if not cols:
+        cols.append({"header": "Trial", "source": "trial"})
+    main = (spec.get("metric") or {}).get("name", "top1")
+    cols.append({"header": METRIC_HEADERS.get(main, main), "source": f"metric:{main}", "test": True})
+    if any(t.n_params for t in record.trials):
+        cols.append({"header": "Params", "source": "params"})
+    if any(t.flops for t in record.trials):
+        cols.append({"header": "FLOPs", "source": "flops"})
+    return cols
+
+
+def _resolution(arms: list[Arm]) -> int | None:
+    """The one input size the arms' FLOPs were counted at (dataset.image_size), or None."""
+    sizes = {(a.config.get("dataset") or {}).get("image_size") for a in arms if a.config}
+    sizes.discard(None)
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 def _metric(arm: Arm, name: str) -> tuple[float | None, float | None, int]:
@@ -144,7 +304,7 @@ def _matches(match: dict[str, Any], arm: Arm) -> bool:
         if k in arm.params:
             return arm.params[k]
         try:
-            return get_path(arm.trials[0].config, k)
+            return get_path(arm.config, k)
         except KeyError:
             return KeyError
 
@@ -159,11 +319,11 @@ def _paper_row(spec: dict[str, Any], arm: Arm) -> dict[str, Any] | None:
 
 
 def find_baseline(spec: dict[str, Any], arms: list[Arm]) -> Arm | None:
-    """The arm matching ``table.baseline`` (config paths -> values), or None."""
+    """The arm of the study file matching ``table.baseline`` (config paths -> values), or None."""
     base = spec.get("baseline")
     if not base:
         return None
-    return next((a for a in arms if _matches(base, a)), None)
+    return next((a for a in arms if a.declared and _matches(base, a)), None)
 
 
 def _best(vals: list[float], mode: str) -> float | None:
@@ -177,6 +337,12 @@ def _is_best(v: float | None, best: float | None) -> bool:
     return v is not None and best is not None and math.isclose(v, best, rel_tol=1e-12, abs_tol=1e-15)
 
 
+def snake(text: str) -> str:
+    """A machine-friendly column name: 'Top-1' -> top_1, 'FLOPs @32' -> flops, 'Max RF' -> max_rf."""
+    text = text.split("@", 1)[0].replace("Δ", "delta ").replace("±", " ")
+    return re.sub(r"[^0-9a-z]+", "_", text.lower()).strip("_") or "value"
+
+
 @dataclass
 class _Column:
     header: str
@@ -188,28 +354,36 @@ class _Column:
 
 
 def _config_value(arm: Arm, src: str) -> Any:
+    if src in arm.params:
+        return arm.params[src]
     try:
-        return get_path(arm.trials[0].config, src)
+        return get_path(arm.config, src)
     except KeyError:
         return None
 
 
-def build_table(record: StudyRecord, alpha: float = ALPHA) -> TableData:
+def build_table(record: StudyRecord, alpha: float = ALPHA, *, all_arms: bool = False) -> TableData:
+    """The table of ``record`` (see the module doc); ``all_arms`` adds what the file no longer declares."""
     spec = (record.spec.get("table") or {})
-    columns = spec.get("columns") or [{"header": "Trial", "source": "trial"}, {"header": "Top-1", "source": "metric:top1"}]
     main = (record.spec.get("metric") or {}).get("name", "top1")
     main_mode = (record.spec.get("metric") or {}).get("mode", "max")
-    arms = group_arms(record)
+    columns = spec.get("columns") or default_columns(record.spec, record)
+    arms = table_arms(record, all_arms)
+    in_file = [t for a in arms if a.declared for t in a.trials]
     baseline = find_baseline(spec, arms)
     notes = list(spec.get("notes", []))
     if spec.get("baseline") and baseline is None and arms:
         notes.append(f"Baseline {json.dumps(spec['baseline'])} matches no arm in the results; no Δ column.")
+    resolution = _resolution(arms)
 
     cols: list[_Column] = []
     marks_used: set[str] = set()
     tested: list[Paired] = []
     for col in columns:
         src, head, group = col["source"], col["header"], col.get("group") or ""
+        if src == "flops" and resolution is not None and "@" not in head:
+            head = f"{head} @{resolution}"  # FLOPs depend on the input size: say which
+        key = (snake(group) + "_" if group else "") + snake(head)
         c = _Column(head, group, [], [{} for _ in arms])
         cols.append(c)
         if src.startswith("metric:"):
@@ -219,26 +393,34 @@ def build_table(record: StudyRecord, alpha: float = ALPHA) -> TableData:
             base_seeds = baseline.by_seed(name) if baseline else {}
             base_mean = summarize(base_seeds.values()).mean
             d = _Column(f"Δ {head}", group, [], [{} for _ in arms]) if (want_delta and baseline) else None
+            test = _Column("p (Holm)", group, [], [{} for _ in arms]) if (d is not None and col.get("test")) else None
             for i, arm in enumerate(arms):
                 seeds = arm.by_seed(name)
-                s = summarize(seeds.values())
-                c.cells.append(_fmt_metric(s, col))
-                c.numbers.append(s.mean)
+                st = summarize(seeds.values())
+                c.cells.append(_fmt_metric(st, col))
+                c.numbers.append(st.mean)
                 ids = [t.trial_id for t in arm.done if name in t.final]
-                c.raw[i].update({head: s.mean, f"{head} std": s.std, f"{head} n": s.n, f"{head} trials": " ".join(ids)})
+                c.raw[i].update({f"{key}_mean": st.mean, f"{key}_std": st.std, f"{key}_n": st.n,
+                                 f"{key}_trials": " ".join(ids)})
             if d is None:
                 continue
-            # the arms compared with the baseline in this column are one family (Holm)
-            compared = [i for i, arm in enumerate(arms)
-                        if arm is not baseline and c.numbers[i] is not None and base_mean is not None]
+            # the arms of the file compared with the baseline in this column are one family (Holm)
+            compared = [i for i, arm in enumerate(arms) if arm.declared
+                        and arm is not baseline and c.numbers[i] is not None and base_mean is not None]
             results = dict(zip(compared, compare_with_baseline(base_seeds, [arms[i].by_seed(name) for i in compared],
                                                                alpha)))
             for i, arm in enumerate(arms):
+                d.raw[i].update(dict.fromkeys(f"delta_{key}{x}" for x in ("", "_test", "_pairs", "_p", "_p_holm",
+                                                                        "_ci_low", "_ci_high", "_significant")))
                 if arm is baseline:
                     d.cells.append("baseline")
+                    if test is not None:
+                        test.cells.append(MISSING)
                     continue
                 if i not in results:
                     d.cells.append(MISSING)
+                    if test is not None:
+                        test.cells.append(MISSING)
                     continue
                 p: Paired = results[i]
                 delta = c.numbers[i] - base_mean
@@ -247,65 +429,82 @@ def build_table(record: StudyRecord, alpha: float = ALPHA) -> TableData:
                 if p.method != "none":
                     tested.append(p)
                 d.cells.append(f"{delta:+.2f}{mark}")
-                d.raw[i].update({f"Δ {head}": delta, f"Δ {head} test": p.method, f"Δ {head} pairs": p.n,
-                                 f"Δ {head} p": p.p_value, f"Δ {head} p_holm": p.p_adjusted,
-                                 f"Δ {head} ci_low": p.low, f"Δ {head} ci_high": p.high,
-                                 f"Δ {head} significant": p.significant})
+                if test is not None:
+                    test.cells.append(f"n<{MIN_PAIRS}" if p.p_adjusted is None else f"{p.p_adjusted:.3g}")
+                d.raw[i].update({f"delta_{key}": delta, f"delta_{key}_test": p.method, f"delta_{key}_pairs": p.n,
+                                 f"delta_{key}_p": p.p_value, f"delta_{key}_p_holm": p.p_adjusted,
+                                 f"delta_{key}_ci_low": p.low, f"delta_{key}_ci_high": p.high,
+                                 f"delta_{key}_significant": p.significant})
             cols.append(d)
+            if test is not None:
+                cols.append(test)
         else:
             c.best = col.get("best") or "none"
             for i, arm in enumerate(arms):
-                first = arm.trials[0]
+                first = arm.trials[0] if arm.trials else None
                 if src in ("params", "flops"):
-                    v = first.n_params if src == "params" else first.flops
+                    v = None if first is None else (first.n_params if src == "params" else first.flops)
                     text = _fmt(v, {**col, "format": col.get("format") or "human"}) if v else MISSING
                 elif src.startswith("derived:"):
                     fn = DERIVED.get(src.split(":", 1)[1])
                     try:
-                        v = fn(first.config) if fn else None
+                        v = fn(arm.config) if fn and arm.config else None
                     except (KeyError, TypeError, ValueError):
                         v = None
                     text = _fmt(v, col)
                 elif src == "trial":
-                    v = ", ".join(f"{k}={json.dumps(x)}" for k, x in arm.params.items()) or first.trial_id
+                    v = ", ".join(f"{k}={json.dumps(x)}" for k, x in arm.params.items()) or \
+                        (first.trial_id if first else MISSING)
                     text = v
                 else:
                     v = _config_value(arm, src)
                     text = _fmt(v, col)
                 c.cells.append(text)
                 c.numbers.append(v if isinstance(v, (int, float)) and not isinstance(v, bool) else None)
-                c.raw[i][head] = v
+                c.raw[i][key] = json.dumps(v) if isinstance(v, (list, dict)) else v
 
+    stale = stale_arms(arms)
     paper_keys = sorted({k for r in spec.get("paper", []) for k in r if k != "match"})
     headers = [c.header for c in cols] + ["Seeds"] + [f"Paper {k}" for k in paper_keys]
     groups = [c.group for c in cols] + [""] * (1 + len(paper_keys))
-    bests = [_best([v for v in c.numbers if v is not None], c.best) for c in cols]
+    bests = [_best([v for i, v in enumerate(c.numbers) if v is not None and arms[i].declared], c.best) for c in cols]
     rows, bold, raw = [], [], []
     for i, arm in enumerate(arms):
         cells = [c.cells[i] for c in cols]
-        marks = [bool(c.numbers) and _is_best(c.numbers[i], b) for c, b in zip(cols, bests)]
-        n_done = len(arm.done)
-        cells.append(f"{n_done}/{len(arm.trials)}")
+        tags = ("" if arm.declared else NOT_IN_FILE) + (STALE if i in stale else "")
+        if tags and cells:
+            cells[0] = f"{cells[0]} {tags}"
+        marks = [bool(c.numbers) and arm.declared and _is_best(c.numbers[i], b) for c, b in zip(cols, bests)]
+        n_done = len({t.seed for t in arm.done})
+        cells.append(arm.seeds_cell())
         paper = _paper_row(spec, arm) or {}
         cells += [str(paper.get(k, MISSING)) for k in paper_keys]
         marks += [False] * (1 + len(paper_keys))
-        values: dict[str, Any] = {f"param {k}": (json.dumps(v) if isinstance(v, (list, dict)) else v)
+        values: dict[str, Any] = {f"param_{snake(k)}": (json.dumps(v) if isinstance(v, (list, dict)) else v)
                                   for k, v in arm.params.items()}
         for c in cols:
             values.update(c.raw[i])
-        values.update({"seeds_completed": n_done, "seeds": len(arm.trials),
+        values.update({"seeds_completed": n_done,
+                       "seeds": arm.seeds_declared if arm.seeds_declared is not None else len({t.seed for t in arm.trials}),
                        "trial_ids": " ".join(t.trial_id for t in arm.trials),
-                       "baseline": arm is baseline})
-        values.update({f"paper_{k}": paper.get(k) for k in paper_keys})
+                       "baseline": arm is baseline, "in_study_file": arm.declared, "other_code": i in stale})
+        values.update({f"paper_{snake(k)}": paper.get(k) for k in paper_keys})
         rows.append(cells)
         bold.append(marks)
         raw.append(values)
 
     notes += significance_notes(marks_used, tested, alpha)
-    notes += _incomplete_notes(record.trials)
+    if any(not a.declared for a in arms):
+        notes.append(f"{NOT_IN_FILE} Not in the current study file: results the database holds for an arm, seeds or a "
+                     "profile the file no longer declares (shown with --all); not compared with the baseline.")
+    if stale:
+        notes.append(f"{STALE} Made by other code: some of the arm's results come from another ablate version or git "
+                     "commit, or a working tree with uncommitted changes (`ablate plan` lists them; "
+                     "`ablate run --rerun-stale` retrains them).")
+    notes += _incomplete_notes(in_file if declared_arms(record.spec) is not None else record.trials)
     profile = record.spec.get("profile")
     title = record.name + (f" (profile: {profile})" if profile else "")
-    return TableData(title, headers, rows, raw, notes, groups, bold)
+    return TableData(title, headers, rows, raw, notes, groups, bold, record.name)
 
 
 def significance_notes(marks: set[str], tested: list[Paired], alpha: float) -> list[str]:
@@ -381,26 +580,48 @@ def to_markdown(t: TableData) -> str:
     return "\n".join(lines) + "\n"
 
 
+SIGNIFICANT_DIGITS = 6  # of values in the CSV: float noise (-23.699999999999996) goes, precision stays
+P_DIGITS = 4  # of p-values
+
+
+def csv_number(value: Any, key: str = "") -> Any:
+    """A float rounded to its meaningful digits for the CSV (p-values to 4 significant digits,
+    other values to 6); anything else unchanged."""
+    if not isinstance(value, float) or math.isnan(value) or math.isinf(value):
+        return value
+    digits = P_DIGITS if key.endswith(("_p", "_p_holm")) else SIGNIFICANT_DIGITS
+    return float(f"{value:.{digits}g}")
+
+
 def to_csv(t: TableData) -> str:
+    """One row per arm: snake_case headers, mean / std / n / p in columns of their own, numbers
+    rounded (``csv_number``), the trial ids behind each cell."""
     buf = io.StringIO()
     keys: list[str] = []
     for r in t.raw:
         keys += [k for k in r if k not in keys]
     w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
     w.writeheader()
-    # values stay exact, but no terminal control sequence reaches a terminal the CSV is printed to
-    w.writerows(t.raw)
+    w.writerows({k: csv_number(v, k) for k, v in r.items()} for r in t.raw)
+    # no terminal control sequence reaches a terminal the CSV is printed to
     return strip_controls(buf.getvalue())
 
 
 _LATEX_ESCAPES = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
                   "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
                   "±": r"$\pm$", "×": r"$\times$", "–": "--", "Δ": r"$\Delta$", DAGGER: r"$^\dagger$",
-                  SIGNIFICANT: r"$^{*}$", "α": r"$\alpha$", "≤": r"$\leq$", "<": r"$<$", ">": r"$>$"}
+                  SIGNIFICANT: r"$^{*}$", "α": r"$\alpha$", "≤": r"$\leq$", "<": r"$<$", ">": r"$>$",
+                  NOT_IN_FILE: r"$^\ddagger$", STALE: r"\S{}"}
+
+
+_SIGN = re.compile(r"(?<![\w.])-(?=\.?\d)")  # a minus sign: before a number, not inside a word or range
 
 
 def latex_escape(s: str) -> str:
-    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in strip_controls(s, keep_newlines=False))
+    """Text for LaTeX: special characters escaped, a minus sign before a number typeset as one
+    ($-$, not a hyphen), symbols (± Δ † ∗ ≤) in math mode."""
+    s = _SIGN.sub("\x00", strip_controls(s, keep_newlines=False))
+    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in s).replace("\x00", "$-$")
 
 
 def to_latex(t: TableData) -> str:
@@ -418,6 +639,8 @@ def to_latex(t: TableData) -> str:
     out += [" & ".join(r"\textbf{" + latex_escape(c) + "}" if b else latex_escape(c) for c, b in zip(r, bs)) + r" \\"
             for r, bs in zip(t.rows, t.bold)]
     out += [r"\bottomrule", r"\end{tabular}", r"\caption{" + latex_escape(t.title) + "}"]
+    if t.label:
+        out.append(r"\label{tab:" + re.sub(r"[^A-Za-z0-9_.:-]", "-", t.label) + "}")
     if t.notes:
         out.append(r"\par\footnotesize " + " ".join(f"({i}) {latex_escape(n)}" for i, n in enumerate(t.notes, 1)))
     out.append(r"\end{table}")
@@ -465,8 +688,8 @@ def to_html(t: TableData) -> str:
             + to_html_fragment(t) + "\n</body></html>\n")
 
 
-def render(record: StudyRecord, fmt: str = "md") -> str:
+def render(record: StudyRecord, fmt: str = "md", *, all_arms: bool = False) -> str:
     if fmt not in FORMATS:
         raise ValueError(f"format: one of {', '.join(FORMATS)}, got '{fmt}'")
-    table = build_table(record)
+    table = build_table(record, all_arms=all_arms)
     return {"md": to_markdown, "csv": to_csv, "latex": to_latex, "html": to_html}[fmt](table)

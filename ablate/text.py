@@ -43,7 +43,10 @@ def markdown_cell(s: object) -> str:
     """``s`` for a Markdown table cell: HTML characters escaped (``<b>`` shows as text), pipes
     escaped, line breaks and control sequences removed so the row stays one row."""
     s = strip_controls(s, keep_newlines=False)
-    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", r"\|")
+    # "<" opens HTML only before a tag's first character (a letter, /, ! or ?); elsewhere ("n<3")
+    # it stays as it is, so a table printed to a terminal reads as written
+    s = s.replace("&", "&amp;").replace(">", "&gt;").replace("|", r"\|")
+    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", s)
 
 
 def header_safe(s: object, limit: int = 200) -> str:
@@ -111,3 +114,11 @@ def safe_format(fmt: str | None, value: Any, default: str = "{v}") -> str:
         except (ValueError, TypeError, KeyError, IndexError, AttributeError):
             pass
     return default.format(v=value)
+
+
+def human(n: float, unit: str = "") -> str:
+    """4.0M / 15.3G style, the paper's rounding to one decimal."""
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= div:
+            return f"{n / div:.1f}{suffix}{unit}"
+    return f"{n:.0f}{unit}"

@@ -268,7 +268,7 @@ def check_metrics(study: Study, configs: list[dict[str, Any]], file: str) -> Non
     from ablate.analyses import declared_metrics
 
     any_trial = set().union(*every) | declared_metrics(study)  # analyses store metrics too (erf_r20 ...)
-    for i, col in enumerate(study.table.columns if study.table else []):
+    for i, col in enumerate((study.table.columns or []) if study.table else []):
         if col.source.startswith("metric:"):
             m = col.source.split(":", 1)[1]
             if m not in any_trial:
@@ -299,7 +299,7 @@ def check_table(study: Study, configs: list[dict[str, Any]], file: str) -> None:
         base = study.table.baseline
         if not any(all(_has_path(c, k) and get_path(c, k) == v for k, v in base.items()) for c in configs):
             raise StudyError(file, "table.baseline", f"config values of one of the study's trials, got {base!r:.200}")
-    for i, col in enumerate(study.table.columns if study.table else []):
+    for i, col in enumerate((study.table.columns or []) if study.table else []):
         src = col.source
         if src.startswith("derived:") and src.split(":", 1)[1] not in DERIVED:
             raise StudyError(file, f"table.columns[{i}].source", f"one of {', '.join('derived:' + d for d in DERIVED)}"

@@ -87,3 +87,55 @@ def big_studies(n_trials: int = 10_000, n_studies: int = 10, seeds: int = 4, epo
                  "baseline": {"model.kwargs.kernel_size": 3, "model.kwargs.dilation": 1, "recipe.lr": 0.01}}
         out.append(record(name, trials, table))
     return out
+
+
+def scale_record(name: str, n_trials: int, *, epochs: int = 10, seeds: int = 10, failed_every: int = 0,
+                 seed: int = 0, table: dict[str, Any] | None = None):
+    """A study of ``n_trials`` trials (``seeds`` per arm over an lr x drop-rate grid) whose ``trials``
+    is a generator: ``Store.import_records`` writes it chunk by chunk, so 10^5 trials take little
+    memory. ``epochs`` epochs of top1 / val_loss / train_loss each; every ``failed_every``-th trial
+    failed at half its epochs; the last trial is pending. The spec declares the grid and the seeds."""
+    arms = -(-n_trials // seeds)
+    side = max(1, math.ceil(math.sqrt(arms)))
+    lrs = [round(0.001 * (i + 1), 4) for i in range(side)]
+    drops = [round(0.01 * i, 3) for i in range(-(-arms // side))]
+    spec = {"name": name, "description": "", "model": {"name": "resnet18", "kwargs": {}},
+            "axes": {"grid": {"recipe.lr": lrs, "model.kwargs.drop_rate": drops}, "zip": [], "exclude": []},
+            "seeds": list(range(seeds)), "dataset": {"name": "fashion_mnist", "image_size": 32},
+            "recipe": {"epochs": epochs}, "metric": {"name": "top1", "mode": "max"}, "table": table, "profile": None}
+
+    def trials():
+        rng = random.Random(seed)
+        k = 0
+        for lr in lrs:
+            for drop in drops:
+                for s in range(seeds):
+                    if k >= n_trials:
+                        return
+                    k += 1
+                    quality = 80 - 2000 * abs(lr - 0.01) - 10 * drop
+                    hist: dict[str, list[tuple[int, float]]] = {"top1": [], "val_loss": [], "train_loss": []}
+                    for e in range(epochs):
+                        frac = 1 - math.exp(-(e + 1) / 3)
+                        hist["top1"].append((e, round(quality * frac + rng.gauss(0, 0.5), 6)))
+                        hist["val_loss"].append((e, round(2.5 * (1 - frac) + 0.3 + rng.gauss(0, 0.02), 6)))
+                        hist["train_loss"].append((e, round(2.4 * (1 - frac) + 0.2 + rng.gauss(0, 0.02), 6)))
+                    status, err = COMPLETED, None
+                    if failed_every and k % failed_every == 0:
+                        status = FAILED
+                        err = (f"FloatingPointError: training loss is nan at epoch {epochs // 2}\n"
+                               "  ablate/trainer.py:120 in train_one_epoch")
+                        hist = {m: h[:epochs // 2] for m, h in hist.items()}
+                    elif k == n_trials:
+                        status, hist = PENDING, {}
+                    params = {"recipe.lr": lr, "model.kwargs.drop_rate": drop}
+                    t = trial(name, params, s, {m: h[-1][1] for m, h in hist.items()}, status=status,
+                              n_params=11_000_000, flops=37_000_000, history=hist, error=err,
+                              model={"name": "resnet18", "kwargs": {}})
+                    t.config["recipe"]["epochs"] = epochs
+                    t.config["dataset"] = {"name": "fashion_mnist", "image_size": 32}
+                    yield t
+
+    rec = StudyRecord(name, f"synthetic {name}", spec, [])
+    rec.trials = trials() if n_trials > 5000 else list(trials())  # type: ignore[assignment]
+    return rec

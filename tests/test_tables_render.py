@@ -83,19 +83,20 @@ def test_csv_one_row_per_arm_with_trial_ids(real):
     assert len(rows) == 2
     ids = {t.trial_id: t for t in real.trials}
     for row in rows:
-        k = int(row["param model.kwargs.kernel_size"])
+        k = int(row["param_model_kwargs_kernel_size"])
         mine = {t.trial_id for t in real.trials if t.params["model.kwargs.kernel_size"] == k}
         assert set(row["trial_ids"].split()) == mine
-        assert set(row["Top-1 trials"].split()) == mine  # the trials behind the Top-1 cell
-        assert float(row["Top-1"]) == pytest.approx(sum(ids[i].final["top1"] for i in mine) / 2)
-        assert row["Top-1 n"] == "2" and row["seeds_completed"] == "2"
-        assert int(row["Params"]) == ids[next(iter(mine))].n_params
+        assert set(row["top_1_trials"].split()) == mine  # the trials behind the Top-1 cell
+        assert float(row["top_1_mean"]) == pytest.approx(sum(ids[i].final["top1"] for i in mine) / 2, abs=1e-4)
+        assert row["top_1_n"] == "2" and row["seeds_completed"] == "2" and row["seeds"] == "2"
+        assert int(row["params"]) == ids[next(iter(mine))].n_params
 
 
 def test_latex_is_booktabs(real):
     tex = render(real, "latex")
     assert tex.startswith("\\begin{table}[t]\n\\centering\n\\begin{tabular}{lcccc}\n\\toprule\n")
-    assert "Kernel & Top-1 & Params & FLOPs & Seeds \\\\\n\\midrule" in tex
+    assert "Kernel & Top-1 & Params & FLOPs @16 & Seeds \\\\\n\\midrule" in tex
+    assert "\\caption{tiny}\n\\label{tab:tiny}" in tex
     assert "$\\pm$" in tex and "\\bottomrule" in tex and tex.rstrip().endswith("\\end{table}")
     assert tex.count("\\textbf{") == 1  # the better arm's Top-1
 
@@ -104,8 +105,8 @@ def test_html_of_real_study_bolds_the_best(real):
     page = render(real, "html")
     assert page.startswith("<!DOCTYPE html>")
     rows = html_rows(page)
-    assert [c[0] for c in rows[0]] == ["Kernel", "Top-1", "Params", "FLOPs", "Seeds"]
-    top = {r[0][0]: (r[1][0], r[1][1]) for r in rows[1:]}
+    assert [c[0] for c in rows[0]] == ["Kernel", "Top-1", "Params", "FLOPs @16", "Seeds"]
+    top = {r[0][0].split()[0]: (r[1][0], r[1][1]) for r in rows[1:]}  # "3x3", or "3x3 §" from a dirty tree
     means = {f"{k}x{k}": sum(t.final["top1"] for t in real.trials if t.params["model.kwargs.kernel_size"] == k)
              for k in (3, 5)}
     best = max(means, key=means.get)
@@ -118,14 +119,14 @@ def test_baseline_delta_untested_at_two_seeds_on_real_study(real):
     rec.spec["table"]["baseline"] = {"model.kwargs.kernel_size": 3}
     t = build_table(rec)
     assert t.headers[:3] == ["Kernel", "Top-1", "Δ Top-1"]
-    by_k = {r[0]: r for r in t.rows}
+    by_k = {r[0].split()[0]: r for r in t.rows}
     assert by_k["3x3"][2] == "baseline"
     diff = (sum(x.final["top1"] for x in rec.trials if x.params["model.kwargs.kernel_size"] == 5)
             - sum(x.final["top1"] for x in rec.trials if x.params["model.kwargs.kernel_size"] == 3)) / 2
     assert by_k["5x5"][2] == f"{diff:+.2f} (n<3)"  # two seeds: never a test, never significant
-    raw = next(r for r in t.raw if r["param model.kwargs.kernel_size"] == 5)
-    assert raw["Δ Top-1 test"] == "none" and raw["Δ Top-1 pairs"] == 2 and raw["Δ Top-1 significant"] is None
-    assert raw["Δ Top-1 p"] is None and raw["Δ Top-1 p_holm"] is None
+    raw = next(r for r in t.raw if r["param_model_kwargs_kernel_size"] == 5)
+    assert raw["delta_top_1_test"] == "none" and raw["delta_top_1_pairs"] == 2 and raw["delta_top_1_significant"] is None
+    assert raw["delta_top_1_p"] is None and raw["delta_top_1_p_holm"] is None
     assert any(n.startswith("(n<3): not tested, fewer than 3 seeds shared with the baseline") for n in t.notes)
     assert "Δ is the arm's mean minus the baseline's." in t.notes and not any("Test:" in n for n in t.notes)
 
@@ -218,8 +219,8 @@ def test_table12_layout_delta_marks_and_paper_rows():
     md = render(table12_record(), "md")
     assert "| **72.70 ± 0.10** |" in md
     tex = render(table12_record(), "latex")
-    assert "\\textbf{72.70 $\\pm$ 0.10}" in tex and "-0.17$^\\dagger$" in tex and "$\\Delta$ Top-1" in tex
-    assert "-15.50$^{*}$" in tex and "p $\\leq$ 0.05" in tex
+    assert "\\textbf{72.70 $\\pm$ 0.10}" in tex and "$-$0.17$^\\dagger$" in tex and "$\\Delta$ Top-1" in tex
+    assert "$-$15.50$^{*}$" in tex and "\\label{tab:dilation}" in tex and "p $\\leq$ 0.05" in tex
 
 
 def test_table12_with_one_seed_has_no_test():
@@ -336,33 +337,33 @@ def test_every_mark_and_holm_in_every_format():
 
     t = build_table(marks_record())
     cells = {r[0]: r[2] for r in t.rows}
-    raw = {r["param model.kwargs.kernel_size"]: r for r in t.raw}
+    raw = {r["param_model_kwargs_kernel_size"]: r for r in t.raw}
     assert cells["7"] == "baseline"
     assert cells["9"] == f"+1.04{SIGNIFICANT}"
     # K=11 alone: p = 0.031 < 0.05; Holm over the 3 tested arms ranks it 2nd: 2 x 0.031 = 0.062 > 0.05
     p11 = float(stats.ttest_rel([70.3, 70.9, 69.8, 70.6, 70.3], [70.0, 70.4, 69.8, 70.2, 70.1]).pvalue)
-    assert raw[11]["Δ Top-1 p"] == pytest.approx(p11, rel=1e-12) and p11 < 0.05
-    assert raw[11]["Δ Top-1 p_holm"] == pytest.approx(2 * p11, rel=1e-12)
-    assert cells["11"] == f"+0.28{DAGGER}" and raw[11]["Δ Top-1 significant"] is False
+    assert raw[11]["delta_top_1_p"] == pytest.approx(p11, rel=1e-12) and p11 < 0.05
+    assert raw[11]["delta_top_1_p_holm"] == pytest.approx(2 * p11, rel=1e-12)
+    assert cells["11"] == f"+0.28{DAGGER}" and raw[11]["delta_top_1_significant"] is False
     assert cells["13"] == f"-0.02{DAGGER}"
-    assert cells["15"] == "-0.35 (n<3)" and raw[15]["Δ Top-1 test"] == "none" and raw[15]["Δ Top-1 pairs"] == 2
-    assert raw[9]["Δ Top-1 pairs"] == 5 and raw[9]["Δ Top-1 ci_low"] > 0
-    assert raw[13]["Δ Top-1 ci_low"] < 0 < raw[13]["Δ Top-1 ci_high"]
+    assert cells["15"] == "-0.35 (n<3)" and raw[15]["delta_top_1_test"] == "none" and raw[15]["delta_top_1_pairs"] == 2
+    assert raw[9]["delta_top_1_pairs"] == 5 and raw[9]["delta_top_1_ci_low"] > 0
+    assert raw[13]["delta_top_1_ci_low"] < 0 < raw[13]["delta_top_1_ci_high"]
     assert "(scipy.stats.ttest_rel, n = 5 pairs), p-values Holm-adjusted across the arms compared with the baseline " \
            "(m = 3), family-wise α = 0.05;" in t.notes[0]
     assert [n[:5] for n in t.notes] == ["Δ is ", f"{SIGNIFICANT} Sig", f"{DAGGER} Not", "(n<3)"]
 
     md = render(marks_record(), "md")
-    assert f"| 9 | **71.14 ± 0.34** | +1.04{SIGNIFICANT} | 5/5 |" in md and "| 15 | 69.75 ± 0.49 | -0.35 (n&lt;3) | 2/2 |" in md
-    assert f"3. {DAGGER} Not significantly different" in md and "4. (n&lt;3): not tested" in md
+    assert f"| 9 | **71.14 ± 0.34** | +1.04{SIGNIFICANT} | 5/5 |" in md and "| 15 | 69.75 ± 0.49 | -0.35 (n<3) | 2/2 |" in md
+    assert f"3. {DAGGER} Not significantly different" in md and "4. (n<3): not tested" in md  # no "&lt;" in a terminal
     rows = list(csv.DictReader(io.StringIO(render(marks_record(), "csv"))))
-    by_k = {r["param model.kwargs.kernel_size"]: r for r in rows}
-    assert float(by_k["11"]["Δ Top-1 p_holm"]) == pytest.approx(2 * p11, rel=1e-12)
-    assert by_k["11"]["Δ Top-1 pairs"] == "5" and by_k["11"]["Δ Top-1 significant"] == "False"
-    assert by_k["15"]["Δ Top-1 p_holm"] == "" and by_k["15"]["Δ Top-1 significant"] == ""
-    assert by_k["7"]["Δ Top-1 p_holm"] == ""  # the baseline itself
+    by_k = {r["param_model_kwargs_kernel_size"]: r for r in rows}
+    assert float(by_k["11"]["delta_top_1_p_holm"]) == pytest.approx(2 * p11, rel=1e-3)  # 4 significant digits
+    assert by_k["11"]["delta_top_1_pairs"] == "5" and by_k["11"]["delta_top_1_significant"] == "False"
+    assert by_k["15"]["delta_top_1_p_holm"] == "" and by_k["15"]["delta_top_1_significant"] == ""
+    assert by_k["7"]["delta_top_1_p_holm"] == ""  # the baseline itself
     tex = render(marks_record(), "latex")
-    assert "+1.04$^{*}$" in tex and "+0.28$^\\dagger$" in tex and "-0.35 (n$<$3)" in tex
+    assert "+1.04$^{*}$" in tex and "+0.28$^\\dagger$" in tex and "$-$0.35 (n$<$3)" in tex
     assert "(4) (n$<$3): not tested" in tex and "<" not in tex.replace("$<$", "")
     page = html_rows(render(marks_record(), "html"))
     assert [r[2][0] for r in page[1:]] == ["baseline", f"+1.04{SIGNIFICANT}", f"+0.28{DAGGER}", f"-0.02{DAGGER}",

@@ -1,0 +1,138 @@
+"""One self-contained, interactive HTML page over the result database (Plotly, plotly.js inlined).
+
+For each study, plots chosen from what varies (``figures.py``): every arm against the baseline with
+its confidence interval, the metric against each declared axis, a heatmap when two axes form a
+grid, against params / FLOPs / kernel size only when they vary, per-epoch curves, the paper's ERF
+views; its table (the same as ``ablate table``); and its trials, where a click shows a trial's
+config, provenance, per-epoch metrics and error. One toolbar serves the whole page.
+
+The page embeds summaries, not every point (``page.py``): final values per trial, curves for a
+bounded sample of arms, full details for a bounded sample of trials. ``serve.py`` builds it once
+and answers from a cache until the results change, sending curves and trial details on demand.
+Reading is ``data.py``'s (final values by the store's aggregate queries, history only for the
+trials drawn). Nothing here imports torch, timm or Ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Iterable
+
+from ablate.store import Store, StudyRecord
+
+from ablate.dashboard.data import History, detail, load_details, load_history, load_studies, version
+from ablate.dashboard.figures import HEATMAP_ARTIFACTS, overview_figure, study_figures
+from ablate.dashboard.page import build_page, curve_ids, detail_ids, plotly_js, safe_url, study_blob
+from ablate.dashboard.view import StudyView, study_view
+
+__all__ = ["HEATMAP_ARTIFACTS", "ImageExportError", "build", "build_page", "export_images", "make_server",
+           "page_of_records", "plotly_js", "report", "study_figures", "study_view", "write_report"]
+
+
+def _with_details(view: StudyView, history: History, ids: list[str],
+                  store: Store | None = None) -> dict[str, dict[str, Any]]:
+    by_id = {t.trial_id: t for t in view.record.trials}
+    trials = [by_id[i] for i in ids if i in by_id]
+    if store is not None:
+        trials = load_details(store, view.name, trials, history)
+    else:
+        trials = [dataclasses.replace(t, history=history.get(t.trial_id, {})) for t in trials]
+    return {t.trial_id: detail(view.name, t) for t in trials}
+
+
+def build(store: Store, *, names: Iterable[str] | None = None, refresh: int = 0, served: bool = False,
+          artifacts: Path | str | None = None) -> tuple[str, dict[str, StudyView]]:
+    """(the page, each study's view by name) of ``store``'s studies (all, or ``names``)."""
+    stamp = version(store) if served else ""
+    records = load_studies(store, names)
+    views = {r.name: study_view(r) for r in records}
+    blobs = {}
+    for r in records:
+        v = views[r.name]
+        ids = detail_ids(v) if not served else []
+        hist = load_history(store, r.name, list(dict.fromkeys(curve_ids(v) + ids)))
+        blobs[r.name] = study_blob(v, hist, artifacts, None if served else _with_details(v, hist, ids, store))
+    page = build_page(records, blobs, source=safe_url(store.url), refresh=refresh, served=served, version=stamp)
+    return page, views
+
+
+def report(store: Store, *, names: Iterable[str] | None = None, refresh: int = 0,
+           artifacts: Path | str | None = None) -> str:
+    """The static dashboard page (heatmaps from the artifact folder ``artifacts``, default
+    ablate.artifacts.artifacts_root())."""
+    return build(store, names=names, refresh=refresh, artifacts=artifacts)[0]
+
+
+def write_report(store: Store, out: str | Path, **kw: Any) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report(store, **kw), encoding="utf-8")
+    return out
+
+
+def page_of_records(records: list[StudyRecord], *, source: str = "", artifacts: Path | str | None = None) -> str:
+    """The static page of in-memory studies (their trials' ``history`` gives the curves)."""
+    blobs = {}
+    for r in records:
+        v = study_view(r)
+        ids = detail_ids(v)
+        hist = {t.trial_id: t.history for t in r.trials if t.history}
+        blobs[r.name] = study_blob(v, hist, artifacts, _with_details(v, hist, ids))
+    return build_page(records, blobs, source=source)
+
+
+def make_server(*args: Any, **kw: Any):
+    from ablate.dashboard.serve import make_server as make
+
+    return make(*args, **kw)
+
+
+# -- images ---------------------------------------------------------------------------------------
+class ImageExportError(RuntimeError):
+    """PNG/SVG export cannot run here (no kaleido, or no Chromium for it)."""
+
+
+def export_images(store_or_records: Store | list[StudyRecord], out_dir: str | Path,
+                  formats: Iterable[str] = ("png", "svg"), *, width: int = 900, height: int = 500,
+                  scale: float = 1.0, artifacts: Path | str | None = None) -> list[Path]:
+    """Every plot of every study as ``out_dir/<study>/<plot>.<fmt>`` via kaleido and a local Chromium.
+
+    kaleido 1.x finds Chromium on PATH (Debian's ``chromium``) or at ``$BROWSER_PATH``; it is told to
+    load no MathJax and uses the plotly.js shipped with the plotly package, so it needs no network."""
+    from ablate.dashboard.page import _clean, dom_id
+
+    try:
+        import kaleido
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImageExportError("image export needs the kaleido package (pip install kaleido==1.5.0)") from e
+    store = store_or_records if isinstance(store_or_records, Store) else None
+    records = load_studies(store) if store is not None else list(store_or_records)  # type: ignore[arg-type]
+    out_dir = Path(out_dir)
+    specs, paths = [], []
+    for r in records:
+        v = study_view(r)
+        hist = load_history(store, r.name, curve_ids(v)) if store is not None else \
+            {t.trial_id: t.history for t in r.trials if t.history}
+        figs = {"overview": overview_figure([r])} | study_figures(v, hist, artifacts)
+        for key, fig in figs.items():
+            fig = _clean({k: val for k, val in fig.items() if not k.startswith("_")})
+            fig["layout"] = {**fig["layout"], "height": fig["layout"].get("height", height)}
+            for fmt in formats:
+                p = out_dir / dom_id(r.name) / f"{dom_id(key.replace(':', '_'))}.{fmt}"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                specs.append({"fig": fig, "path": p, "opts": {"format": fmt, "width": width,
+                                                              "height": fig["layout"]["height"], "scale": scale}})
+                paths.append(p)
+    if not specs:
+        return []
+    try:
+        kaleido.write_fig_from_object_sync(specs, kopts={"mathjax": False})
+    except Exception as e:  # kaleido raises ChromeNotFoundError and others from choreographer
+        raise ImageExportError(f"kaleido could not export images ({type(e).__name__}: {e}); it needs a "
+                               "Chromium: `apt-get install chromium`, or set BROWSER_PATH") from e
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise ImageExportError(f"kaleido wrote {len(paths) - len(missing)} of {len(paths)} images; "
+                               f"missing {missing[0]}")
+    return paths

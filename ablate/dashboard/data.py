@@ -1,0 +1,82 @@
+"""What the dashboard reads from the store, and no more: each trial's final values (no per-epoch
+rows), per-epoch history only for the trials whose curves are drawn, one trial whole on request,
+and a cheap fingerprint that says whether anything changed. SQL stays in ablate.store."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from ablate.store import Store, StudyRecord, TrialRecord
+
+History = dict[str, dict[str, list[tuple[int, float]]]]  # trial id -> metric -> [(epoch, value)]
+
+
+def load_study(store: Store, name: str) -> StudyRecord:
+    """One study with its trials and their final values (``Store.final_values``, an aggregate
+    query), each arm's first trial with its config (what tables and plots read of a config), the
+    other trials without one, no errors or times (``load_details`` reads them for the trials shown
+    whole): no per-epoch row is read."""
+    from ablate.store import TrialRecord, arm_key
+
+    info = store.study_info(name)
+    summaries = store.trial_summaries(name, light=True)  # provenance: code fields only; no error, times
+    firsts: dict[str, str] = {}
+    for t in summaries:
+        firsts.setdefault(arm_key(t.params), t.trial_id)
+    configs = store.configs(name, list(firsts.values()))
+    finals = store.final_values(name)
+    trials = []
+    for t in summaries:
+        rec = TrialRecord(t.trial_id, t.params, configs.get(t.trial_id, {}), t.seed, t.status, t.n_params, t.flops,
+                          t.error, t.started_at, t.ended_at, provenance=t.provenance, attempts=t.attempts,
+                          error_kind=t.error_kind, profile=t.profile)
+        rec.final = {m: v for m, (_, v) in finals.get(t.trial_id, {}).items()}
+        trials.append(rec)
+    return StudyRecord(info.name, info.description, info.spec, trials)
+
+
+def load_studies(store: Store, names: Iterable[str] | None = None) -> list[StudyRecord]:
+    """Every study (or those of ``names`` that exist), by name, as ``load_study`` reads them."""
+    have = [n for n, _, _ in store.studies()]
+    wanted = have if names is None else [n for n in names if n in set(have)]
+    return [load_study(store, n) for n in wanted]
+
+
+def load_history(store: Store, study: str, trial_ids: list[str]) -> History:
+    """Per-epoch metrics of ``trial_ids`` of ``study`` only."""
+    return store.histories(study, trial_ids) if trial_ids else {}
+
+
+def load_details(store: Store, study: str, trials: list[TrialRecord], history: History) -> list[TrialRecord]:
+    """``trials`` made whole for their details: full config, full error, every epoch."""
+    import dataclasses
+
+    ids = [t.trial_id for t in trials]
+    full = {s.trial_id: s for s in store.trial_summaries(study, ids)}
+    configs = store.configs(study, ids)
+    errors = store.trial_errors(study, ids)
+    out = []
+    for t in trials:
+        s = full.get(t.trial_id)
+        more = dict(provenance=s.provenance, attempts=s.attempts, started_at=s.started_at, ended_at=s.ended_at) if s else {}
+        out.append(dataclasses.replace(t, config=configs.get(t.trial_id, t.config), error=errors.get(t.trial_id, t.error),
+                                       history=history.get(t.trial_id, {}), **more))
+    return out
+
+
+def version(store: Store) -> str:
+    return store.results_version()
+
+
+def detail(study: str, rec: TrialRecord) -> dict[str, Any]:
+    """What a click on a trial shows: ``ablate show --format json``'s object, its error with the
+    message first and no terminal control codes."""
+    from ablate.show import trial_json
+    from ablate.dashboard.page import message_first
+
+    out = trial_json(study, rec)
+    out["error"] = message_first(rec.error) if rec.error else None
+    for a in out.get("past_attempts") or []:
+        if a.get("error"):
+            a["error"] = message_first(a["error"])
+    return out

@@ -1,0 +1,238 @@
+"""The dashboard page: one self-contained HTML file (plotly.js, the page's script and style
+inlined; works offline). Each study is one JSON blob of summaries, parsed and drawn only when the
+study is shown: its figures (bounded whatever the number of trials), its table, and its trials in
+columns (id, arm, seed, status, final metric). Full details (config, provenance, per-epoch metrics,
+error) are embedded for a bounded sample of trials (those whose curves are drawn, the latest
+failed and running); the served page (``serve.py``) fetches any trial's on demand instead.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ablate.store import FAILED, RUNNING, StudyRecord
+from ablate.text import strip_controls
+
+from ablate.dashboard.figures import STATUS_COLORS, STATUSES, curve_arms, pretty, study_figures
+from ablate.dashboard.view import StudyView
+
+STATIC = Path(__file__).resolve().parent.parent / "static"
+MAX_DETAILS = 20  # trials per study whose full details the static page embeds
+MAX_DETAIL_FAILED = 10  # of which failed (the latest)
+MAX_DETAIL_RUNNING = 5  # and running
+MAX_ERROR = 4000  # characters of an error embedded
+
+
+# -- text ------------------------------------------------------------------------------------------
+def message_first(error: str) -> str:
+    """An error as a person reads it: no terminal control codes, and the exception's own message
+    first when the stored text is a traceback (older trials stored ``Traceback ...`` first)."""
+    s = strip_controls(error).strip()
+    if s.startswith("Traceback (most recent call last)"):
+        lines = s.splitlines()
+        i = len(lines) - 1
+        while i > 0 and (not lines[i].strip() or lines[i].startswith((" ", "\t"))):
+            i -= 1
+        s = "\n".join([lines[i], ""] + lines[:i] + lines[i + 1:]).strip()
+    return s if len(s) <= MAX_ERROR else s[:MAX_ERROR] + " …"
+
+
+def _clean(obj: Any) -> Any:
+    """NaN/inf are not JSON: they become null (Plotly leaves a gap); other floats keep 6
+    significant digits (more than any plot or table shows; 0.1 + 0.2 is written 0.3)."""
+    if isinstance(obj, float):
+        if not math.isfinite(obj):
+            return None
+        v = float(f"{obj:.6g}")
+        return int(v) if v.is_integer() and abs(v) < 1e15 else v  # 3680000.0 is written 3680000
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, datetime):
+        return o.isoformat()
+    raise TypeError(type(o).__name__)
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False, default=_json_default)
+
+
+def json_script(el_id: str, obj: Any) -> str:
+    text = to_json(obj).replace("</", "<\\/").replace("<!--", "<\\!--")
+    return f'<script type="application/json" id="{html.escape(el_id)}">{text}</script>'
+
+
+_ID_RE = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def dom_id(name: str) -> str:
+    return _ID_RE.sub("_", name)
+
+
+def _round(v: float | None) -> float | None:
+    return float(f"{v:.6g}") if v is not None and math.isfinite(v) else None
+
+
+# -- one study -------------------------------------------------------------------------------------
+def detail_ids(view: StudyView) -> list[str]:
+    """The trials whose full details the static page embeds (at most MAX_DETAILS): the latest
+    failed, the running, then those of the arms whose curves are drawn."""
+    failed = [t for t in reversed(view.record.trials) if t.status == FAILED]  # the latest registered first
+    ids = [t.trial_id for t in failed[:MAX_DETAIL_FAILED]]
+    ids += [t.trial_id for t in view.record.trials if t.status == RUNNING][:MAX_DETAIL_RUNNING]
+    ids += [t.trial_id for a in curve_arms(view) for t in a.arm.trials]
+    return list(dict.fromkeys(ids))[:MAX_DETAILS]
+
+
+def curve_ids(view: StudyView) -> list[str]:
+    """The trials whose per-epoch history the curves need."""
+    return [t.trial_id for a in curve_arms(view) for t in a.arm.trials]
+
+
+def table_json(record: StudyRecord) -> dict[str, Any]:
+    """The study's table (the same as ``ablate table``), as plain cells the page renders."""
+    from ablate.tables import build_table
+
+    t = build_table(record)
+    return {"title": strip_controls(t.title), "headers": [strip_controls(h) for h in t.headers], "groups": t.groups,
+            "rows": [[strip_controls(c) for c in r] for r in t.rows],
+            "bold": [[i, j] for i, r in enumerate(t.bold) for j, b in enumerate(r) if b],
+            "notes": [strip_controls(n) for n in t.notes]}
+
+
+def trials_json(view: StudyView) -> dict[str, Any]:
+    """Every trial of the study in columns: id, arm (index into ``arms``), seed, status (index
+    into ``statuses``), final study metric."""
+    arm_of = {id(t): a.index for a in view.arms + view.extra for t in a.arm.trials}
+    code = {s: i for i, s in enumerate(STATUSES)}
+    ts = view.record.trials
+    extra = sorted({t.status for t in ts} - set(code))
+    for s in extra:
+        code[s] = len(code)
+    return {"statuses": list(code), "id": [t.trial_id for t in ts], "arm": [arm_of[id(t)] for t in ts],
+            "seed": [t.seed for t in ts], "status": [code[t.status] for t in ts],
+            "value": [_round(t.final.get(view.metric)) for t in ts]}
+
+
+def study_blob(view: StudyView, history: dict[str, dict[str, list[tuple[int, float]]]],
+               artifacts: Path | str | None = None, details: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Everything the page shows of one study."""
+    figs = study_figures(view, history, artifacts)
+    counts = Counter(t.status for t in view.record.trials)
+    curves = curve_arms(view)
+    return {
+        "name": view.name, "description": strip_controls(view.record.description or ""),
+        "metric": view.metric, "metricLabel": pretty(view.metric), "mode": view.mode,
+        "counts": {s: counts.get(s, 0) for s in list(STATUSES) + sorted(set(counts) - set(STATUSES))},
+        "figs": _clean(figs), "table": table_json(view.record),
+        "arms": [a.label for a in view.arms + view.extra], "baseline": view.baseline.index if view.baseline else None,
+        "curveArms": [a.index for a in curves],
+        "trials": trials_json(view), "details": _clean(details or {}),
+    }
+
+
+# -- the page --------------------------------------------------------------------------------------
+_VERSION_RE = re.compile(r"plotly\.js(?: \([a-z -]+\))? v(\d+\.\d+\.\d+)")
+
+
+def plotly_js() -> tuple[str, str]:
+    """(source, description) of the plotly.js inlined into the page: the vendored cartesian bundle
+    (scatter, bar, heatmap: all the page draws; a third of the full size, so a cold browser opens
+    the page twice as fast) when its version matches plotly's own bundle, else plotly's full bundle."""
+    from plotly.offline import get_plotlyjs
+
+    full = get_plotlyjs()
+    m = _VERSION_RE.search(full[:300])
+    for f in sorted(STATIC.glob("plotly-cartesian-*.min.js")):
+        small = f.read_text(encoding="utf-8")
+        s = _VERSION_RE.search(small[:300])
+        if m and s and s.group(1) == m.group(1):
+            return small, f"plotly.js {s.group(1)} (cartesian)"
+    return full, f"plotly.js {m.group(1) if m else '?'}"
+
+
+def _static(name: str) -> str:
+    return (STATIC / name).read_text(encoding="utf-8")
+
+
+def build_page(records: list[StudyRecord], blobs: dict[str, dict[str, Any]], *, source: str = "",
+               refresh: int = 0, served: bool = False, version: str = "", now: datetime | None = None) -> str:
+    """The whole page: ``blobs`` (study name -> ``study_blob``) for ``records``. ``served``: the page
+    asks the server for trial details and curves, and (``refresh`` > 0) for a new version every
+    that many seconds, reloading only when the results changed."""
+    from ablate.tables import TABLE_CSS
+
+    e = html.escape
+    now = now or datetime.now(timezone.utc)
+    options = "".join(f'<option value="{e(dom_id(r.name))}">{e(r.name)} ({len(r.trials)} trials)</option>'
+                      for r in records)
+    picker = (f'<label>Study <select id="study-picker">{options}</select></label>' if records
+              else '<span class="muted">no studies</span>')
+    empty = ("" if records else
+             '<div class="card"><p>No studies in this database yet. Run one with '
+             "<code>ablate run studies/dilation.yaml --profile demo</code>, then reload.</p></div>")
+    js, _ = plotly_js()
+    conf = {"served": served, "refresh": int(refresh) if served else 0, "version": version,
+            "names": {dom_id(r.name): r.name for r in records},
+            "statusColors": STATUS_COLORS}
+    tools = ('<span class="tools">'
+             '<label title="Which per-epoch metric the curves show">Curves <select id="curve-metric"></select></label>'
+             '<label title="±1 std over seeds around each curve"><input type="checkbox" id="bands"> bands</label>'
+             '<button id="reset-zoom" title="Reset the zoom of every plot">reset zoom</button>'
+             '<button id="save-png" title="Download every plot of this study as PNG">PNG</button>'
+             "</span>")
+    sections = "".join(f'<section class="study" data-study="{e(dom_id(r.name))}" hidden></section>' for r in records)
+    return "".join([
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
+        "<title>ablate dashboard</title><link rel=\"icon\" href=\"data:,\">",  # no favicon request
+        f"<style>{TABLE_CSS}{_static('dashboard.css')}</style>",
+        f"<script>{js}</script><script>performance.mark('ablate:plotly-loaded')</script>",
+        "</head><body>",
+        f'<header><h1>ablate dashboard</h1>{picker}{tools}<span class="db">{e(source)} · '
+        f"generated {now.strftime('%Y-%m-%d %H:%M:%S UTC')}"
+        f"{f' · checks for new results every {refresh}s' if served and refresh else ''}</span></header>",
+        "<main>", empty,
+        overview_html(records),
+        sections,
+        json_script("ablate-conf", conf),
+        *(json_script(f"study-{dom_id(r.name)}", blobs[r.name]) for r in records),
+        f"<script>{_static('dashboard.js')}</script>",
+        "</main></body></html>\n",
+    ])
+
+
+def overview_html(records: list[StudyRecord]) -> str:
+    """Trials per study by status as plain HTML bars (no plot to draw before the study's own);
+    a click on a study shows it."""
+    if not records:
+        return ""
+    e = html.escape
+    top = max(len(r.trials) for r in records) or 1
+    rows = []
+    for r in records:
+        c = Counter(t.status for t in r.trials)
+        segs = "".join(f'<i style="width:{100 * c[s] / top:.3f}%;background:{STATUS_COLORS.get(s, "#999")}" '
+                       f'title="{c[s]} {e(s)}"></i>' for s in list(STATUSES) + sorted(set(c) - set(STATUSES)) if c.get(s))
+        counts = ", ".join(f"{c[s]} {e(s)}" for s in list(STATUSES) + sorted(set(c) - set(STATUSES)) if c.get(s))
+        rows.append(f'<tr data-study="{e(dom_id(r.name))}"><th>{e(r.name)}</th><td class="bar">{segs}</td>'
+                    f'<td class="muted">{len(r.trials)} trials{": " + counts if counts else ""}</td></tr>')
+    return f'<table id="overview"><caption>Trials per study</caption>{"".join(rows)}</table>'
+
+
+def safe_url(url: str) -> str:
+    """The database URL without a password."""
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+

@@ -1,0 +1,128 @@
+"""Reads at 10^4-10^5 trials (issue 13): `ablate table` and `ablate export` on generated databases.
+
+Builds (or reuses) SQLite databases of one study with N trials, 10 epochs x 3 metrics each (bulk
+insert through ``Store.import_records``, streamed), then times, each as a fresh subprocess (start-up
+included, as a user meets it): ``ablate table``, ``ablate export`` to CSV and to Parquet, and
+``ablate export --final``, with the peak RSS of each. As a baseline measured in the same run, a
+raw SQL query of the same data in one process: every metric row (what an export has to read) and
+the final rows (what a table needs), fetched with sqlite3 and no ORM. Ratios are to those.
+
+Run: `.venv/bin/python bench/results_scale.py --trials 10000 100000 --dir /tmp/ablate-bench`
+(builds take minutes at 10^5; they are kept in --dir and reused). Results go in docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the generator of synthetic studies the tests use
+
+
+def build(path: Path, n: int) -> None:
+    from _synth import scale_record
+
+    from ablate.store import Store
+
+    if path.exists():
+        return
+    t = time.monotonic()
+    tmp = path.with_suffix(".building")
+    for p in tmp.parent.glob(tmp.name + "*"):
+        p.unlink()
+    store = Store(f"sqlite:///{tmp}")
+    store.import_records([scale_record("scale", n, epochs=10, seeds=10)])
+    store.close()
+    tmp.rename(path)
+    print(f"built {path} ({n} trials) in {time.monotonic() - t:.0f} s", file=sys.stderr)
+
+
+def raw_sql(path: Path) -> tuple[float, float]:
+    """Seconds to fetch every metric row, and the final rows, with sqlite3 (no ORM, no Python objects
+    beyond the tuples): the floor any reader of the same data pays."""
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    t = time.monotonic()
+    rows = con.execute("SELECT trial_pk, name, epoch, value FROM metrics").fetchall()
+    every = time.monotonic() - t
+    t = time.monotonic()
+    finals = con.execute("SELECT m.trial_pk, m.name, m.epoch, m.value FROM metrics m JOIN (SELECT trial_pk, name, "
+                         "max(epoch) AS e FROM metrics GROUP BY trial_pk, name) f ON m.trial_pk = f.trial_pk "
+                         "AND m.name = f.name AND m.epoch = f.e").fetchall()
+    final = time.monotonic() - t
+    con.close()
+    assert rows and finals
+    return every, final
+
+
+def measure(path: Path, out: Path) -> list[tuple[str, float, float, str]]:
+    """(operation, seconds, peak RSS MB, baseline) for one database. Each command in a fresh child:
+    RUSAGE_CHILDREN's maximum then grows monotonically, so each is measured in its own child of a
+    child (``bench/results_scale.py --one``) to read its own peak."""
+    py = sys.executable
+    url = f"sqlite:///{path}"
+    ops = [("ablate table", ["table", "scale", "--db", url]),
+           ("ablate table --format csv", ["table", "scale", "--db", url, "--format", "csv"]),
+           ("ablate export (CSV)", ["export", "scale", "--db", url, "--out", str(out / "e.csv")]),
+           ("ablate export (Parquet)", ["export", "scale", "--db", url, "--out", str(out / "e.parquet")]),
+           ("ablate export --final (Parquet)", ["export", "scale", "--db", url, "--final", "--out",
+                                                str(out / "f.parquet")])]
+    res = []
+    for name, args in ops:
+        r = subprocess.run([py, __file__, "--one", *args], capture_output=True, text=True)
+        if r.returncode:
+            raise SystemExit(f"{name} failed: {r.stderr[-2000:]}")
+        wall, rss = map(float, r.stdout.split())
+        res.append((name, wall, rss, "final" if "table" in name or "final" in name else "every"))
+    return res
+
+
+def one(args: list[str]) -> None:
+    """Run one ablate command as a child and print its wall time and peak RSS."""
+    import resource
+
+    t = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "ablate.cli", *args], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE)
+    wall = time.monotonic() - t
+    if proc.returncode:
+        sys.stderr.write(proc.stderr.decode())
+        raise SystemExit(proc.returncode)
+    print(wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--trials", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--dir", type=Path, default=Path("/tmp/ablate-bench"))
+    ap.add_argument("--one", nargs=argparse.REMAINDER)
+    a = ap.parse_args()
+    if a.one is not None:
+        one(a.one)
+        return
+    a.dir.mkdir(parents=True, exist_ok=True)
+    load = os.getloadavg()[0]
+    print(f"{platform.machine()}, {os.cpu_count()} CPUs, load average {load:.1f} at start, Python "
+          f"{platform.python_version()}, SQLite {sqlite3.sqlite_version}")
+    print("| trials | operation | seconds | peak RSS MB | raw SQL s (same data) | ratio |")
+    print("|---|---|---|---|---|---|")
+    for n in a.trials:
+        path = a.dir / f"scale-{n}.db"
+        build(path, n)
+        every, final = raw_sql(path)
+        print(f"| {n} | raw SQL: every metric row / final rows (sqlite3, in process) | {every:.2f} / {final:.2f} | "
+              "– | – | 1 |")
+        for name, wall, rss, base in measure(path, a.dir):
+            ref = final if base == "final" else every
+            print(f"| {n} | `{name}` | {wall:.2f} | {rss:.0f} | {ref:.2f} ({base}) | {wall / ref:.1f} |", flush=True)
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+
+
+if __name__ == "__main__":
+    main()
