@@ -81,7 +81,7 @@ def _run_trial(config: dict[str, Any], send: Any, *, rank: int = 0, device: str 
         epochs = int(trial["recipe"]["epochs"])
 
         def on_epoch(metrics: dict[str, float], s: dict[str, Any] | None = None) -> None:
-            state.on_epoch(metrics, s, last=int(metrics["epoch"]) == epochs - 1)
+            state.on_epoch(metrics, s, last=int(metrics["epoch"]) >= epochs - 1)  # epochs 0: evaluation only
             report({_REPORT_KEY: metrics})
 
         train(trial, report=on_epoch, device=device, resume=resume, checkpoints=True, distributed=distributed,

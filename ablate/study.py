@@ -84,7 +84,8 @@ class RecipeSpec(_Strict):
     linearly (``scale_lr``); expansion resolves this into ``accum_steps`` / ``lr`` in the trial."""
 
     preset: str | None = None
-    epochs: int = Field(default=100, ge=1)
+    epochs: int = Field(default=100, ge=0, description="0: evaluate given weights only (model.kwargs.pretrained "
+                        "with pretrained_cfg_overlay.file, or init_from), no training")
     batch_size: int = Field(default=32, ge=1, description="per device")
     gpus: int = Field(default=1, ge=1, description="devices the recipe was designed for")
     batch_policy: Literal["accumulate", "scale_lr"] = "accumulate"
@@ -370,6 +371,15 @@ class Study(_Strict):
                 raise ValueError(f"analyses.{name}.weights: weights that artifacts.keep keeps "
                                  f"({', '.join(self.artifacts.keep) or 'nothing'}); the analysis reads "
                                  f"'{opts.weights}' weights: add it to artifacts.keep")
+        return self
+
+    @model_validator(mode="after")
+    def _weights_to_evaluate(self) -> "Study":
+        """``recipe.epochs: 0`` evaluates (and analyses) weights trained elsewhere, e.g. the released
+        checkpoints of Table 10: there must be weights to start from."""
+        if self.recipe.epochs == 0 and not (self.model.kwargs.get("pretrained") or self.init_from):
+            raise ValueError("recipe.epochs: at least 1, or 0 with weights to evaluate (model.kwargs: "
+                             "{pretrained: true, pretrained_cfg_overlay: {file: PATH}}, or init_from)")
         return self
 
     @model_validator(mode="after")

@@ -166,6 +166,12 @@ def train(config: dict[str, Any], report: Report | None = None, device: str | No
     memory_format = torch.channels_last if recipe.get("channels_last", True) else torch.contiguous_format
     model = model.to(memory_format=memory_format)  # large depthwise kernels run far faster in NHWC
     train_loader, val_loader = make_loaders(splits, recipe, generator)
+    if recipe["epochs"] == 0:  # evaluate weights trained elsewhere (an imported checkpoint, init_from)
+        metrics = {"epoch": 0.0, **evaluate(model, val_loader, dev, splits.num_classes, memory_format,
+                                            amp_dtype(recipe, dev))}
+        if report is not None:
+            report(metrics, {"model": model.state_dict(), "epoch": 0}) if checkpoints else report(metrics)
+        return metrics
     world = distributed.world_size if distributed else 1
     if distributed is not None:  # DistributedSampler: each rank sees its shard
         train_loader = distributed.wrap_loader(train_loader)
