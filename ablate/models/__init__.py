@@ -16,6 +16,11 @@ def build_model(model: dict, num_classes: int, in_chans: int, drop_path_rate: fl
     import timm
 
     kwargs = dict(model.get("kwargs") or {})
+    overlay = kwargs.get("pretrained_cfg_overlay")
+    if isinstance(overlay, dict) and isinstance(overlay.get("file"), str):  # a local checkpoint: $VARS and ~ expand
+        import os
+
+        kwargs["pretrained_cfg_overlay"] = {**overlay, "file": os.path.expandvars(os.path.expanduser(overlay["file"]))}
     kwargs["num_classes"], kwargs["in_chans"] = num_classes, in_chans
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate
