@@ -43,9 +43,9 @@ def markdown_cell(s: object) -> str:
     """``s`` for a Markdown table cell: HTML characters escaped (``<b>`` shows as text), pipes
     escaped, line breaks and control sequences removed so the row stays one row."""
     s = strip_controls(s, keep_newlines=False)
-    # "<" opens HTML only before a tag's first character (a letter, /, ! or ?); elsewhere ("n<3")
-    # it stays as it is, so a table printed to a terminal reads as written
-    s = s.replace("&", "&amp;").replace(">", "&gt;").replace("|", r"\|")
+    # "<" opens HTML only before a tag's first character (a letter, /, ! or ?); elsewhere ("n<3") it
+    # stays as it is, and so does ">" (no tag without "<"), so a table printed to a terminal reads as written
+    s = s.replace("&", "&amp;").replace("|", r"\|")
     return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", s)
 
 

@@ -61,6 +61,24 @@ def raw_sql(path: Path) -> tuple[float, float]:
     return every, final
 
 
+def in_process(path: Path, out: Path) -> tuple[float, float]:
+    """Seconds of the table (aggregate reads + render) and of a Parquet export, in this process
+    (imports done): the reads themselves, comparable with the raw SQL of the same run."""
+    from ablate.export import export
+    from ablate.store import Store
+    from ablate.tables import load_table_record, render
+
+    store = Store(f"sqlite:///{path}", create=False)
+    t = time.monotonic()
+    render(load_table_record(store, "scale"), "md")
+    table = time.monotonic() - t
+    t = time.monotonic()
+    export(store, out / "in-process.parquet", studies=["scale"])
+    exported = time.monotonic() - t
+    store.close()
+    return table, exported
+
+
 def measure(path: Path, out: Path) -> list[tuple[str, float, float, str]]:
     """(operation, seconds, peak RSS MB, baseline) for one database. Each command in a fresh child:
     RUSAGE_CHILDREN's maximum then grows monotonically, so each is measured in its own child of a
@@ -118,6 +136,11 @@ def main() -> None:
         every, final = raw_sql(path)
         print(f"| {n} | raw SQL: every metric row / final rows (sqlite3, in process) | {every:.2f} / {final:.2f} | "
               "– | – | 1 |")
+        table, exported = in_process(path, a.dir)
+        print(f"| {n} | table, in process (aggregate reads + render) | {table:.2f} | – | {final:.2f} (final) | "
+              f"{table / final:.1f} |")
+        print(f"| {n} | export Parquet, in process | {exported:.2f} | – | {every:.2f} (every) | "
+              f"{exported / every:.1f} |", flush=True)
         for name, wall, rss, base in measure(path, a.dir):
             ref = final if base == "final" else every
             print(f"| {n} | `{name}` | {wall:.2f} | {rss:.0f} | {ref:.2f} ({base}) | {wall / ref:.1f} |", flush=True)

@@ -4,7 +4,6 @@ export; each checked against the values computed from every per-epoch row (the o
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 from sqlalchemy import event

@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import io
 
-import pytest
 
 from _synth import trial
 from ablate.store import PENDING, StudyRecord
