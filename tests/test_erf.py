@@ -239,3 +239,28 @@ def test_page_data_for_the_dashboard_and_table_from_stored_results(tmp_path: Pat
     assert "| k=3 | 1.0% | 90.0% |" in md, md
     assert "256x256" in md and "first 50 images" in md
     assert r"\toprule" in render_analysis(record, "erf", "latex")
+
+
+# Table 10 of the paper (Appendix B), r in percent at t = 20 / 30 / 50 / 99%
+TABLE_10 = {"ResNet-101": [0.9, 1.5, 3.2, 22.4], "ResNet-152": [1.1, 1.8, 3.9, 34.4],
+            "RepLKNet-13": [11.2, 17.1, 30.2, 96.3], "RepLKNet-31": [16.3, 24.7, 43.2, 98.6]}
+
+
+def test_erf_study_declares_table_10_and_a_tiny_demo() -> None:
+    from ablate.expand import expand
+    from ablate.plan import make_plan
+
+    file = Path(__file__).resolve().parents[1] / "studies" / "erf.yaml"
+    study = load_study(file, "paper")  # (planning at 224 measures four big models: slow; the demo plans below)
+    erf = study.analyses.erf
+    assert (erf.images, erf.size, erf.thresholds, erf.final_norm) == (50, 1024, [0.2, 0.3, 0.5, 0.99], False)
+    assert {r.label: r.paper for r in erf.rows} == TABLE_10
+    names = {r.label: r.match["model.name"] for r in erf.rows}
+    assert names == {"ResNet-101": "resnet101", "ResNet-152": "resnet152", "RepLKNet-13": "replknet_13",
+                     "RepLKNet-31": "replknet_31b"}
+    assert {t.config["model"]["name"] for t in expand(study, file)} == set(names.values())
+    assert study.recipe.epochs == 120  # Table 10's RepLKNets: the 120-epoch ImageNet-1K models
+    demo = make_plan(file, "demo")
+    assert demo.study.dataset.name == "fashion_mnist" and demo.study.resources.gpus == 0
+    assert demo.study.analyses.erf.size <= 128 and demo.study.analyses.erf.images <= 8
+    assert all(p.n_params < 5e6 for p in demo.trials) and len(demo.trials) == 4
