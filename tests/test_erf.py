@@ -262,3 +262,25 @@ def test_erf_study_declares_table_10_and_a_tiny_demo() -> None:
     demo = load_study(file, "demo")  # (tests/test_fuzz_study.py plans it)
     assert demo.dataset.name == "fashion_mnist" and demo.resources.gpus == 0 and demo.recipe.max_steps_per_epoch <= 20
     assert demo.analyses.erf.size <= 128 and demo.analyses.erf.images <= 8 and len(expand(demo, file)) == 4
+
+
+def test_table_of_an_analysis_imports_neither_torch_nor_ray(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from ablate.store import Store, StudyRecord, TrialRecord
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    spec = {"analyses": {"erf": {"thresholds": [0.2, 0.5]}}}
+    t = TrialRecord("t0", {"model.name": "resnet101", "seed": 0}, {"model": {"name": "resnet101"}}, 0, "completed",
+                    1, 1, None, None, None, final={"erf_r20": 1.25, "erf_r50": 4.0})
+    Store(url).import_records([StudyRecord("s", "", spec, [t])])
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom ablate.cli import app\n"
+            f"r = CliRunner().invoke(app, ['table', 's', '--analysis', 'erf', '--db', {url!r}])\n"
+            "print(r.exit_code, r.output)\nprint(sorted(m for m in ('torch', 'timm', 'ray') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.startswith("0 ") and "| name=\"resnet101\" | 1.2% | 4.0% |" in out, out
+    assert out.strip().endswith("[]"), out
+    r = CliRunner().invoke(app, ["table", "s", "--analysis", "kernels", "--db", url])
+    assert r.exit_code == 2 and "--analysis: one of erf" in r.output
