@@ -284,3 +284,21 @@ def test_table_of_an_analysis_imports_neither_torch_nor_ray(tmp_path: Path) -> N
     assert out.strip().endswith("[]"), out
     r = CliRunner().invoke(app, ["table", "s", "--analysis", "kernels", "--db", url])
     assert r.exit_code == 2 and "--analysis: one of erf" in r.output
+
+
+def test_store_takes_analysis_scalars_only_for_completed_trials_at_their_last_epoch(tmp_path: Path) -> None:
+    from ablate.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'r.db'}")
+    store.register("s", "", {}, [{"trial_id": t, "params": {}, "config": {}, "seed": 0, "n_params": 1, "flops": 1}
+                                 for t in ("done", "busy")])
+    for t in ("done", "busy"):
+        store.start("s", t)
+        for epoch in (0, 1):
+            store.add_metrics("s", t, epoch, {"top1": 50.0 + epoch})
+    store.finish("s", "done")
+    assert store.add_analysis("s", "done", {"erf_r20": 12.5}) and not store.add_analysis("s", "busy", {"erf_r20": 1.0})
+    assert store.add_analysis("s", "done", {"erf_r20": 13.0})  # recomputed: replaced, not duplicated
+    by_id = {t.trial_id: t for t in store.load("s", history=True).trials}
+    assert by_id["done"].history["erf_r20"] == [(1, 13.0)] and by_id["done"].final["top1"] == 51.0
+    assert "erf_r20" not in by_id["busy"].final
