@@ -315,7 +315,8 @@ def analyze(
     p = _plan(file, profile)
     if not p.study.analyses or not p.study.analyses.declared():
         _fail(f"{file}: analyses: a section declaring at least one analysis (erf, kernels, shape_bias)")
-    _run_analyses(p, _store(db), address, artifacts, required=True)
+    if _run_analyses(p, _store(db), address, artifacts, required=True):
+        raise typer.Exit(1)
 
 
 def _run_analyses(p, store, address: Optional[str], artifacts: Optional[str], *, required: bool) -> int:

@@ -64,6 +64,13 @@ def test_run_then_analyze_stores_metrics_and_maps_and_skips_on_rerun(tmp_path: P
     assert r.exit_code == 0 and "1 already done, 1 run now" in r.output, r.output
     assert files.exists(files.path("erf_tiny", gone, "erf.npy")) and store.counts() == counts
 
+    # a trial whose weights are gone fails its analysis with a readable error; the others are untouched
+    files.delete(files.path("erf_tiny", gone, "erf.npy"))
+    files.delete(files.path("erf_tiny", gone, "model.pt"))
+    r = CliRunner().invoke(app, ["analyze", str(f), *common])
+    assert r.exit_code == 1 and "1 already done, 0 run now, 1 failed" in r.output, r.output
+    assert f"failed: {gone}" in r.output and "no final weights at" in r.output, r.output
+
     # Table 10's layout: rows = arms (the labelled one first), columns = t, the paper's numbers beside
     r = CliRunner().invoke(app, ["table", "erf_tiny", "--analysis", "erf", "--db", db])
     assert r.exit_code == 0, r.output
@@ -80,13 +87,14 @@ def test_run_then_analyze_stores_metrics_and_maps_and_skips_on_rerun(tmp_path: P
     changed["analyses"]["erf"]["batch_size"] = 3
     write_study(f, changed)
     r = CliRunner().invoke(app, ["analyze", str(f), *common])
-    assert "2 already done, 0 run now" in r.output, r.output
+    assert "1 already done, 0 run now, 1 failed" in r.output, r.output  # (the trial without weights)
     changed["analyses"]["erf"]["size"] = 32
     write_study(f, changed)
     r = CliRunner().invoke(app, ["analyze", str(f), *common])
-    assert r.exit_code == 0 and "0 already done, 2 run now" in r.output, r.output
-    assert all(t.final["erf_size"] == 32 for t in store.load("erf_tiny").trials)
-    assert load_array(files, files.path("erf_tiny", gone, "erf.npy")).shape == (32, 32)
+    assert r.exit_code == 1 and "0 already done, 1 run now, 1 failed" in r.output, r.output  # no weights for one
+    other = next(t.trial_id for t in rec.trials if t.trial_id != gone)
+    assert {t.trial_id: t.final["erf_size"] for t in store.load("erf_tiny").trials} == {other: 32, gone: 64}
+    assert load_array(files, files.path("erf_tiny", other, "erf.npy")).shape == (32, 32)
     assert store.counts() == counts  # upserts: the same rows, new values
 
 

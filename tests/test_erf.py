@@ -239,3 +239,66 @@ def test_page_data_for_the_dashboard_and_table_from_stored_results(tmp_path: Pat
     assert "| k=3 | 1.0% | 90.0% |" in md, md
     assert "256x256" in md and "first 50 images" in md
     assert r"\toprule" in render_analysis(record, "erf", "latex")
+
+
+# Table 10 of the paper (Appendix B), r in percent at t = 20 / 30 / 50 / 99%
+TABLE_10 = {"ResNet-101": [0.9, 1.5, 3.2, 22.4], "ResNet-152": [1.1, 1.8, 3.9, 34.4],
+            "RepLKNet-13": [11.2, 17.1, 30.2, 96.3], "RepLKNet-31": [16.3, 24.7, 43.2, 98.6]}
+
+
+def test_erf_study_declares_table_10_and_a_tiny_demo() -> None:
+    from ablate.expand import expand
+
+    file = Path(__file__).resolve().parents[1] / "studies" / "erf.yaml"
+    study = load_study(file, "paper")  # (planning at 224 measures four big models: slow; the demo plans below)
+    erf = study.analyses.erf
+    assert (erf.images, erf.size, erf.thresholds, erf.final_norm) == (50, 1024, [0.2, 0.3, 0.5, 0.99], False)
+    assert {r.label: r.paper for r in erf.rows} == TABLE_10
+    names = {r.label: r.match["model.name"] for r in erf.rows}
+    assert names == {"ResNet-101": "resnet101", "ResNet-152": "resnet152", "RepLKNet-13": "replknet_13",
+                     "RepLKNet-31": "replknet_31b"}
+    assert {t.config["model"]["name"] for t in expand(study, file)} == set(names.values())
+    assert study.recipe.epochs == 120  # Table 10's RepLKNets: the 120-epoch ImageNet-1K models
+    demo = load_study(file, "demo")  # (tests/test_fuzz_study.py plans it)
+    assert demo.dataset.name == "fashion_mnist" and demo.resources.gpus == 0 and demo.recipe.max_steps_per_epoch <= 20
+    assert demo.analyses.erf.size <= 128 and demo.analyses.erf.images <= 8 and len(expand(demo, file)) == 4
+
+
+def test_table_of_an_analysis_imports_neither_torch_nor_ray(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from ablate.store import Store, StudyRecord, TrialRecord
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    spec = {"analyses": {"erf": {"thresholds": [0.2, 0.5]}}}
+    t = TrialRecord("t0", {"model.name": "resnet101", "seed": 0}, {"model": {"name": "resnet101"}}, 0, "completed",
+                    1, 1, None, None, None, final={"erf_r20": 1.25, "erf_r50": 4.0})
+    Store(url).import_records([StudyRecord("s", "", spec, [t])])
+    code = ("import sys\nfrom typer.testing import CliRunner\nfrom ablate.cli import app\n"
+            f"r = CliRunner().invoke(app, ['table', 's', '--analysis', 'erf', '--db', {url!r}])\n"
+            "print(r.exit_code, r.output)\nprint(sorted(m for m in ('torch', 'timm', 'ray') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.startswith("0 ") and "| name=\"resnet101\" | 1.2% | 4.0% |" in out, out
+    assert out.strip().endswith("[]"), out
+    r = CliRunner().invoke(app, ["table", "s", "--analysis", "kernels", "--db", url])
+    assert r.exit_code == 2 and "--analysis: one of erf" in r.output
+
+
+def test_store_takes_analysis_scalars_only_for_completed_trials_at_their_last_epoch(tmp_path: Path) -> None:
+    from ablate.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'r.db'}")
+    store.register("s", "", {}, [{"trial_id": t, "params": {}, "config": {}, "seed": 0, "n_params": 1, "flops": 1}
+                                 for t in ("done", "busy")])
+    for t in ("done", "busy"):
+        store.start("s", t)
+        for epoch in (0, 1):
+            store.add_metrics("s", t, epoch, {"top1": 50.0 + epoch})
+    store.finish("s", "done")
+    assert store.add_analysis("s", "done", {"erf_r20": 12.5}) and not store.add_analysis("s", "busy", {"erf_r20": 1.0})
+    assert store.add_analysis("s", "done", {"erf_r20": 13.0})  # recomputed: replaced, not duplicated
+    by_id = {t.trial_id: t for t in store.load("s", history=True).trials}
+    assert by_id["done"].history["erf_r20"] == [(1, 13.0)] and by_id["done"].final["top1"] == 51.0
+    assert "erf_r20" not in by_id["busy"].final

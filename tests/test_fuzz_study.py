@@ -178,7 +178,9 @@ def m_huge_seeds(rng: random.Random, doc: dict) -> tuple[Any, bool]:
 
 
 def m_bad_format(rng: random.Random, doc: dict) -> tuple[Any, bool]:
-    cols = (doc.get("table") or {}).get("columns") or []
+    table = doc.get("table")  # an earlier mutation may have made it (or its columns) another type
+    cols = table.get("columns") if isinstance(table, dict) else None
+    cols = [c for c in cols if isinstance(c, dict)] if isinstance(cols, list) else []
     if not cols:
         return m_swap_type(rng, doc)
     col = rng.choice(cols)
@@ -206,8 +208,11 @@ def m_bad_reference(rng: random.Random, doc: dict) -> tuple[Any, bool]:
     elif which == 4:
         doc["model"] = {"name": rng.choice(["resnet18.nope_tag", "mobilenetv2_kl", "resnet9000"])}
     else:
-        doc["model"] = dict(doc["model"], kwargs={**doc["model"].get("kwargs", {}),
-                                                   rng.choice(["width_mult", "kernel_sise"]): 1e9})
+        bad = {rng.choice(["width_mult", "kernel_sise"]): 1e9}
+        doc["model"] = dict(doc["model"], kwargs={**doc["model"].get("kwargs", {}), **bad})
+        for prof in (doc.get("profiles") or {}).values():  # a profile's own model.kwargs would hide it
+            if isinstance(prof, dict) and isinstance(prof.get("model"), dict) and isinstance(prof["model"].get("kwargs"), dict):
+                prof["model"] = {**prof["model"], "kwargs": {**prof["model"]["kwargs"], **bad}}
     # the shipped demo profiles override recipe and dataset; put the mutation in the profile too
     for prof in (doc.get("profiles") or {}).values():
         if isinstance(prof, dict) and which in (1, 2, 3) and "recipe" in prof:

@@ -86,7 +86,7 @@ def analyze_study(plan: Any, store: Any, sink: Any, *, address: str | None = Non
                 mine[job["name"]] = job["identity"]
                 sink.update_provenance(study.name, tid, {PROVENANCE_KEY: dict(mine)})
                 summary.ran += 1
-            advance(f"{job['name']} of {tid}")
+            advance(f"{job['name']} of {tid} {'failed' if 'error' in out else 'done'}")
 
         res = study.resources
         run_analysis_tasks(jobs, on_done, cpus=res.cpus, gpus=res.gpus, address=address, artifacts=files.uri)
@@ -117,7 +117,7 @@ class _progress:
         if self.bar is not None:
             self.bar.update(self.task, advance=1, description=what)
         else:
-            self.console.print(f"analyses {self.done}/{self.total}: {what} done", markup=False, highlight=False)
+            self.console.print(f"analyses {self.done}/{self.total}: {what}", markup=False, highlight=False)
 
     def __exit__(self, *exc: Any) -> None:
         if self.bar is not None:
