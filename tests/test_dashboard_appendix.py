@@ -13,14 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from _browser import Chromium, pixel_stddev
 from ablate.analyses.imagenet16 import CATEGORIES
 from ablate.analyses.worker import save_array
 from ablate.artifacts import ArtifactStore
-from ablate.expand import expand
 from ablate.store import Store
-from ablate.study import load_study
 
 ROOT = Path(__file__).resolve().parent.parent
 T = [0.2, 0.3, 0.5, 0.99]
@@ -32,21 +31,30 @@ LABELS = {"resnet101": "ResNet-101", "resnet152": "ResNet-152", "replknet_13": "
 SIDE = 256  # S of the synthetic erf.npy (the page draws at most 128x128)
 
 
-def register(store: Store, study_file: Path, extra_seed: bool = False):
-    """The study file's trials registered and completed (one epoch of top1), as ``ablate run`` leaves
-    them; ``extra_seed``: the last arm also with seed 1 (so means over seeds show)."""
-    study = load_study(study_file)
-    trials = [{"trial_id": t.id, "params": t.params, "config": t.config, "seed": t.seed} for t in expand(study, study_file)]
-    if extra_seed:
-        last = trials[-1]
-        trials.append({**last, "trial_id": last["trial_id"][:-1] + "x", "params": {**last["params"], "seed": 1},
-                       "seed": 1})
-    store.register(study.name, study.description, study.model_dump(mode="json"), trials)
+def register(store: Store, study_file: Path, arms: list[dict], extra_seed: bool = False):
+    """The study file's ``arms`` (axis values; as ``ablate plan`` expands them, without importing the
+    models) registered and completed with one epoch of top1, as ``ablate run`` leaves them;
+    ``extra_seed``: the last arm also with seed 1 (so means over seeds show)."""
+    import copy
+
+    from ablate.expand import set_path
+
+    spec = yaml.safe_load(study_file.read_text())  # the file as written (load_study would import timm: seconds)
+    trials = []
+    for i, arm in enumerate(arms):
+        for seed in (0, 1) if extra_seed and i == len(arms) - 1 else (0,):
+            config = {"model": copy.deepcopy(spec["model"]), "seed": seed}
+            for k, v in arm.items():
+                set_path(config, k, v)
+            trials.append({"trial_id": f"{spec['name']}-{i}-s{seed}", "params": {**arm, "seed": seed}, "config": config,
+                           "seed": seed})
+    name = spec["name"]
+    store.register(name, spec["description"], spec, trials)
     for t in trials:
-        store.start(study.name, t["trial_id"])
-        store.add_metrics(study.name, t["trial_id"], 0, {"top1": 70.0 + len(t["trial_id"]) % 5})
-        store.finish(study.name, t["trial_id"])
-    return study.name, trials
+        store.start(name, t["trial_id"])
+        store.add_metrics(name, t["trial_id"], 0, {"top1": 70.0 + len(t["trial_id"]) % 5})
+        store.finish(name, t["trial_id"])
+    return name, trials
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +64,8 @@ def analysed(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     d = tmp_path_factory.mktemp("appendix")
     url, arts = f"sqlite:///{d / 'r.db'}", d / "arts"
     files, store = ArtifactStore(str(arts)), Store(url)
-    name, trials = register(store, ROOT / "studies" / "erf.yaml", extra_seed=True)
+    name, trials = register(store, ROOT / "studies" / "erf.yaml", [{"model.name": m} for m in LABELS],
+                           extra_seed=True)
     yy, xx = np.mgrid[:SIDE, :SIDE] - SIDE // 2
     for i, t in enumerate(trials):
         model = t["config"]["model"]["name"]
@@ -71,7 +80,9 @@ def analysed(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
         scalars |= {"shape_bias": bias, "shape_bias_category_mean": bias, "shape_bias_images": 1120.0,
                     **{f"shape_bias_{c}": min(1.0, bias + 0.02 * k) for k, c in enumerate(CATEGORIES)}}
         assert store.add_analysis(name, t["trial_id"], scalars)
-    name, trials = register(store, ROOT / "studies" / "reparam.yaml")
+    name, trials = register(store, ROOT / "studies" / "reparam.yaml",
+                           [{"model.kwargs.kernel_size": k, "model.kwargs.small_kernel": sk} for k in (9, 13)
+                            for sk in (None, 3)])
     for t in trials:
         small = t["params"]["model.kwargs.small_kernel"] is not None
         k = t["params"]["model.kwargs.kernel_size"]
@@ -176,9 +187,24 @@ def test_remote_or_missing_artifacts_give_a_note_not_an_error(analysed: tuple[st
     store.close()
 
 
+def test_cli_dashboard_draws_the_analyses_without_torch_timm_or_ray(analysed: tuple[str, Path], tmp_path: Path) -> None:
+    """`ablate dashboard --out` reads the arrays (numpy, the artifact store) but imports no model code."""
+    import os
+
+    from test_cli_imports import NEVER, run_cli
+
+    url, arts = analysed
+    env = dict(os.environ, ABLATE_DB=url, ABLATE_ARTIFACTS=str(arts))
+    loaded = run_cli(tmp_path, "dashboard", "--out", "report.html", env=env)
+    assert "numpy" in loaded and not loaded & NEVER, sorted(loaded & NEVER)
+    blobs = blobs_of((tmp_path / "report.html").read_text())
+    assert {"erf_maps", "shape_bias"} <= set(blobs["erf"]["figs"]) and "kernel_maps" in blobs["reparam"]["figs"]
+
+
 def test_browser_renders_the_appendix_page(analysed: tuple[str, Path], tmp_path: Path) -> None:
     from _browser import CHROMIUM
     from ablate.dashboard import write_report
+    from test_dashboard import keep_screenshot
 
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium")
@@ -203,6 +229,8 @@ def test_browser_renders_the_appendix_page(analysed: tuple[str, Path], tmp_path:
         c.evaluate("document.querySelector('[data-key=kernel_maps]').scrollIntoView()")
         shots["kernels"] = pixel_stddev(c.screenshot(tmp_path / "appendix-kernels.png"))
         errors = c.errors()
+    for png in tmp_path.glob("appendix-*.png"):
+        keep_screenshot(png)
     assert errors == []
     assert ["erf_maps", 3] in plots and ["shape_bias", 6] in plots
     assert "Table 10" in table and "RepLKNet-31" in table and "16.3" in table

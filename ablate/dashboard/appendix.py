@@ -86,6 +86,15 @@ def _strip_template(fig: dict[str, Any], height: int) -> dict[str, Any]:
     return {"data": fig.get("data", []), "layout": lay}
 
 
+def _bare_axes(fig: dict[str, Any]) -> dict[str, Any]:
+    """Heatmap panels as pictures: no ticks, grid or axis lines, each panel square within its domain."""
+    for k, ax in fig["layout"].items():
+        if re.match(r"^[xy]axis\d*$", k):
+            ax.update({"showticklabels": False, "ticks": "", "showgrid": False, "zeroline": False, "showline": False,
+                       "constrain": "domain"})
+    return fig
+
+
 # -- ERF: Figure 1 and Table 10 --------------------------------------------------------------------------
 def erf_maps_figure(maps: list[tuple[str, list[list[float]], int]]) -> dict[str, Any]:
     """Figure 1: the maps Â (title, z rows top-down, stored side S) side by side, ERF_COLS a row, on one
@@ -116,7 +125,7 @@ def erf_maps_figure(maps: list[tuple[str, list[list[float]], int]]) -> dict[str,
                           "x": 0.02, "font": {"size": 15}},
                 "annotations": notes, "height": 120 + rows * (300 if cols > 2 else 380),
                 "margin": {"l": 20, "r": 20, "t": 80, "b": 20}, "hovermode": "closest"})
-    return {"data": data, "layout": lay}
+    return _bare_axes({"data": data, "layout": lay})
 
 
 def _erf_table(table: Any, note: str | None) -> dict[str, Any]:
@@ -236,7 +245,7 @@ def kernel_parts(view: StudyView, artifacts: Path | str | None) -> tuple[dict[st
                 chunks.append([])
             chunks[-1] += mine
         for i, chunk in enumerate(chunks):
-            fig = _strip_template(kernel_maps_figure(chunk), 380)
+            fig = _bare_axes(_strip_template(kernel_maps_figure(chunk), 380))
             fig["layout"]["title"] = {"text": "Kernel magnitude summed over channels, in [0, 1] (Fig. 6, App. F)",
                                       "x": 0.02, "font": {"size": 15}}
             fig["_label"] = ", ".join(t for t, _ in chunk)
