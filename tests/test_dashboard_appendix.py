@@ -164,7 +164,7 @@ def test_page_shows_figure1_table10_figure6_and_figure5(analysed: tuple[str, Pat
     kfigs = {k: v for k, v in rep["figs"].items() if k.startswith("kernel_maps")}
     heat = [tr for f in kfigs.values() for tr in f["data"]]
     names = [tr["name"] for tr in heat]
-    assert len(heat) == 6 and sum("merged" in n for n in names) == 2 and sum("BN fused" in n for n in names) == 2
+    assert len(heat) == 6 and sum("merged" in n for n in names) == 2 and all("<br>" in n for n in names) and sum("BN fused" in n for n in names) == 2
     assert all(tr["zmin"] == 0 and tr["zmax"] == 1 for tr in heat)
     merged = np.array(next(tr["z"] for tr in heat if "merged" in tr["name"] and "k=13" in tr["name"]))
     assert merged.shape == (13, 13) and merged[6, 6] == 1.0 and merged[5, 5] > merged[6, 0]  # centre 3x3 enhanced
@@ -220,13 +220,13 @@ def test_browser_renders_the_appendix_page(analysed: tuple[str, Path], tmp_path:
         plots = c.evaluate("Array.from(document.querySelectorAll('section.study:not([hidden]) .js-plotly-plot'))"
                            ".map(d => [d.dataset.key, d.data.length])")
         table = c.evaluate("document.querySelector('section.study:not([hidden]) .analysis-table').innerText")
-        c.evaluate("document.querySelector('[data-key=erf_maps]').scrollIntoView()")
+        c.evaluate("document.querySelector('[data-key=erf_maps]').scrollIntoView({block: 'center'})")
         shots["erf"] = pixel_stddev(c.screenshot(tmp_path / "appendix-erf.png"))
         c.evaluate("window.ablateShow('reparam')", await_promise=True)
         c.evaluate("window.ablateDrawAll()", await_promise=True)
         kplots = c.evaluate("Array.from(document.querySelectorAll('section.study:not([hidden]) .js-plotly-plot'))"
                             ".map(d => d.dataset.key)")
-        c.evaluate("document.querySelector('[data-key=kernel_maps]').scrollIntoView()")
+        c.evaluate("document.querySelector('[data-key=kernel_maps]').scrollIntoView({block: 'center'})")
         shots["kernels"] = pixel_stddev(c.screenshot(tmp_path / "appendix-kernels.png"))
         errors = c.errors()
     for png in tmp_path.glob("appendix-*.png"):

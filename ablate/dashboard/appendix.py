@@ -232,7 +232,7 @@ def kernel_parts(view: StudyView, artifacts: Path | str | None) -> tuple[dict[st
             z = _mean_map(store, view.name, ts, f"kernel_{variant}.npy")
             if z is not None:
                 what = ("large kernel alone" if variant == "large" else "merged (small added)") if small else "BN fused"
-                mine.append((f"{escape(a.label)}: {what}", z))
+                mine.append((f"{escape(a.label)}<br>{what}", z))
         if mine:
             panels.append(mine)
     figs: dict[str, Any] = {}
@@ -248,7 +248,9 @@ def kernel_parts(view: StudyView, artifacts: Path | str | None) -> tuple[dict[st
             fig = _bare_axes(_strip_template(kernel_maps_figure(chunk), 380))
             fig["layout"]["title"] = {"text": "Kernel magnitude summed over channels, in [0, 1] (Fig. 6, App. F)",
                                       "x": 0.02, "font": {"size": 15}}
-            fig["_label"] = ", ".join(t for t, _ in chunk)
+            fig["_label"] = ", ".join(dict.fromkeys(t.split("<br>")[0] for t, _ in chunk))
+            for note in fig["layout"].get("annotations", []):  # the panel titles: two short lines
+                note["font"] = {"size": 11}
             figs["kernel_maps" if i == 0 else f"kernel_maps:{i}"] = fig
     if len(arms) > MAX_KERNEL_ARMS and store is not None:
         note = f"maps of the first {MAX_KERNEL_ARMS} of {len(arms)} arms drawn"
@@ -312,6 +314,8 @@ def shape_parts(view: StudyView) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     if not rows:
         return {}, []
     fig = _strip_template(figure5(models), max(380, 160 + 18 * len(CATEGORIES)))
+    for axis in ("xaxis", "yaxis"):  # category names and the axis title fit
+        fig["layout"].setdefault(axis, {})["automargin"] = True
     fig["layout"]["title"] = {"text": "Shape bias on cue-conflict images: per category, line at each model's mean "
                                       "(Fig. 5, App. C)", "x": 0.02, "font": {"size": 15}}
     notes = ["shape bias = shape decisions / (shape + texture decisions) over the cue-conflict images whose shape "
