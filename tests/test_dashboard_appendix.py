@@ -178,7 +178,8 @@ def test_remote_or_missing_artifacts_give_a_note_not_an_error(analysed: tuple[st
 
     url, _ = analysed
     store = Store(url, create=False)
-    for where in ("s3://bucket/arts", tmp_path / "none"):
+    (tmp_path / "empty").mkdir()
+    for where in ("s3://bucket/arts", tmp_path / "none", tmp_path / "empty"):
         blobs = blobs_of(report(store, names=["erf", "reparam"], artifacts=where))
         assert "erf_maps" not in blobs["erf"]["figs"] and "shape_bias" in blobs["erf"]["figs"]
         assert not any(k.startswith("kernel_maps") for k in blobs["reparam"]["figs"])

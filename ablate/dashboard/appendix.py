@@ -189,6 +189,8 @@ def erf_parts(record: StudyRecord, artifacts: Path | str | None) -> tuple[dict[s
             figs["erf_maps"] = erf_maps_figure([(escape(m.label), np.round(m.image, 3).tolist(), m.size) for m in maps])
             if len(table.rows) > len(shown):
                 note = f"maps of the first {len(shown)} of {len(table.rows)} arms drawn"
+        elif note is None:
+            note = f"maps not drawn: no erf.npy of the analysed trials under {store.uri}"
     return figs, [_erf_table(table, note)]
 
 
