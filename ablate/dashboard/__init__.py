@@ -2,9 +2,10 @@
 
 For each study, plots chosen from what varies (``figures.py``): every arm against the baseline with
 its confidence interval, the metric against each declared axis, a heatmap when two axes form a
-grid, against params / FLOPs / kernel size only when they vary, per-epoch curves, the paper's ERF
-views; its table (the same as ``ablate table``); and its trials, where a click shows a trial's
-config, provenance, per-epoch metrics and error. One toolbar serves the whole page.
+grid, against params / FLOPs / kernel size only when they vary, per-epoch curves, the appendix
+analyses (``appendix.py``: Figures 1, 5 and 6, Table 10); its table (the same as ``ablate table``)
+and its trials, where a click shows a trial's config, provenance, per-epoch metrics and error. One
+toolbar serves the whole page.
 
 The page embeds summaries, not every point (``page.py``): final values per trial, curves for a
 bounded sample of arms, full details for a bounded sample of trials. ``serve.py`` builds it once
@@ -22,11 +23,11 @@ from typing import Any, Iterable
 from ablate.store import Store, StudyRecord
 
 from ablate.dashboard.data import History, detail, load_details, load_history, load_studies, version
-from ablate.dashboard.figures import HEATMAP_ARTIFACTS, overview_figure, study_figures
+from ablate.dashboard.figures import overview_figure, study_figures
 from ablate.dashboard.page import build_page, curve_ids, detail_ids, plotly_js, safe_url, study_blob
 from ablate.dashboard.view import StudyView, study_view
 
-__all__ = ["HEATMAP_ARTIFACTS", "ImageExportError", "build", "build_page", "export_images", "make_server",
+__all__ = ["ImageExportError", "build", "build_page", "export_images", "make_server",
            "page_of_records", "plotly_js", "report", "study_figures", "study_view", "write_report"]
 
 

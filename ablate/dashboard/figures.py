@@ -10,9 +10,10 @@ what varies in a study:
   size when it varies without being an axis (a ``model.name`` axis);
 * ``curves:<metric>``: per-epoch curves of a bounded sample of arms (mean over seeds, optional
   ±1 std bands; epochs counted from 1, integer ticks);
-* ``erf``: Table 10's ratios r at each threshold from ``erf_r<t>`` metrics, and ``erf_map`` /
-  ``kernel_map`` heatmaps from 2-D arrays trials saved as artifacts (``HEATMAP_ARTIFACTS``: add an
-  entry to draw another).
+* ``erf``: Table 10's ratios r at each threshold from ``erf_r<t>`` metrics (a study that declares
+  ``analyses.erf`` gets Table 10 itself instead);
+* ``erf_maps``, ``kernel_maps``, ``shape_bias``: the appendix analyses' figures (``appendix.py``:
+  Figures 1, 6 and 5 from the arrays and metrics ``ablate analyze`` stores).
 
 Every figure's size is bounded whatever the number of trials: at most ``MAX_DOTS`` arms in the dot
 plot, ``MAX_POINTS`` arm points per axis plot (beyond: the axis' marginal), ``MAX_CURVES`` arms in
@@ -452,68 +453,14 @@ def erf_figure(view: StudyView) -> dict[str, Any] | None:
                              yaxis={"autorange": "reversed", "automargin": True, "type": "category"})}
 
 
-HEATMAP_ARTIFACTS = {  # figure key: (file in the trial's artifact folder, title)
-    "erf_map": ("erf.npy", "ERF, score A in [0, 1] (App. B)"),
-    "kernel_map": ("kernel.npy", "Kernel |W| over channels, in [0, 1] (App. F)"),
-}
-MAX_MAP_SIDE = 128  # larger maps (a 1024x1024 ERF) are sampled down to keep the page small
-
-
-def artifact_figures(view: StudyView, root: Path | str | None = None) -> dict[str, dict[str, Any]]:
-    """ERF and kernel heatmaps from 2-D arrays that trials saved with ``numpy.save`` as
-    ``<artifacts>/<study>/<trial id>/erf.npy`` or ``kernel.npy`` (the artifact folder of
-    ablate.artifacts). One figure per arm (its first completed trial that has the file), at most
-    MAX_CURVES: the first under the plain key, the others as ``<key>:<n>``, which the page offers
-    in a picker."""
-    import numpy as np
-
-    from ablate.artifacts import artifacts_root
-
-    root = root or artifacts_root()  # a str since the store may be a URI; heatmaps are read from a local folder
-    if isinstance(root, str):
-        if "://" in root:
-            return {}
-        root = Path(root)
-    folder = root / view.name
-    out: dict[str, dict[str, Any]] = {}
-    if not folder.is_dir():
-        return out
-    for key, (fname, title) in HEATMAP_ARTIFACTS.items():
-        n = 0
-        for arm in view.arms:
-            if n >= MAX_CURVES:
-                break
-            path = next((folder / t.trial_id / fname for t in arm.arm.done
-                         if (folder / t.trial_id / fname).is_file()), None)
-            if path is None:
-                continue
-            try:
-                z = np.load(path, allow_pickle=False).astype(float)
-            except (OSError, ValueError):
-                continue
-            if z.ndim != 2 or not z.size:
-                continue
-            for axis in (0, 1):  # sample down, keeping the centre row/column
-                if z.shape[axis] > MAX_MAP_SIDE:
-                    z = np.take(z, np.linspace(0, z.shape[axis] - 1, MAX_MAP_SIDE).round().astype(int), axis=axis)
-            top = float(np.nanmax(np.abs(z))) or 1.0
-            label = escape(arm.label)
-            out[key if n == 0 else f"{key}:{n}"] = {
-                "data": [{"type": "heatmap", "z": np.round(z / top, 4).tolist(), "colorscale": "Viridis",
-                          "zmin": 0, "zmax": 1, "hovertemplate": "(%{x}, %{y}): %{z:.3f}<extra></extra>"}],
-                "layout": layout(f"{title}: {label}", "", "", height=420,
-                                 xaxis={"showgrid": False, "zeroline": False, "constrain": "domain"},
-                                 yaxis={"autorange": "reversed", "scaleanchor": "x", "constrain": "domain",
-                                        "showgrid": False, "zeroline": False, "automargin": True}),
-                "_label": arm.label}
-            n += 1
-    return out
-
-
 # -- all of one study ---------------------------------------------------------------------------------
 def study_figures(view: StudyView, history: dict[str, dict[str, list[tuple[int, float]]]] | None = None,
-                  artifacts: Path | str | None = None) -> dict[str, dict[str, Any]]:
-    """Every figure the study has data for, by key (see the module doc), in the page's order."""
+                  artifacts: Path | str | None = None, tables: list[dict[str, Any]] | None = None
+                  ) -> dict[str, dict[str, Any]]:
+    """Every figure the study has data for, by key (see the module doc), in the page's order. The
+    appendix analyses' tables (Table 10, kernel and shape-bias numbers) are appended to ``tables``."""
+    from ablate.dashboard.appendix import appendix_parts, has_erf_table
+
     figs: dict[str, dict[str, Any] | None] = {"arms": arms_figure(view), "grid": grid_figure(view)}
     for axis in view.varying:
         figs[f"axis:{axis}"] = axis_figure(view, axis)
@@ -525,8 +472,11 @@ def study_figures(view: StudyView, history: dict[str, dict[str, list[tuple[int, 
         arms = curve_arms(view)
         for m in curve_metrics(view, history):
             figs[f"curves:{m}"] = curves_figure(view, arms, history, m)
-    figs["erf"] = erf_figure(view)
-    figs |= artifact_figures(view, artifacts)
+    figs["erf"] = None if has_erf_table(view.record) else erf_figure(view)
+    extra, more = appendix_parts(view, artifacts)
+    figs |= extra
+    if tables is not None:
+        tables += more
     return {k: v for k, v in figs.items() if v is not None}
 
 

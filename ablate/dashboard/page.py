@@ -129,14 +129,15 @@ def trials_json(view: StudyView) -> dict[str, Any]:
 def study_blob(view: StudyView, history: dict[str, dict[str, list[tuple[int, float]]]],
                artifacts: Path | str | None = None, details: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Everything the page shows of one study."""
-    figs = study_figures(view, history, artifacts)
+    tables: list[dict[str, Any]] = []
+    figs = study_figures(view, history, artifacts, tables)
     counts = Counter(t.status for t in view.record.trials)
     curves = curve_arms(view)
     return {
         "name": view.name, "description": strip_controls(view.record.description or ""),
         "metric": view.metric, "metricLabel": pretty(view.metric), "mode": view.mode,
         "counts": {s: counts.get(s, 0) for s in list(STATUSES) + sorted(set(counts) - set(STATUSES))},
-        "figs": _clean(figs), "table": table_json(view.record),
+        "figs": _clean(figs), "table": table_json(view.record), "analysisTables": _clean(tables),
         "arms": [a.label for a in view.arms + view.extra], "baseline": view.baseline.index if view.baseline else None,
         "curveArms": [a.index for a in curves],
         "trials": trials_json(view), "details": _clean(details or {}),

@@ -41,8 +41,8 @@
     keys.filter(function (k) { return k.indexOf('axis:') === 0; }).forEach(function (k) { add(k); });
     if (keys.some(function (k) { return k.indexOf('curves:') === 0; })) { add('curves'); }
     ['kernel', 'params', 'flops', 'erf'].forEach(function (k) { if (b.figs[k]) { add(k); } });
-    ['erf_map', 'kernel_map'].forEach(function (k) {
-      if (b.figs[k]) { add(k, keys.filter(function (a) { return a === k || a.indexOf(k + ':') === 0; })); }
+    ['erf_maps', 'kernel_maps', 'shape_bias'].forEach(function (k) {  // the appendix analyses: full width
+      if (b.figs[k]) { add(k, keys.filter(function (a) { return a === k || a.indexOf(k + ':') === 0; }), true); }
     });
     return out;
   }
@@ -130,8 +130,9 @@
   }
 
   // -- the study's table -----------------------------------------------------------------------
-  function renderTable(sid, card) {
-    var t = blob(sid).table, st = state[sid];
+  function renderTable(sid, card, t, key) {  // the study's table (key 'main') or an analysis' (Table 10, ...)
+    var st = state[sid];
+    st.tablePage[key] = st.tablePage[key] || 0;
     card.textContent = '';
     var bold = {};
     t.bold.forEach(function (p) { bold[p[0] + ',' + p[1]] = true; });
@@ -154,7 +155,7 @@
     t.headers.forEach(function (h) { hr.appendChild(el('th', null, h)); });
     thead.appendChild(hr);
     tab.appendChild(thead);
-    var body = el('tbody'), start = st.tablePage * TABLE_ROWS;
+    var body = el('tbody'), start = st.tablePage[key] * TABLE_ROWS;
     t.rows.slice(start, start + TABLE_ROWS).forEach(function (r, k) {
       var tr = el('tr');
       r.forEach(function (c, j) {
@@ -167,7 +168,7 @@
     tab.appendChild(body);
     card.appendChild(tab);
     if (t.rows.length > TABLE_ROWS) {
-      card.appendChild(pager(st.tablePage, t.rows.length, TABLE_ROWS, 'rows', function (p) { st.tablePage = p; renderTable(sid, card); }));
+      card.appendChild(pager(st.tablePage[key], t.rows.length, TABLE_ROWS, 'rows', function (p) { st.tablePage[key] = p; renderTable(sid, card, t, key); }));
     }
     if (t.notes.length) {
       var ol = el('ol', 'ablate-notes');
@@ -324,7 +325,7 @@
     if (!sec || state[sid]) { return; }
     var b = blob(sid);
     state[sid] = {alt: {}, curveArms: b.curveArms.slice(), curveFig: null, armFilter: null, status: '', query: '',
-                  sort: 0, page: 0, tablePage: 0, selected: null};
+                  sort: 0, page: 0, tablePage: {}, selected: null};
     sec.appendChild(el('h2', null, b.name));
     if (b.description) { sec.appendChild(el('p', 'desc', b.description)); }
     var status = el('div', 'status'), total = 0;
@@ -361,7 +362,13 @@
     sec.appendChild(el('p', 'muted arm-note', 'Click a point of an arm to list its trials' + (conf.served ? ' and add its curve.' : '.')));
     var tcard = el('div', 'card table-card');
     sec.appendChild(tcard);
-    renderTable(sid, tcard);
+    renderTable(sid, tcard, b.table, 'main');
+    (b.analysisTables || []).forEach(function (t, i) {
+      var acard = el('div', 'card table-card analysis-table');
+      acard.dataset.key = t.key || String(i);
+      sec.appendChild(acard);
+      renderTable(sid, acard, t, 'analysis:' + i);
+    });
     var card = el('div', 'card trials-card');
     card.appendChild(el('h3', null, 'Trials'));
     var tools2 = el('div', 'pager'), search = el('input');
