@@ -62,3 +62,32 @@ def test_tables_label_segmentation_flops_with_their_input() -> None:
     whole = side_by_side(left, right, "ImageNet", "ADE20K")  # Table 11 whole: each half says its own input
     at = {h: g for h, g in zip(whole.headers, whole.groups) if h.startswith("FLOPs")}
     assert at == {"FLOPs @224": "ImageNet", "FLOPs @2048x512": "ADE20K"}
+
+
+@pytest.mark.parametrize("damage", ["missing", "no_masks", "bad_label"])
+def test_plan_checks_segmentation_data_and_creates_nothing(tmp_path: Path, damage: str) -> None:
+    """Missing or malformed data: one line naming the path, exit 2, at `plan` as at `run`; no database."""
+    root = tmp_path / "ade"
+    base = root / "ADEChallengeData2016"
+    if damage == "missing":
+        want = str(root)
+    else:
+        make_seg_folder(root, n_train=2, n_val=1, size=(16, 16))
+        if damage == "no_masks":
+            for m in (base / "annotations" / "validation").iterdir():
+                m.unlink()
+            (base / "annotations" / "validation").rmdir()
+            want = str(base / "annotations" / "validation")
+        else:
+            from PIL import Image
+            import numpy as np
+
+            first = sorted((base / "annotations" / "training").iterdir())[0]
+            Image.fromarray(np.full((16, 16), 200, np.uint8), mode="L").save(first)  # 199 after reduce: > 150 classes
+            want = str(first)
+    f = write_study(tmp_path / "s.yaml", seg_study(root))
+    db = tmp_path / "r.db"
+    res = CliRunner().invoke(app, ["plan", str(f), "--db", f"sqlite:///{db}"], terminal_width=400)
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and want in res.output.replace("\n", ""), res.output
+    assert not db.exists()
