@@ -67,6 +67,24 @@ def _plan(file: Path, profile: Optional[str]):
         _fail(str(e))
 
 
+SEG_DATASETS = ("ade20k", "seg_folder")
+
+
+def _check_data(p, file: Path, *, segmentation_only: bool = False) -> None:
+    """The study's data is there and well formed (before any compute), else one line and exit 2.
+    ``plan`` checks segmentation data (ADE20K, seg_folder), whose layout is cheap to read; ``run``
+    checks every dataset."""
+    from ablate.data import check_dataset
+
+    spec = p.study.dataset.model_dump()
+    if segmentation_only and spec["name"] not in SEG_DATASETS:
+        return
+    try:
+        check_dataset(spec)
+    except _user_errors() as e:
+        _fail(f"{file}: dataset: {e}")
+
+
 def _store(db: Optional[str], *, create: bool = False):
     """The result database; a database that cannot be used (unreachable, wrong password, not
     SQLite, read-only, foreign, missing folder) is one line and exit 2. ``create=False`` (every
@@ -96,11 +114,13 @@ def plan(
     from ablate.text import plain
 
     p = _plan(file, profile)
+    _check_data(p, file, segmentation_only=True)  # reads only: no database is opened before this
     record, where = _existing_record(db, p.study.name)
     states = plan_status(p, record)
     if fmt == "json":
         rows = [dict(r, status=states[r["trial_id"]].status, stale=states[r["trial_id"]].stale) for r in p.rows()]
-        out.print_json(json.dumps({"study": p.study.name, "profile": profile, "database": where, "trials": rows}))
+        out.print_json(json.dumps({"study": p.study.name, "profile": profile, "database": where,
+                                   "flops_input": p.flops_input(), "trials": rows}))
         return
     s = p.study
     axes = [k for k in p.trials[0].trial.params]
@@ -110,7 +130,8 @@ def plan(
     for a in axes:
         t.add_column(plain(a.split(".")[-1]))
     t.add_column("Params", justify="right")
-    t.add_column(f"FLOPs @{s.dataset.image_size}", justify="right")
+    at = p.flops_input()
+    t.add_column(f"FLOPs @{at}" if at else "FLOPs", justify="right")
     t.add_column("in the database")
     for pt in p.trials:
         t.add_row(pt.trial.id, *[plain(json.dumps(pt.trial.params[a])) for a in axes], human(pt.n_params),
@@ -189,12 +210,7 @@ def run(
     from ablate.tables import render
 
     p = _plan(file, profile)
-    from ablate.data import check_dataset
-
-    try:
-        check_dataset(p.study.dataset.model_dump())
-    except _user_errors() as e:
-        _fail(f"{file}: dataset: {e}")
+    _check_data(p, file)
     from ablate.journal import JournalingSink
     from sqlalchemy.exc import SQLAlchemyError
 

@@ -19,6 +19,17 @@ if TYPE_CHECKING:  # torch is imported where it is used: `human` serves commands
 from ablate.text import human  # noqa: F401  (formatting lives with text; kept here for callers)
 
 
+def flops_input(config: dict[str, Any]) -> str | None:
+    """The input a trial's FLOPs are counted at, as a header says it: '224' (a square image) or, for a
+    segmentation trial, '2048x512' (width x height: 4s x s for crop s, Table 11's ADE20K scale)."""
+    size = (config.get("dataset") or {}).get("image_size")
+    if size is None:
+        return None
+    if (config.get("model") or {}).get("task") == "segmentation":
+        return f"{4 * int(size)}x{int(size)}"
+    return str(size)
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -28,6 +28,13 @@ class Plan:
     study: Study
     trials: list[PlannedTrial]
 
+    def flops_input(self) -> str | None:
+        """The one input every trial's FLOPs are counted at ('224', '2048x512'), or None if they differ."""
+        from ablate.flops import flops_input
+
+        inputs = {flops_input(p.trial.config) for p in self.trials}
+        return inputs.pop() if len(inputs) == 1 else None
+
     def rows(self) -> list[dict[str, Any]]:
         return [{"trial_id": p.trial.id, **p.trial.params, "params": p.n_params, "flops": p.flops}
                 for p in self.trials]
@@ -40,7 +47,8 @@ def measure(config: dict[str, Any]) -> tuple[int, int]:
     convs), as the paper reports them; the model is built on the meta device when it can be."""
     model_cfg = config["model"]
     classes, chans = dataset_info(config["dataset"], int(model_cfg.get("kwargs", {}).get("num_classes", 1000)))
-    if model_cfg.get("task") == "segmentation":  # UperNet at the evaluation scale: 4s x s (Table 11: 2048x512)
+    if model_cfg.get("task") == "segmentation":  # UperNet at the evaluation scale: 4s x s (Table 11: 2048x512,
+        # width x height; ablate.flops.flops_input says it so in headers)
         from ablate.seg_zoo import measure_upernet
 
         size = int(config["dataset"]["image_size"])

@@ -3,7 +3,8 @@
 ``table.beside: OTHER`` in a study file (the ImageNet half) makes ``ablate table`` render OTHER's table
 (the ADE20K half) to the right of it: rows joined on the leading columns both tables share (Kernel
 size, Architecture), each half's other columns under its group (ImageNet: Top-1, Params, FLOPs;
-ADE20K: mIoU, Params, FLOPs), each half's paper columns kept. An arm only one half has keeps '-' in
+ADE20K: mIoU, Params, FLOPs), each half's paper columns kept. Each half's FLOPs header says the input
+it was counted at (``ablate.flops.flops_input``): "FLOPs @224" beside "FLOPs @2048x512", as Table 11. An arm only one half has keeps '-' in
 the other's columns.
 """
 

@@ -9,7 +9,7 @@ with results made by other code (another ablate version or git commit, uncommitt
 ``ablate.provenance``) is marked §. Metric cells are the mean over completed seeds, with ± std
 when several seeds completed. Without a ``table`` section (or with only a ``baseline``) the table
 shows the study's axes, its metric, Δ and the test against the baseline, Params and FLOPs; a FLOPs
-header says the resolution they were counted at ("FLOPs @32"). With a
+header says the input they were counted at ("FLOPs @32"; a segmentation trial's "FLOPs @2048x512"). With a
 ``table.baseline``, the study's metric gets a Δ column (arm mean - baseline mean) and a paired
 comparison with the baseline over shared seeds (ablate.stats: paired t-test from 3 seeds, Holm across
 the arms). Every Δ carries a mark, explained in the notes: ∗ significant, † not significant, "(n<3)"
@@ -39,6 +39,7 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 from ablate.expand import _assignments, _excluded, get_path
+from ablate.flops import flops_input
 from ablate.stats import ALPHA, MIN_PAIRS, Paired, Summary, compare_with_baseline, summarize
 from ablate.store import COMPLETED, FAILED, INTERRUPTED, Store, StudyRecord, TrialRecord, arm_key
 from ablate.text import human, markdown_cell, safe_format, strip_controls
@@ -242,9 +243,9 @@ def default_columns(spec: dict[str, Any], record: StudyRecord) -> list[dict[str,
     return cols
 
 
-def _resolution(arms: list[Arm]) -> int | None:
-    """The one input size the arms' FLOPs were counted at (dataset.image_size), or None."""
-    sizes = {(a.config.get("dataset") or {}).get("image_size") for a in arms if a.config}
+def _resolution(arms: list[Arm]) -> str | None:
+    """The one input the arms' FLOPs were counted at ('224', or '2048x512' for segmentation), or None."""
+    sizes = {flops_input(a.config) for a in arms if a.config}
     sizes.discard(None)
     return sizes.pop() if len(sizes) == 1 else None
 

@@ -68,8 +68,9 @@ def _model_problem(name: str, kwargs_json: str, num_classes: int, in_chans: int)
 
     import torch
 
-    from ablate.models import build_model
     from ablate.flops import count_params
+    from ablate.models import build_model
+    from ablate.weights import WeightsError
 
     kwargs = json.loads(kwargs_json)
     for path, v in _numbers(kwargs, "model.kwargs"):
@@ -80,6 +81,8 @@ def _model_problem(name: str, kwargs_json: str, num_classes: int, in_chans: int)
             model = build_model({"name": name, "kwargs": kwargs}, num_classes, in_chans)
     except _TooBig as e:
         return "model.kwargs", str(e)
+    except WeightsError as e:  # pretrained_cfg_overlay.file: missing, unreadable or another architecture's
+        return "model.kwargs.pretrained_cfg_overlay.file", f"a checkpoint of this model ({_short(e)})"
     except Exception as e:  # noqa: BLE001 - constructors raise anything (TypeError, AssertionError, ...)
         if _meta_failure_is_data_dependent(e):
             if not kwargs:  # the registry's own defaults: counting builds it on the CPU

@@ -34,7 +34,7 @@ CASES = {
     "wrong-type": (_with(recipe={"epochs": "many"}), "recipe.epochs", "integer"),
     "missing-field": ({k: v for k, v in GOOD.items() if k != "dataset"}, "dataset", "required"),
     "unknown-model": (_with(model={"name": "resnet9000"}), "model.name", "unknown model 'resnet9000'"),
-    "unknown-dataset": (_with(dataset={"name": "imagenet21k"}), "dataset.name", "'fashion_mnist' or 'folder'"),
+    "unknown-dataset": (_with(dataset={"name": "imagenet21k"}), "dataset.name", "'fashion_mnist', 'folder', 'ade20k' or 'seg_folder'"),
     "empty-grid": (_with(axes={"grid": {"model.kwargs.kernel_size": []}}), "axes.grid", "no values"),
     "empty-after-exclusions": (_with(axes={"grid": {"model.kwargs.kernel_size": [3]},
                                           "exclude": [{"model.kwargs.kernel_size": 3}]}), "axes", "at least one trial"),

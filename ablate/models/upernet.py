@@ -123,6 +123,13 @@ class UperNet(nn.Module):
 
         super().__init__()
         kwargs = dict(backbone_kwargs or {})
+        # a weights file for the backbone (a classifier's checkpoint): loaded below through load_backbone,
+        # as init_from's weights are, since timm's feature wrapper names every tensor differently
+        pretrained = bool(kwargs.pop("pretrained", False))
+        weights = (kwargs.pop("pretrained_cfg_overlay", None) or {}).get("file")
+        if pretrained and not weights:
+            raise ValueError(f"{backbone}: pretrained: true needs a local checkpoint: "
+                             "pretrained_cfg_overlay: {file: PATH}")
         if drop_path_rate:
             kwargs["drop_path_rate"] = drop_path_rate
         self.backbone = timm.create_model(backbone, features_only=True, out_indices=(0, 1, 2, 3),
@@ -134,6 +141,8 @@ class UperNet(nn.Module):
         self.decode_head = UperHead(chs, num_classes, channels, pool_scales, dropout)
         self.aux_index = aux_index
         self.aux_head = FCNHead(chs[aux_index], num_classes, aux_channels, 1, dropout) if aux_index is not None else None
+        if pretrained:
+            self.load_backbone_file(weights)
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         return [n(f) for n, f in zip(self.feature_norms, self.backbone(x))]
@@ -144,6 +153,25 @@ class UperNet(nn.Module):
         if self.training and self.aux_head is not None:
             return logits, _up(self.aux_head(feats[self.aux_index]), x.shape[2:])
         return logits
+
+    def load_backbone_file(self, path: str) -> list[str]:
+        """The backbone from a classifier's weights file (``model.kwargs: {pretrained: true,
+        pretrained_cfg_overlay: {file: PATH}}``; ``$VARS`` and ``~`` expand; an official checkpoint is
+        mapped by its model's ``checkpoint_filter_fn``, as ``ablate.weights.load_weights`` does)."""
+        import os
+
+        from ablate.weights import WeightsError, filter_fn_for, read_checkpoint
+
+        path = os.path.expandvars(os.path.expanduser(path))
+        state = read_checkpoint(path)
+        inner = getattr(self.backbone, "model", self.backbone)
+        fn = filter_fn_for(inner)
+        try:
+            if fn is not None:
+                state = fn(state, inner)
+            return self.load_backbone(state)
+        except ValueError as e:
+            raise WeightsError(f"{path}: {e}") from None
 
     def load_backbone(self, state: dict[str, torch.Tensor]) -> list[str]:
         """Load a classifier's weights (an ImageNet trial's ``final``) into the backbone; returns the
@@ -157,5 +185,6 @@ class UperNet(nn.Module):
         if wrong:
             raise ValueError(f"backbone tensor {wrong[0].removeprefix('model.')} has shape "
                              f"{tuple(mapped[wrong[0]].shape)} in the weights, {tuple(own[wrong[0]].shape)} here")
-        self.backbone.load_state_dict({k: mapped[k] for k in own})
+        if not any(p.is_meta for p in self.backbone.parameters()):  # on the meta device (plan): shapes only
+            self.backbone.load_state_dict({k: mapped[k] for k in own})
         return sorted(k.removeprefix("model.") for k in mapped if k not in own)
