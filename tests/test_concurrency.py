@@ -107,6 +107,8 @@ def test_two_studies_side_by_side_on_one_sqlite_file_never_see_database_is_locke
 def _study(tmp_path: Path, image_folder: Path, name: str, epochs: int = 2) -> Path:
     study = tiny_study(name, image_folder, axes={"grid": {"model.kwargs.kernel_size": [3, 5, 7]}})
     study["recipe"]["epochs"] = epochs
+    if epochs > 4:  # lr 0.05 diverges over many epochs of the tiny net
+        study["recipe"]["lr"] = 0.005
     return write_study(tmp_path / f"{name}.yaml", study)
 
 
@@ -149,12 +151,17 @@ def test_two_drivers_started_together_train_each_trial_once(db_url: str, tmp_pat
     assert sum(ran) == 3, logs
 
 
+EPOCHS_TAKEOVER = 30
+
+
 def test_second_driver_waits_then_takes_over_from_a_killed_first(tmp_path: Path, image_folder: Path,
                                                                  ray_address: str) -> None:
     """Staggered: the second driver starts while the first trains (SQLite here; the claim logic is
     the same SQL on PostgreSQL, which the started-together test covers with real drivers)."""
     db_url = f"sqlite:///{tmp_path / 'shared.db'}"
-    f = _study(tmp_path, image_folder, "takeover", epochs=4)
+    # enough epochs that the first is still training when the second has started (workers are reused
+    # across trials, so three short trials end before a second driver has imported torch)
+    f = _study(tmp_path, image_folder, "takeover", epochs=EPOCHS_TAKEOVER)
     first = _driver(f, db_url, tmp_path, "first.log", ray_address)
     second = None
     store = None
@@ -178,7 +185,7 @@ def test_second_driver_waits_then_takes_over_from_a_killed_first(tmp_path: Path,
     assert second.returncode == 0, log2[-2000:]
     summary = [x for x in log2.splitlines() if x.startswith("3 trials:")]
     assert summary and "running under another driver" in summary[0], log2[-2000:]
-    _assert_trained_once(store, "takeover", 4)
+    _assert_trained_once(store, "takeover", EPOCHS_TAKEOVER)
     after = {t.trial_id: t for t in store.load("takeover", history=True).trials}
     for tid, (status, ended, hist) in before.items():
         if status == COMPLETED:  # finished by the first driver: kept exactly, not trained again

@@ -129,6 +129,8 @@ def m_huge_number(rng: random.Random, doc: dict) -> tuple[Any, bool]:
 
 def m_markup_string(rng: random.Random, doc: dict) -> tuple[Any, bool]:
     strs = [p for p in _paths(doc) if isinstance(_parent(doc, p)[0][p[-1]], str)]
+    if not strs:  # e.g. a profile of numbers only
+        return m_swap_type(rng, doc)
     path = rng.choice(strs)
     bad = rng.choice(["[/x]", "[bold]", "\x1b[2J", "\x1b]0;t\x07", "\x9b", "\u202e", "<b>", "|", "\r\n", "\t",
                       "\x7f", "%s%n", "{v}", "${HOME}", "\\", "'\"", "é中文"])

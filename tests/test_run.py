@@ -34,7 +34,7 @@ def test_table_from_the_database_has_mean_and_std_over_seeds(ran_study: dict[str
     assert len(rows) == 2, md
     assert all("±" in r and "2/2" in r for r in rows), md
     csv = render(ran_study["store"].load("tiny"), "csv")
-    assert "Kernel" in csv.splitlines()[0].split(",") and len(csv.splitlines()) == 3  # header + one row per arm
+    assert "kernel" in csv.splitlines()[0].split(",") and len(csv.splitlines()) == 3  # header (snake_case) + one row per arm
     assert r"\toprule" in render(ran_study["store"].load("tiny"), "latex")
 
 
