@@ -31,6 +31,7 @@ out = Console()
 
 DB_HELP = ("Result database, any SQLAlchemy URL (sqlite:///path.db, postgresql://user@host/db). "
            "Default: $ABLATE_DB, else the SQLite file ./ablate.db in the current directory.")
+ADDRESS_HELP = "Ray cluster to join (default $RAY_ADDRESS, else a local Ray started by ablate)."
 ARTIFACTS_HELP = ("Artifact store for checkpoints and weights: a folder, a shared path, or a URI such as "
                   "s3://bucket/prefix (every Ray node must reach it). Default: $ABLATE_ARTIFACTS, else ./ablate-artifacts.")
 PROFILE_HELP = "Profile of the study file to apply (e.g. 'demo' for CPU minutes, 'paper' for Appendix A)."
@@ -193,9 +194,7 @@ def run(
     file: Path = typer.Argument(..., help="Study file (YAML)."),
     profile: Optional[str] = typer.Option(None, "--profile", "-p", help=PROFILE_HELP),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP, envvar="ABLATE_DB"),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join "
-                                          "(default $RAY_ADDRESS, else a local Ray started by ablate).",
-                                          envvar="RAY_ADDRESS"),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP, envvar="RAY_ADDRESS"),
     fmt: str = typer.Option("md", "--format", "-f", help="Format of the table printed at the end: md, csv, latex."),
     artifacts: Optional[str] = typer.Option(None, "--artifacts", envvar="ABLATE_ARTIFACTS", help=ARTIFACTS_HELP),
     rerun: Optional[list[str]] = typer.Option(None, "--rerun", metavar="TRIAL_ID", help="Train this completed or "
@@ -299,11 +298,7 @@ def table(
         text = render_beside(record, load_table_record(store, beside), fmt)
     else:
         text = render(record, fmt, all_arms=all_arms)
-    if out_file:
-        out_file.write_text(text)
-        err.print(f"wrote {out_file}")
-    else:
-        sys.stdout.write(text)
+    _write_text(text, out_file)
 
 
 def _write_text(text: str, out_file: Optional[Path]) -> None:
@@ -319,9 +314,7 @@ def analyze(
     file: Path = typer.Argument(..., help="Study file (YAML) with an `analyses:` section."),
     profile: Optional[str] = typer.Option(None, "--profile", "-p", help=PROFILE_HELP),
     db: Optional[str] = typer.Option(None, "--db", help=DB_HELP, envvar="ABLATE_DB"),
-    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster to join "
-                                          "(default $RAY_ADDRESS, else a local Ray started by ablate).",
-                                          envvar="RAY_ADDRESS"),
+    address: Optional[str] = typer.Option(None, "--address", help=ADDRESS_HELP, envvar="RAY_ADDRESS"),
     artifacts: Optional[str] = typer.Option(None, "--artifacts", envvar="ABLATE_ARTIFACTS", help=ARTIFACTS_HELP),
 ) -> None:
     """Run the study's declared analyses (`analyses:` erf, kernels, shape_bias) on every completed
