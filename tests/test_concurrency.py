@@ -151,7 +151,7 @@ def test_two_drivers_started_together_train_each_trial_once(db_url: str, tmp_pat
     assert sum(ran) == 3, logs
 
 
-EPOCHS_TAKEOVER = 30
+EPOCHS_TAKEOVER = 16
 
 
 def test_second_driver_waits_then_takes_over_from_a_killed_first(tmp_path: Path, image_folder: Path,

@@ -235,7 +235,7 @@ def test_page_data_for_the_dashboard_and_table_from_stored_results(tmp_path: Pat
     assert json.loads(erf_page_json(record, str(tmp_path / "arts"), 32))["maps"][1]["label"] == "k=3"
     md = render_analysis(record, "erf", "md")
     assert "| Model | t = 20% | t = 99% |" in md
-    assert "| Big &lt;K&gt; | 11.0% ± 1.4 (paper 16.3%) | 90.0% ± 0.0 (paper 98.6%) |" in md, md
+    assert "| Big &lt;K> | 11.0% ± 1.4 (paper 16.3%) | 90.0% ± 0.0 (paper 98.6%) |" in md, md  # "<" escaped where it could open a tag
     assert "| k=3 | 1.0% | 90.0% |" in md, md
     assert "256x256" in md and "first 50 images" in md
     assert r"\toprule" in render_analysis(record, "erf", "latex")
