@@ -138,20 +138,6 @@ def load_pretrained(model: nn.Module, weights: str | dict[str, Any]) -> list[str
     return skipped
 
 
-def restore(resume: dict[str, Any] | None, generator: torch.Generator, ema: Any = None, **parts: Any) -> int:
-    """Load a checkpoint's state into each named part (``model``, ``optimizer``, ``scheduler``,
-    ``scaler``: all required) and the EMA (when both the trainer and the checkpoint have one) and the
-    RNGs; returns the epoch to start at (0 without a checkpoint). Shared by every trainer's resume."""
-    if resume is None:
-        return 0
-    for name, part in parts.items():
-        part.load_state_dict(resume[name])
-    if ema is not None and resume.get("ema") is not None:
-        ema.load_state_dict(resume["ema"])
-    set_rng_state(resume["rng"], generator)
-    return int(resume["epoch"]) + 1
-
-
 def train(config: dict[str, Any], report: Report | None = None, device: str | None = None, *,
           resume: dict[str, Any] | None = None, checkpoints: bool = False,
           distributed: Distributed | None = None, init_state: dict[str, Any] | None = None) -> dict[str, float]:
@@ -214,8 +200,16 @@ def train(config: dict[str, Any], report: Report | None = None, device: str | No
     if recipe.get("compile"):
         step_model = torch.compile(step_model)
 
-    start_epoch = restore(resume, generator, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                          ema=ema)
+    start_epoch = 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        scaler.load_state_dict(resume["scaler"])
+        if ema is not None and resume.get("ema") is not None:
+            ema.load_state_dict(resume["ema"])
+        set_rng_state(resume["rng"], generator)
+        start_epoch = int(resume["epoch"]) + 1
 
     metrics: dict[str, float] = {}
     for epoch in range(start_epoch, recipe["epochs"]):
