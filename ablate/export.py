@@ -18,7 +18,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
-from ablate.store import Store, TrialRecord
+from ablate.store_reads import Reader, TrialRecord
 
 EXPORT_FORMATS = ("csv", "parquet")
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -46,7 +46,7 @@ def resolve_format(path: str | Path, fmt: str | None = None) -> str:
     return fmt or implied or "csv"
 
 
-def _param_types(store: Store, studies: list[str] | None, trial_ids: list[str] | None,
+def _param_types(store: Reader, studies: list[str] | None, trial_ids: list[str] | None,
                  chunk: int) -> dict[str, str]:
     """{axis: arrow type name} over every exported trial: a column of lists or dicts (per-stage
     kernel sizes) or of mixed kinds becomes JSON text, so every row has one type."""
@@ -107,7 +107,7 @@ def _columns(study: str, trials: list[TrialRecord], params: dict[str, str]) -> d
     return cols
 
 
-def export(store: Store, path: str | Path, fmt: str | None = None, *, studies: Iterable[str] | None = None,
+def export(store: Reader, path: str | Path, fmt: str | None = None, *, studies: Iterable[str] | None = None,
            trial_ids: Iterable[str] | None = None, final: bool = False, chunk: int = CHUNK_TRIALS) -> int:
     """Write the long-format table of ``studies`` (all when None), optionally only ``trial_ids`` and
     only ``final`` values, to ``path`` (format from ``resolve_format``), ``chunk`` trials at a time.

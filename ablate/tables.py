@@ -41,7 +41,7 @@ from typing import Any, Callable
 from ablate.expand import _assignments, _excluded, get_path
 from ablate.flops import flops_input
 from ablate.stats import ALPHA, MIN_PAIRS, Paired, Summary, compare_with_baseline, summarize
-from ablate.store import COMPLETED, FAILED, INTERRUPTED, Store, StudyRecord, TrialRecord, arm_key
+from ablate.store_reads import COMPLETED, FAILED, INTERRUPTED, Reader, StudyRecord, TrialRecord, arm_key
 from ablate.text import human, markdown_cell, safe_format, strip_controls
 
 FORMATS = ("md", "csv", "latex", "html")
@@ -187,7 +187,7 @@ def needed_metrics(spec: dict[str, Any]) -> list[str]:
                                         if str(c.get("source", "")).startswith("metric:")]))
 
 
-def load_table_record(store: Store, study: str) -> StudyRecord:
+def load_table_record(store: Reader, study: str) -> StudyRecord:
     """The study as its table needs it, by the store's aggregate reads: every trial's summary, the
     final value of each metric the table shows, and one config per arm (and profile); no per-epoch
     row is read. KeyError when the database holds no such study."""
@@ -197,7 +197,7 @@ def load_table_record(store: Store, study: str) -> StudyRecord:
     first: dict[tuple[str, str | None], str] = {}
     keys = []
     for t in summaries:
-        key = arm_key(t.params)
+        key = t.arm  # computed once per arm by the store
         keys.append(key)
         first.setdefault((key, t.profile), t.trial_id)
     configs = store.configs(study, first.values())
