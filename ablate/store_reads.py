@@ -373,6 +373,27 @@ def _arm_text(dialect: str) -> str:
     return "CAST(CAST(params AS jsonb) - 'seed' AS text)"
 
 
+def _light_params(raw: Any, arm_text: Any, seed: Any,
+                  arms: dict[Any, tuple[dict[str, Any] | None, str]]) -> tuple[dict[str, Any], str]:
+    """(a trial's params, its arm key), parsing JSON once per arm instead of once per trial where
+    it can: on SQLite the database hands over the params without the seed (``arm_text``, the same
+    for every trial of an arm) and the seed; when the stored text ends with that seed, the params
+    are the arm's plus the seed, in the same order. Anything else is parsed whole."""
+    entry = arms.get(arm_text)
+    if seed is not None and type(seed) is int and isinstance(raw, str) and (
+            raw.endswith(f'"seed": {seed}}}') or raw.endswith(f'"seed":{seed}}}')):
+        if entry is None or entry[0] is None:
+            a = json.loads(arm_text)
+            entry = arms[arm_text] = (a, arm_key(a))
+        p = dict(entry[0])  # type: ignore[arg-type]
+        p["seed"] = seed
+        return p, entry[1]
+    p = _json(raw)
+    if entry is None:
+        entry = arms[arm_text] = (None, arm_key(p))
+    return p, entry[1]
+
+
 # the scope of a study's trials (optionally some ids): what the metric queries aggregate over
 _SCOPE = "SELECT pk FROM trials WHERE study_id = :sid{ids}"
 _FINAL = ("SELECT t.trial_id, f.name, f.e, m.value FROM "
@@ -484,29 +505,32 @@ class Reader:
         cols = "pk, trial_id, params, seed, status, n_params, flops, error_kind, profile"
         if light:
             cols += ", " + ", ".join(_json_field(d, "provenance", k) for k in CODE_FIELDS) + f", {_arm_text(d)}"
+            cols += ", json_extract(params, '$.seed')" if d == "sqlite" else ", NULL"
         else:
             cols += f", provenance, substr(error, 1, {ERROR_HEAD}), attempts, started_at, ended_at"
         if config:
             cols += ", config"
         out: list[TrialSummary] = []
-        arms: dict[Any, str] = {}
+        arms: dict[Any, tuple[dict[str, Any] | None, str]] = {}
+        codes: dict[Any, dict[str, Any]] = {}
         with self._sql.snapshot() as q:
             sid = self._study_id(q, study)
             for ids, params in _id_chunks(trial_ids):
                 rows = q(f"SELECT {cols} FROM trials WHERE study_id = :sid{ids} ORDER BY pk", {"sid": sid, **params})
                 for r in rows:
-                    p = _json(r[2])
                     if light:
-                        code = {k: v for k, v in zip(CODE_FIELDS, (r[9], r[10], _bool(r[11]))) if v is not None}
-                        arm = arms.get(r[12])
-                        if arm is None:
-                            arm = arms[r[12]] = arm_key(p)
+                        code = codes.get(r[9:12])  # most trials share their code: one dict built per kind
+                        if code is None:
+                            code = codes[r[9:12]] = {k: v for k, v in zip(CODE_FIELDS, (r[9], r[10], _bool(r[11])))
+                                                     if v is not None}
+                        p, arm = _light_params(r[2], r[12], r[13], arms)
                         out.append(TrialSummary(study, r[1], p, r[3], r[4], r[5], r[6], None, r[7], 0, None, None,
-                                                code, r[8], _json(r[13]) if config else None, _pk=r[0], _arm=arm))
-                    else:
-                        out.append(TrialSummary(study, r[1], p, r[3], r[4], r[5], r[6], _first_line(r[10]), r[7],
-                                                r[11], _time(r[12]), _time(r[13]), dict(_json(r[9]) or {}), r[8],
-                                                _json(r[14]) if config else None, _pk=r[0]))
+                                                dict(code), r[8], _json(r[14]) if config else None, _pk=r[0],
+                                                _arm=arm))
+                        continue
+                    out.append(TrialSummary(study, r[1], _json(r[2]), r[3], r[4], r[5], r[6], _first_line(r[10]),
+                                            r[7], r[11], _time(r[12]), _time(r[13]), dict(_json(r[9]) or {}), r[8],
+                                            _json(r[14]) if config else None, _pk=r[0]))
         if trial_ids is not None:
             out.sort(key=lambda t: t._pk)
         return out

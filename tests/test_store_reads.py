@@ -393,3 +393,20 @@ def test_read_only_commands_read_a_folder_they_cannot_write(ro_db: tuple[Path, s
         d.chmod(0o755)
         shutil.rmtree(d, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
+
+
+def test_light_params_parse_once_per_arm_and_equal_the_stored_json() -> None:
+    """The per-arm shortcut gives exactly the stored params (order included), and anything it
+    cannot vouch for (seed not last, no seed, a non-integer seed) is parsed whole."""
+    from ablate.store_reads import _light_params
+
+    arms: dict = {}
+    cases = ['{"k": 3, "lr": 0.1, "seed": 4}', '{"seed": 4, "k": 3, "lr": 0.1}', '{"k": 3, "lr": 0.1}',
+             '{"k": 3, "lr": 0.1, "seed": true}', '{"k": [3, 5], "seed": 12}']
+    with sqlite3.connect(":memory:") as con:
+        for raw in cases:
+            arm_text, seed = con.execute("SELECT json_remove(:p, '$.seed'), json_extract(:p, '$.seed')",
+                                         {"p": raw}).fetchone()
+            p, arm = _light_params(raw, arm_text, seed, arms)
+            assert p == json.loads(raw) and list(p) == list(json.loads(raw)) and arm == arm_key(p)
+    assert len(arms) == 2  # the first four share one arm
