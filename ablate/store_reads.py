@@ -679,6 +679,8 @@ class Reader:
         if metrics not in ("all", "final", "none"):
             raise ValueError(f"metrics: all, final or none, got {metrics!r}")
         ids = None if trial_ids is None else sorted(set(trial_ids))
+        split = (f"{_arm_text(self.dialect)}, " +  # params parsed once per arm of a chunk (``_light_params``)
+                 ("json_extract(params, '$.seed')" if self.dialect == "sqlite" else "NULL"))
         with self._sql.snapshot() as q:
             found = [(sid, name) for sid, name in q("SELECT id, name FROM studies ORDER BY name")]
         if studies is not None:
@@ -693,12 +695,14 @@ class Reader:
                 last = -1
                 while True:
                     with self._sql.snapshot() as q:
-                        rows = q(f"SELECT {_CHUNK_COLS} FROM trials WHERE study_id = :sid AND pk > :last{where} "
-                                 "ORDER BY pk LIMIT :chunk", {"sid": sid, "last": last, "chunk": chunk, **params})
+                        rows = q(f"SELECT {_CHUNK_COLS}, {split} FROM trials WHERE study_id = :sid AND pk > :last"
+                                 f"{where} ORDER BY pk LIMIT :chunk", {"sid": sid, "last": last, "chunk": chunk, **params})
                         if not rows:
                             break
-                        by_pk = {r[0]: TrialRecord(r[1], _json(r[2]), {}, r[3], r[4], r[5], r[6], r[7], _time(r[8]),
-                                                   _time(r[9]), attempts=r[10], error_kind=r[11]) for r in rows}
+                        arms: dict[Any, Any] = {}  # per chunk: memory stays bounded by the chunk
+                        by_pk = {r[0]: TrialRecord(r[1], _light_params(r[2], r[12], r[13], arms)[0], {}, r[3], r[4],
+                                                   r[5], r[6], r[7], _time(r[8]), _time(r[9]), attempts=r[10],
+                                                   error_kind=r[11]) for r in rows}
                         scope = (f"SELECT pk FROM trials WHERE study_id = :sid AND pk > :last AND pk <= :hi{where}")
                         span = {"sid": sid, "last": last, "hi": rows[-1][0], **params}
                         last = rows[-1][0]
