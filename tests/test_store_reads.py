@@ -215,9 +215,11 @@ def _dump(r: Reader, name: str, rerun: str, prov: str, *, times: bool) -> dict[s
         "chunks": [list(r.iter_trial_chunks([name], metrics=m, chunk=7)) for m in ("all", "final", "none")],
         "rerun": r.find_trial(rerun), "prov": r.find_trial(prov[:9]),
         "load": r.load(name, history=True), "many": r.load_many([name], history=True),
-        "states": r.trial_states(name),
+        "states": r.trial_states(name), "table": r.table_trials(name, ["top1", "val_loss"]),
     }
     assert out["rerun"][1].past_attempts and out["light"][0].provenance is not None
+    assert [t.trial_id for t in out["table"]] == ids and sum(bool(t.config) for t in out["table"]) == 6  # 1 per arm
+    assert [t._arm for t in out["table"]] == [t.arm for t in out["light"]]
     return _plain(out, times)
 
 
