@@ -540,37 +540,32 @@ class Reader:
         summaries: at 10^5 trials the objects cost more than the SQL): every trial in insertion
         order with its light summary (params, seed, status, params/FLOPs, error kind, the code
         fields of its provenance, profile, its arm key as ``_arm``), the final value of each of
-        ``metrics`` (keyed by the trial's primary key: no join to trials), and the config of the
-        first trial of each arm and profile (the others get {}). No per-epoch row, error or time."""
+        ``metrics``, and the config of the first trial of each arm and profile (the others get {}).
+        No per-epoch row, error or time. A final value is one correlated subquery per metric in the
+        trials' query: one seek into the index (trial_pk, name, epoch, value) for its last epoch,
+        half the work of aggregating every epoch and joining back (``final_values``)."""
         d = self.dialect
-        names, nparams = _in("m", list(dict.fromkeys(metrics)))
+        names = list(dict.fromkeys(metrics))
         cols = ("pk, trial_id, params, seed, status, n_params, flops, error_kind, profile, "
                 + ", ".join(_json_field(d, "provenance", k) for k in CODE_FIELDS) + f", {_arm_text(d)}, "
-                + ("json_extract(params, '$.seed')" if d == "sqlite" else "NULL"))
+                + ("json_extract(params, '$.seed')" if d == "sqlite" else "NULL")
+                + "".join(f", (SELECT value FROM metrics WHERE trial_pk = trials.pk AND name = :m{i} "
+                          "ORDER BY epoch DESC LIMIT 1)" for i in range(len(names))))
         out: list[TrialRecord] = []
         firsts: dict[tuple[str, Any], tuple[int, TrialRecord]] = {}  # (arm, profile) -> its first trial
         with self._sql.snapshot() as q:
             sid = self._study_id(q, study)
-            finals: dict[int, dict[str, float]] = {}
-            if nparams:
-                sql = ("SELECT f.trial_pk, f.name, m.value FROM (SELECT trial_pk, name, max(epoch) AS e FROM metrics "
-                       f"WHERE trial_pk IN ({_SCOPE.format(ids='')}) AND name IN {names} GROUP BY trial_pk, name) f "
-                       "JOIN metrics m ON m.trial_pk = f.trial_pk AND m.name = f.name AND m.epoch = f.e")
-                for pk, name, value in q(sql, {"sid": sid, **nparams}):
-                    fin = finals.get(pk)
-                    if fin is None:
-                        finals[pk] = {name: value}
-                    else:
-                        fin[name] = value
             arms: dict[Any, Any] = {}
             codes: dict[Any, dict[str, Any]] = {}
-            for r in q(f"SELECT {cols} FROM trials WHERE study_id = :sid ORDER BY pk", {"sid": sid}):
+            for r in q(f"SELECT {cols} FROM trials WHERE study_id = :sid ORDER BY pk",
+                       {"sid": sid, **{f"m{i}": n for i, n in enumerate(names)}}):
                 code = codes.get(r[9:12])
                 if code is None:
                     code = codes[r[9:12]] = {k: v for k, v in zip(CODE_FIELDS, (r[9], r[10], _bool(r[11])))
                                              if v is not None}
                 p, arm = _light_params(r[2], r[12], r[13], arms)
-                rec = TrialRecord(r[1], p, {}, r[3], r[4], r[5], r[6], None, None, None, finals.get(r[0]) or {},
+                final = {n: v for n, v in zip(names, r[14:]) if v is not None}  # NULL: no such metric stored
+                rec = TrialRecord(r[1], p, {}, r[3], r[4], r[5], r[6], None, None, None, final,
                                   provenance=dict(code), error_kind=r[7], profile=r[8])
                 rec._arm = arm  # type: ignore[attr-defined]  # the table groups by it
                 firsts.setdefault((arm, r[8]), (r[0], rec))
