@@ -78,6 +78,15 @@ def run_loop(path: str) -> None:
     torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
     for cfg in _configs(path):
         train(cfg)
+    _exit_like_ablate()
+
+
+def _exit_like_ablate() -> None:
+    """``ablate run`` freezes its objects before exiting (``gc.freeze``: the interpreter's last
+    collection skips them); the baselines do the same, so the comparison is of orchestration only."""
+    import gc
+
+    gc.freeze()
 
 
 def _tune_trainable(config: dict[str, Any]) -> None:
@@ -101,6 +110,7 @@ def run_tune(path: str) -> None:
                        param_space={"trial": tune.grid_search(_configs(path)), "threads": threads},
                        run_config=tune.RunConfig(storage_path=tempfile.mkdtemp(prefix="bench-tune-"), verbose=0))
     tuner.fit()
+    _exit_like_ablate()
 
 
 # -- the driver ---------------------------------------------------------------------------------------
