@@ -9,7 +9,9 @@ Wall time includes the interpreter's start and imports. With N = 4 and N = 16, e
 ``fixed + N * per_trial`` (solved from the two runs); the report is each way's per-trial and fixed
 cost beyond the plain loop. Trials are sized so Ray runs one at a time (``resources.cpus`` = the
 machine's cores, and the loop uses as many threads), which makes the overhead visible, not hidden
-by parallelism. Run: ``.venv/bin/python bench/orchestration.py`` (results in docs/performance.md).
+by parallelism. Every way exits as ``ablate run`` does (``gc.freeze()`` first: no final collection of
+torch's objects), so the comparison is of orchestration only. Run: ``.venv/bin/python
+bench/orchestration.py`` (results in docs/performance.md).
 """
 
 from __future__ import annotations
