@@ -301,11 +301,13 @@ def ray_session(address: str | None = None, *, cpus: float = 1, gpus: float = 0,
     cluster first: an impossible request raises ResourceError before anything is written.
     ``run_trials`` inside it reuses this Ray; Ray is shut down at the end if this started it.
 
-    Ray starts in a background thread while this thread imports Tune, the driver's next cost."""
+    A local Ray starts in a background thread while this thread imports Tune, the driver's next cost
+    (joining a cluster takes a moment: it stays in this thread)."""
     import ray
 
     starter = None
-    if ray.is_initialized() or threading.current_thread() is not threading.main_thread():
+    joining = bool(address or os.environ.get("RAY_ADDRESS"))  # fast: nothing to overlap, Tune may never be needed
+    if joining or ray.is_initialized() or threading.current_thread() is not threading.main_thread():
         started = init_ray(address)
     else:
         _sigterm_exits()
