@@ -270,6 +270,9 @@ def run(
         analyses_failed = _run_analyses(p, store, address, artifacts, required=False)
         record = store.load(p.study.name)  # the table may show analysis metrics (erf_r20 ...)
     sys.stdout.write(render(record, fmt))
+    import gc
+
+    gc.freeze()  # the interpreter's last collection at exit then skips torch's, timm's and Ray's objects (~1-2 s)
     if summary.failed or summary.unsaved or analyses_failed:
         raise typer.Exit(1)
 

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator, Protocol
@@ -30,6 +31,10 @@ os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "3600")
 
 _REPORT_KEY = "ablate"  # the trainer's metrics travel nested under this key
 LOCAL_OBJECT_STORE_BYTES = 256 * 1024**2
+# A local Ray prestarts one idle worker per CPU when the driver connects, and the driver's registration
+# waits for them. Tune's trial actors do not use them (measured with Ray 2.60: the first trial's actor
+# still starts a worker of its own, with Tune's runtime env), so they cost CPU and start-up time only.
+LOCAL_SYSTEM_CONFIG = {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
 
 
 _ENV_KEY = "ablate_env"  # the worker's environment (provenance), with its first report
@@ -282,7 +287,7 @@ def init_ray(address: str | None = None) -> bool:
     with _local_ray.loopback_node() as ip:
         # address="local": never join some other Ray found on this machine (/tmp/ray/ray_current_cluster)
         ray.init(address="local", _node_ip_address=ip, include_dashboard=False,
-                 object_store_memory=LOCAL_OBJECT_STORE_BYTES, **common)
+                 object_store_memory=LOCAL_OBJECT_STORE_BYTES, _system_config=LOCAL_SYSTEM_CONFIG, **common)
     node_ip = ray._private.worker._global_node.node_ip_address
     if node_ip != ip:  # fail closed rather than run a cluster open to the network
         ray.shutdown()
@@ -294,16 +299,94 @@ def init_ray(address: str | None = None) -> bool:
 def ray_session(address: str | None = None, *, cpus: float = 1, gpus: float = 0, workers: int = 1) -> Iterator[None]:
     """Ray up (joined or started) for a whole run, with the study's resources checked against the
     cluster first: an impossible request raises ResourceError before anything is written.
-    ``run_trials`` inside it reuses this Ray; Ray is shut down at the end if this started it."""
+    ``run_trials`` inside it reuses this Ray; Ray is shut down at the end if this started it.
+
+    A local Ray starts in a background thread while this thread imports Tune, the driver's next cost
+    (joining a cluster takes a moment: it stays in this thread)."""
     import ray
 
-    started = init_ray(address)
+    starter = None
+    joining = bool(address or os.environ.get("RAY_ADDRESS"))  # fast: nothing to overlap, Tune may never be needed
+    if joining or ray.is_initialized() or threading.current_thread() is not threading.main_thread():
+        started = init_ray(address)
+    else:
+        _sigterm_exits()
+        starter = _RayStarter(address)
+        starter.start()
+        try:
+            _import_tune()
+        except BaseException:  # Ctrl-C meanwhile: Ray, once up, goes down again
+            if starter.result():
+                ray.shutdown()
+            raise
+        started = starter.result()
     try:
         check_resources(cpus, gpus, workers)
         yield
     finally:
         if started:
             ray.shutdown()
+        if starter is not None:
+            starter.release.set()
+
+
+class _RayStarter(threading.Thread):
+    """Starts Ray (``init_ray``) beside the driver's main thread, then waits until Ray is shut down:
+    Ray's processes die with the *thread* that started them (PR_SET_PDEATHSIG fate sharing), so
+    this thread must outlive them."""
+
+    def __init__(self, address: str | None):
+        super().__init__(name="ablate-ray-start", daemon=True)
+        self.address, self.started, self.error = address, False, None
+        self.done, self.release = threading.Event(), threading.Event()
+
+    def run(self) -> None:
+        try:
+            self.started = init_ray(self.address)
+        except BaseException as e:  # raised in the main thread by result()
+            self.error = e
+        finally:
+            self.done.set()
+        if self.started:
+            self.release.wait()
+
+    def result(self) -> bool:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.started
+
+
+class _NotMainThread(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("SIGTERM handler is not set")
+
+
+def _sigterm_exits() -> None:
+    """What ``ray.init`` installs when called in the main thread (here it runs in another): SIGTERM
+    exits the driver through ``sys.exit``, so Ray's atexit hook shuts the local Ray down. Ray's
+    warning that it could not install it itself is dropped."""
+    import signal
+    import sys
+
+    def exit_on_sigterm(signum: int, frame: Any) -> None:
+        sys.exit(signum)
+
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
+    worker_log = logging.getLogger("ray._private.worker")
+    if not any(isinstance(f, _NotMainThread) for f in worker_log.filters):
+        worker_log.addFilter(_NotMainThread())
+
+
+def _import_tune() -> None:
+    """What the driver needs next, done while Ray starts: Tune's import (run_trials, the store
+    callback) and the code provenance every trial records (it runs git)."""
+    from ray import tune  # noqa: F401
+
+    import ablate._tune_callback  # noqa: F401
+    from ablate.provenance import code
+
+    code()
 
 
 def run_trials(study: str, trials: list[Trial], sink: TrialSink, *, cpus: float = 1, gpus: float = 0,

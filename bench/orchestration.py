@@ -9,7 +9,9 @@ Wall time includes the interpreter's start and imports. With N = 4 and N = 16, e
 ``fixed + N * per_trial`` (solved from the two runs); the report is each way's per-trial and fixed
 cost beyond the plain loop. Trials are sized so Ray runs one at a time (``resources.cpus`` = the
 machine's cores, and the loop uses as many threads), which makes the overhead visible, not hidden
-by parallelism. Run: ``.venv/bin/python bench/orchestration.py`` (results in docs/performance.md).
+by parallelism. Every way exits as ``ablate run`` does (``gc.freeze()`` first: no final collection of
+torch's objects), so the comparison is of orchestration only. Run: ``.venv/bin/python
+bench/orchestration.py`` (results in docs/performance.md).
 """
 
 from __future__ import annotations
@@ -78,6 +80,15 @@ def run_loop(path: str) -> None:
     torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
     for cfg in _configs(path):
         train(cfg)
+    _exit_like_ablate()
+
+
+def _exit_like_ablate() -> None:
+    """``ablate run`` freezes its objects before exiting (``gc.freeze``: the interpreter's last
+    collection skips them); the baselines do the same, so the comparison is of orchestration only."""
+    import gc
+
+    gc.freeze()
 
 
 def _tune_trainable(config: dict[str, Any]) -> None:
@@ -101,6 +112,7 @@ def run_tune(path: str) -> None:
                        param_space={"trial": tune.grid_search(_configs(path)), "threads": threads},
                        run_config=tune.RunConfig(storage_path=tempfile.mkdtemp(prefix="bench-tune-"), verbose=0))
     tuner.fit()
+    _exit_like_ablate()
 
 
 # -- the driver ---------------------------------------------------------------------------------------
