@@ -518,7 +518,7 @@ def significance_notes(marks: set[str], tested: list[Paired], alpha: float) -> l
         n = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
         m = "/".join(str(f) for f in sorted({p.family for p in tested}))  # one family per Δ column
         notes[0] += (f" Test: two-sided paired t-test over the seeds an arm shares with the baseline "
-                     f"(scipy.stats.ttest_rel, n = {n} pairs), p-values Holm-adjusted across the arms compared "
+                     f"(as scipy.stats.ttest_rel, n = {n} pairs), p-values Holm-adjusted across the arms compared "
                      f"with the baseline (m = {m}), family-wise α = {alpha:g}; the CSV has each arm's p, p_holm and "
                      f"unadjusted {1 - alpha:.0%} CI of the mean per-seed difference.")
     if SIGNIFICANT in marks:
