@@ -108,6 +108,9 @@ def _float(v: Any) -> str:
     if v is None:
         return ""
     v = float(v)
+    if 1e-4 <= abs(v) < 1e10:  # the common case: repr is fixed notation here, as Arrow's, but says 1.0
+        r = repr(v)
+        return r[:-2] if r.endswith(".0") else r
     if v != v:
         return "nan"
     if math.isinf(v):

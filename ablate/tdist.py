@@ -15,6 +15,7 @@ quantile solves tail(t) = p by Newton steps on log tail, kept inside a bracket.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 _EPS = 1e-16
 _TINY = 1e-300
@@ -110,6 +111,7 @@ def pdf(t: float, df: float) -> float:
     return math.exp(-(df + 1) / 2 * math.log1p(t * t / df) - 0.5 * math.log(df) - _log_beta(df / 2, 0.5))
 
 
+@lru_cache(maxsize=1024)  # a table asks for the same (alpha, seeds - 1) once per arm
 def isf_two_sided(p: float, df: float) -> float:
     """The t >= 0 with P(|T| >= t) = p (0 < p <= 1): the half-width, in standard errors, of a
     1 - p confidence interval (``scipy.stats.t.ppf(1 - p / 2, df)``)."""
