@@ -25,7 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # the module names printed with each command: what it loaded of the heavy libraries
-HEAVY = ("torch", "timm", "ray", "alembic", "sqlalchemy", "scipy", "pandas", "pyarrow", "plotly", "numpy")
+HEAVY = ("torch", "timm", "ray", "alembic", "sqlalchemy", "scipy", "pandas", "pyarrow", "plotly", "numpy", "pydantic",
+         "yaml", "markdown_it")
 PROBE = """
 import json, runpy, sys
 sys.argv = ["ablate", *json.loads(sys.argv[1])]
