@@ -27,9 +27,10 @@ import json
 import math
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from ablate.store import Store, TrialRecord
+if TYPE_CHECKING:  # the caller hands over its store: this module needs none of it at import
+    from ablate.store import Store, TrialRecord
 
 EXPORT_FORMATS = ("csv", "parquet")
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
