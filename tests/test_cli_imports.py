@@ -70,7 +70,7 @@ READ_ONLY = {
     "show": (["show", "{trial}"], SCIENCE | {"pyarrow", "plotly"}),
     "export_csv": (["export", "synthetic_00", "--out", "x.csv"], SCIENCE | {"pyarrow", "plotly", "yaml"}),
     "export_parquet": (["export", "synthetic_00", "--out", "x.parquet"], {"scipy", "pandas", "plotly", "yaml"}),
-    "dashboard": (["dashboard", "--out", "report.html"], SCIENCE | {"pyarrow"}),
+    "dashboard": (["dashboard", "--out", "report.html"], SCIENCE | {"pyarrow", "plotly"}),
     "recipes": (["recipes"], {"numpy", "sqlalchemy", "scipy"}),
 }
 # Commands that read the database without SQLAlchemy (~0.45 s idle to import): the store's read path
