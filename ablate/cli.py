@@ -98,6 +98,17 @@ def _store(db: Optional[str], *, create: bool = False):
         _fail(str(e))
 
 
+def _reader(db: Optional[str]):
+    """The result database for a command that only reads (``store_reads.open_reader``): an SQLite
+    file is read without SQLAlchemy; nothing is ever created; problems are one line and exit 2."""
+    from ablate.store_reads import DatabaseError, open_reader
+
+    try:
+        return open_reader(db)
+    except DatabaseError as e:
+        _fail(str(e))
+
+
 @app.command()
 def plan(
     file: Path = typer.Argument(..., help="Study file (YAML)."),
@@ -116,8 +127,8 @@ def plan(
 
     p = _plan(file, profile)
     _check_data(p, file, segmentation_only=True)  # reads only: no database is opened before this
-    record, where = _existing_record(db, p.study.name)
-    states = plan_status(p, record)
+    record, epochs, where = _existing_record(db, p.study.name)
+    states = plan_status(p, record, epochs=epochs)
     if fmt == "json":
         rows = [dict(r, status=states[r["trial_id"]].status, stale=states[r["trial_id"]].stale) for r in p.rows()]
         out.print_json(json.dumps({"study": p.study.name, "profile": profile, "database": where,
@@ -168,23 +179,28 @@ def _report_artifacts(study: str, root: Optional[str], keep: list[str]) -> None:
 
 
 def _existing_record(db: Optional[str], study: str):
-    """(the study as the database holds it with history, or None; where that was looked for).
-    Reads only: a database that does not exist yet is no error here, and is not created."""
-    from ablate.store import DatabaseError, Store, default_db_url, masked, normalize_url
+    """(the study's trials as the database holds them, or None; {trial id: epochs stored}; where
+    that was looked for). Reads only summaries and each trial's last epoch (aggregates, never a
+    per-epoch row): a database that does not exist yet is no error here, and is not created."""
+    from types import SimpleNamespace
+
+    from ablate.store_reads import DatabaseError, default_db_url, masked, normalize_url, open_reader
 
     url = normalize_url(db or default_db_url())
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        return None, f"no database at {url} yet"
+        return None, {}, f"no database at {url} yet"
     try:
-        store = Store(url, create=False)
+        store = open_reader(url)
     except DatabaseError as e:
         if "holds no ablate results yet" in str(e):
-            return None, f"{masked(url)} is empty"
+            return None, {}, f"{masked(url)} is empty"
         _fail(str(e))
     try:
-        return store.load(study, history=True), store.display_url
+        trials = store.trial_summaries(study)
+        epochs = {tid: e + 1 for tid, e in store.last_epochs(study).items()}  # epochs are stored from 0, contiguous
+        return SimpleNamespace(trials=trials), epochs, store.display_url
     except KeyError:
-        return None, f"{store.display_url} holds no study '{study}'"
+        return None, {}, f"{store.display_url} holds no study '{study}'"
     finally:
         store.close()
 
@@ -277,7 +293,7 @@ def table(
         from ablate.analyses.tables import AnalysisTableError, render_analysis
 
         try:
-            text = render_analysis(_load_study(_store(db), study), analysis, fmt)
+            text = render_analysis(_load_study(_reader(db), study), analysis, fmt)
         except AnalysisTableError as e:
             _fail(str(e))
         _write_text(text, out_file)
@@ -286,7 +302,7 @@ def table(
 
     if fmt not in FORMATS:
         _fail(f"--format: one of {', '.join(FORMATS)}, got '{fmt}'")
-    store = _store(db)
+    store = _reader(db)
     try:
         record = load_table_record(store, study)
     except KeyError:
@@ -377,7 +393,7 @@ def studies(db: Optional[str] = typer.Option(None, "--db", help=DB_HELP, envvar=
     """List the studies in the result database."""
     from ablate.text import plain
 
-    store = _store(db)
+    store = _reader(db)
     t = Table(title=plain(f"Studies in {store.display_url}"))
     for c in ("name", "trials", "description"):
         t.add_column(c)
@@ -464,7 +480,7 @@ def export(
         fmt = resolve_format(out_file, fmt)
     except ValueError as e:
         _fail(str(e))
-    store = _store(db)
+    store = _reader(db)
     known = {n for n, _, _ in store.studies()}
     for name in studies or []:
         if name not in known:
@@ -494,7 +510,7 @@ def dashboard(
     kernel size / FLOPs / params, ERF heatmaps, failed trials."""
     from ablate import dashboard as dash
 
-    store = _store(db)
+    store = _reader(db)
     if images is not None:
         try:
             paths = dash.export_images(store, images, artifacts=artifacts)
@@ -533,7 +549,7 @@ def show(
 
     if fmt not in ("text", "json"):
         _fail(f"--format: one of text, json, got '{fmt}'")
-    store = _store(db)
+    store = _reader(db)
     try:
         study, rec = store.find_trial(trial)
     except (KeyError, ValueError) as e:
@@ -567,7 +583,7 @@ def gc(
         name = load_study(file, profile).name
     except _user_errors() as e:
         _fail(str(e))
-    store = _store(db)
+    store = _reader(db)
     try:
         completed = {t.trial_id for t in store.load(name).trials if t.status == "completed"}
     except KeyError:

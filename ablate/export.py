@@ -5,7 +5,7 @@ seed, status, params, FLOPs and error, and ``final`` marking each metric's last 
 from 1, as everywhere a person reads them. A trial with no metric yet (pending, or failed before
 its first epoch) still has one row, with empty epoch/metric/value, so failures are not lost.
 
-``export`` reads the database ``chunk`` trials at a time (``Store.iter_trial_chunks``) and appends
+``export`` reads the database ``chunk`` trials at a time (``Reader.iter_trial_chunks``) and appends
 each chunk to the file, so memory stays bounded whatever the database's size. ``final=True`` writes
 only each metric's last epoch; a subset of studies or trial ids can be asked for. The columns are
 fixed before the first row: a first pass over the trials (no metric rows) finds the axes and the
@@ -29,8 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-if TYPE_CHECKING:  # the caller hands over its store: this module needs none of it at import
-    from ablate.store import Store, TrialRecord
+if TYPE_CHECKING:  # the caller hands over its reader: this module needs none of it at import
+    from ablate.store_reads import Reader, TrialRecord
 
 EXPORT_FORMATS = ("csv", "parquet")
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -58,7 +58,7 @@ def resolve_format(path: str | Path, fmt: str | None = None) -> str:
     return fmt or implied or "csv"
 
 
-def _param_types(store: Store, studies: list[str] | None, trial_ids: list[str] | None,
+def _param_types(store: Reader, studies: list[str] | None, trial_ids: list[str] | None,
                  chunk: int) -> dict[str, str]:
     """{axis: arrow type name} over every exported trial: a column of lists or dicts (per-stage
     kernel sizes) or of mixed kinds becomes JSON text, so every row has one type."""
@@ -196,7 +196,7 @@ def _parquet_writer(path: Path, params: dict[str, str]) -> tuple[Any, Callable[[
     return writer, write
 
 
-def export(store: Store, path: str | Path, fmt: str | None = None, *, studies: Iterable[str] | None = None,
+def export(store: Reader, path: str | Path, fmt: str | None = None, *, studies: Iterable[str] | None = None,
            trial_ids: Iterable[str] | None = None, final: bool = False, chunk: int = CHUNK_TRIALS) -> int:
     """Write the long-format table of ``studies`` (all when None), optionally only ``trial_ids`` and
     only ``final`` values, to ``path`` (format from ``resolve_format``), ``chunk`` trials at a time.

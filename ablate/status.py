@@ -32,9 +32,12 @@ class PlannedStatus:
         return self.status
 
 
-def plan_status(plan: Plan, record: Any | None, current: dict[str, Any] | None = None) -> dict[str, PlannedStatus]:
-    """Per planned trial id: its state in ``record`` (a ``StudyRecord``, or None when the database
-    holds no such study)."""
+def plan_status(plan: Plan, record: Any | None, current: dict[str, Any] | None = None,
+                epochs: dict[str, int] | None = None) -> dict[str, PlannedStatus]:
+    """Per planned trial id: its state in ``record`` (a ``StudyRecord``, or anything with ``trials``
+    that have trial_id, status, provenance and error_kind; None when the database holds no such
+    study). ``epochs``: {trial id: epochs stored} (``Reader.last_epochs`` + 1); without it they are
+    counted in each trial's ``history``."""
     current = current or code()
     held = {t.trial_id: t for t in (record.trials if record is not None else [])}
     out: dict[str, PlannedStatus] = {}
@@ -44,8 +47,9 @@ def plan_status(plan: Plan, record: Any | None, current: dict[str, Any] | None =
             out[p.trial.id] = PlannedStatus(TO_RUN)
             continue
         stale = stale_reasons(getattr(t, "provenance", None), current) if t.status == "completed" else []
-        epochs = max((len(h) for h in t.history.values()), default=0)  # record loaded with history
-        out[p.trial.id] = PlannedStatus(t.status, stale, getattr(t, "error_kind", None), epochs)
+        done = (epochs.get(p.trial.id, 0) if epochs is not None
+                else max((len(h) for h in getattr(t, "history", {}).values()), default=0))
+        out[p.trial.id] = PlannedStatus(t.status, stale, getattr(t, "error_kind", None), done)
     return out
 
 

@@ -10,15 +10,13 @@ which keeps the replaced attempt in ``trial_attempts``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 from sqlalchemy import (JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text,
                         UniqueConstraint, create_engine, delete, event, func, insert, inspect, or_,
@@ -27,38 +25,22 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
 
-DEFAULT_DB_FILE = "ablate.db"
-MIGRATIONS = Path(__file__).resolve().parent.parent / "db"
+# the read side (SQL text, no ORM) and the records it returns; re-exported: ``ablate.store`` stays
+# the one place a writer imports from
+from ablate.store_reads import (CODE_FIELDS, COMPLETED, DEFAULT_DB_FILE, ERROR_HEAD, FAILED,  # noqa: F401
+                                IN_CHUNK, INTERRUPTED, MIGRATIONS, PENDING, RECURRING, RUNNING, SQLITE_BUSY_MS,
+                                TRANSIENT, DatabaseError, Reader, StudyInfo, StudyRecord, TrialRecord, TrialState,
+                                TrialSummary, _EngineSQL, _first_line, arm_key, check_schema, default_db_url,
+                                describe_error, display_epoch, head_revision, known_revisions, masked,
+                                normalize_url, owner_is_dead)
 
-PENDING, RUNNING, COMPLETED, FAILED, INTERRUPTED = "pending", "running", "completed", "failed", "interrupted"
-RECURRING, TRANSIENT = "recurring", "transient"  # error_kind: fails again on rerun / may pass on rerun
+
 INTERRUPTED_ERROR = "interrupted: the driver stopped"
 DEFAULT_LEASE_S = 60.0
-SQLITE_BUSY_MS = 30_000
 PG_LOCK_KEY = int.from_bytes(b"ablate", "big")  # advisory lock around migrations
 
 log = logging.getLogger("ablate.store")
 T = TypeVar("T")
-
-
-def default_db_url() -> str:
-    """``ABLATE_DB`` if set, else an SQLite file ``ablate.db`` in the current directory."""
-    return os.environ.get("ABLATE_DB") or f"sqlite:///{Path(DEFAULT_DB_FILE).resolve()}"
-
-
-def normalize_url(url: str) -> str:
-    """Plain ``postgresql://`` means psycopg 3 here (the driver ablate installs)."""
-    if url.startswith("postgresql://") or url.startswith("postgres://"):
-        return "postgresql+psycopg://" + url.split("://", 1)[1]
-    return url
-
-
-def masked(url: str) -> str:
-    """The URL as it may be printed: password replaced by ***."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not even a URL: print nothing after the scheme's credentials
-        return url.split("@", 1)[-1] if "@" in url else url
 
 
 def lease_seconds() -> float:
@@ -74,27 +56,6 @@ def new_owner() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
 
 
-def owner_is_dead(owner: str) -> bool:
-    """True only when ``owner`` is a driver of this host whose process is gone (a killed driver
-    whose lease has not run out yet); other hosts' drivers are judged by their lease alone."""
-    host, _, rest = owner.partition(":")
-    pid = rest.partition(":")[0]
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    if int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    try:  # a zombie (killed, not yet reaped by its parent) is dead too
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -102,10 +63,6 @@ def _now() -> datetime:
 def _utc(dt: datetime | None) -> datetime | None:
     """SQLite gives naive datetimes back; they were written in UTC."""
     return dt.replace(tzinfo=timezone.utc) if dt is not None and dt.tzinfo is None else dt
-
-
-class DatabaseError(Exception):
-    """The database cannot be used; the message is one line naming the (masked) URL."""
 
 
 class Base(DeclarativeBase):
@@ -178,135 +135,6 @@ class TrialAttemptRow(Base):
     archived_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
-@dataclass
-class TrialRecord:
-    """A trial as read back for tables and dashboards (no ORM objects leave the store)."""
-
-    trial_id: str
-    params: dict[str, Any]
-    config: dict[str, Any]
-    seed: int
-    status: str
-    n_params: int | None
-    flops: int | None
-    error: str | None
-    started_at: datetime | None
-    ended_at: datetime | None
-    final: dict[str, float] = field(default_factory=dict)
-    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
-    provenance: dict[str, Any] = field(default_factory=dict)
-    attempts: int = 0
-    error_kind: str | None = None
-    past_attempts: list[dict[str, Any]] = field(default_factory=list)  # replaced by rerun, oldest first
-    profile: str | None = None  # the profile that registered it ("": the base; None: unknown)
-
-
-@dataclass
-class StudyRecord:
-    name: str
-    description: str
-    spec: dict[str, Any]
-    trials: list[TrialRecord]
-
-
-CODE_FIELDS = ("ablate_version", "git_commit", "git_dirty")  # = ablate.provenance.CODE_FIELDS (no import here)
-ERROR_HEAD = 2000  # characters of a trial's error read for its first line (summaries)
-IN_CHUNK = 5000  # ids per IN (...) list: SQLite allows 32766 bound values, PostgreSQL 65535
-
-
-def display_epoch(epoch: int | None) -> int | None:
-    """The epoch as a person counts it (from 1); the database stores the trainer's 0-based index."""
-    return None if epoch is None else epoch + 1
-
-
-def _first_line(error: str | None) -> str | None:
-    """An error's message: its first non-empty line (the exception's own message comes first)."""
-    if not error:
-        return error
-    return next((ln.strip() for ln in error.splitlines() if ln.strip()), "")
-
-
-def _id_filters(trial_ids: Iterable[str] | None) -> Iterator[list[Any]]:
-    """WHERE clauses that select ``trial_ids`` in IN-lists of bounded length ([] = all trials)."""
-    if trial_ids is None:
-        yield []
-        return
-    ids = sorted(set(trial_ids))
-    for i in range(0, len(ids), IN_CHUNK):
-        yield [TrialRow.trial_id.in_(ids[i:i + IN_CHUNK])]
-
-
-def _final_query(scope: Any, names: list[str] | None) -> Any:
-    """(trial pk, trial id, metric, epoch, value) at each metric's last epoch, for the trials whose
-    pk is in ``scope`` (a subquery or a list): max(epoch) per (trial, metric), joined back to its
-    row; both halves read only the index (trial_pk, name, epoch, value)."""
-    where = [MetricRow.trial_pk.in_(scope)]
-    if names is not None:
-        where.append(MetricRow.name.in_(names))
-    last = (select(MetricRow.trial_pk.label("pk"), MetricRow.name.label("name"), func.max(MetricRow.epoch).label("e"))
-            .where(*where).group_by(MetricRow.trial_pk, MetricRow.name).subquery())
-    return (select(last.c.pk, TrialRow.trial_id, last.c.name, last.c.e, MetricRow.value)
-            .select_from(last)
-            .join(MetricRow, (MetricRow.trial_pk == last.c.pk) & (MetricRow.name == last.c.name)
-                  & (MetricRow.epoch == last.c.e))
-            .join(TrialRow, TrialRow.pk == last.c.pk))
-
-
-@dataclass
-class StudyInfo:
-    """A study without its trials."""
-
-    name: str
-    description: str
-    spec: dict[str, Any]
-
-
-@dataclass
-class TrialSummary:
-    """A trial without its per-epoch rows (``Store.trial_summaries``); ``error`` is its first line."""
-
-    study: str
-    trial_id: str
-    params: dict[str, Any]
-    seed: int
-    status: str
-    n_params: int | None
-    flops: int | None
-    error: str | None
-    error_kind: str | None
-    attempts: int
-    started_at: datetime | None
-    ended_at: datetime | None
-    provenance: dict[str, Any]
-    profile: str | None  # the profile that registered it ("": the file's base; None: unknown, before 0004)
-    config: dict[str, Any] | None = None  # with config=True only
-    _pk: int = field(default=0, repr=False)
-
-    @property
-    def arm(self) -> str:
-        """The axis values without the seed, as canonical JSON: trials of one arm share it."""
-        return arm_key(self.params)
-
-
-def arm_key(params: dict[str, Any]) -> str:
-    """Canonical JSON of a trial's axis values without its seed (the key of its arm)."""
-    return json.dumps({k: v for k, v in params.items() if k != "seed"}, sort_keys=True)
-
-
-@dataclass
-class TrialState:
-    """Who holds a trial and in which state (what the claim loop of ``orchestrate`` polls)."""
-
-    status: str
-    claimed_by: str | None
-    lease_until: datetime | None
-    ended_at: datetime | None
-
-    def held_by_other(self, owner: str, now: datetime | None = None) -> bool:
-        return (self.claimed_by is not None and self.claimed_by != owner and self.lease_until is not None
-                and self.lease_until > (now or _now()) and not owner_is_dead(self.claimed_by))
-
-
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None  # transactions are begun by _sqlite_begin, not by pysqlite
     cur = dbapi_conn.cursor()
@@ -358,17 +186,6 @@ def _alembic_config(conn: Any = None) -> Any:
     return cfg
 
 
-def known_revisions() -> list[str]:
-    """Schema revisions in db/versions, oldest first, read from the file names (``NNNN_what.py``,
-    revision id ``NNNN``; tests/test_store.py holds alembic's own graph to this list), so commands
-    that only read check a database's schema without importing alembic (~0.3 s)."""
-    return sorted(p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
-
-
-def head_revision() -> str:
-    return known_revisions()[-1]
-
-
 def _current_revision(conn: Any) -> str | None:
     """What alembic's MigrationContext.get_current_revision reads (one linear history, one row)."""
     if not inspect(conn).has_table("alembic_version"):
@@ -404,39 +221,6 @@ def _sqlite_path(url: str) -> Path | None:
     return Path(u.database)
 
 
-def describe_error(exc: BaseException, url: str) -> str:
-    """One line: the masked URL and what is wrong with the database behind it."""
-    where = masked(url)
-    msg = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    first = msg[0] if msg else type(exc).__name__
-    low = str(getattr(exc, "orig", None) or exc).lower()
-    if isinstance(exc, sa_exc.NoSuchModuleError) or "can't load plugin" in low:
-        what = "unknown database URL scheme or driver (use sqlite:///path.db or postgresql://user@host/db)"
-    elif isinstance(exc, sa_exc.ArgumentError):
-        what = f"not a database URL ({first})"
-    elif "password authentication failed" in low or "authentication failed" in low:
-        what = "wrong user name or password"
-    elif "does not exist" in low and "database" in low:
-        what = "the database does not exist (create it first)"
-    elif "role" in low and "does not exist" in low:
-        what = "the database user does not exist"
-    elif any(s in low for s in ("connection refused", "could not connect", "connection timed out",
-                                "name or service not known", "could not translate host", "no route to host",
-                                "server closed the connection", "connection is bad", "timeout expired")):
-        what = f"database server unreachable ({first})"
-    elif "file is not a database" in low or "file is encrypted" in low:
-        what = "the file is not an SQLite database"
-    elif "readonly" in low or "read-only" in low or "permission denied" in low:
-        what = "the database is read-only (file or folder not writable)"
-    elif "unable to open database file" in low:
-        what = "cannot open the database file (missing folder or no permission)"
-    elif "database is locked" in low:
-        what = f"the database stayed locked by another process for {SQLITE_BUSY_MS // 1000} s"
-    else:
-        what = first
-    return f"database {where}: {what}"
-
-
 def is_connection_error(exc: BaseException) -> bool:
     """Errors that a later retry of the same write may not hit: connection lost or refused, server
     restarting, lock timeouts. Not: constraint violations, unknown trials, programming errors."""
@@ -450,7 +234,7 @@ def is_connection_error(exc: BaseException) -> bool:
                             sa_exc.DisconnectionError, ConnectionError))
 
 
-class Store:
+class Store(Reader):
     """Typed access to the result database at ``url`` (any SQLAlchemy URL).
 
     ``create=False`` (read-only commands) never creates a file, folder or schema: a missing SQLite
@@ -485,6 +269,7 @@ class Store:
             self.engine = make_engine(engine_url)
         except Exception as e:  # unknown scheme or driver, bad URL
             raise DatabaseError(describe_error(e, self.url)) from None
+        self._sql = _EngineSQL(self.engine)  # the read API (Reader): SQL text on this engine
         self._write_engine = self.engine.execution_options(ablate_write=True)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         self._wsession = sessionmaker(self._write_engine, expire_on_commit=False)
@@ -501,22 +286,8 @@ class Store:
         with self.engine.connect() as conn:
             tables = set(inspect(conn).get_table_names())
             revision = _current_revision(conn) if "alembic_version" in tables else None
-        ours = {m.__tablename__ for m in Base.__subclasses__()} | {"alembic_version"}
-        if not tables:
-            if not create:
-                raise DatabaseError(f"database {self.display_url}: holds no ablate results yet (empty; "
-                                    "`ablate run` creates the schema)")
-        elif revision is None:
-            foreign = sorted(tables - ours)[:5]
-            raise DatabaseError(f"database {self.display_url}: not an ablate database (tables "
-                                f"{', '.join(foreign or sorted(tables)[:5])} without ablate's schema version); "
-                                "use another database")
-        elif revision not in known_revisions():
-            raise DatabaseError(f"database {self.display_url}: schema revision {revision} is not one this "
-                                "ablate knows (written by a newer ablate, or not ablate's)")
-        if tables and revision == head_revision():
-            return
-        migrate(self.engine)
+        if check_schema(self.display_url, tables, revision, create):
+            migrate(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -657,13 +428,6 @@ class Store:
                       .values(claimed_by=None, lease_until=None).execution_options(synchronize_session=False))
             return n
 
-    def trial_states(self, study: str) -> dict[str, TrialState]:
-        """Status and holder of every trial of ``study``."""
-        with self._session() as s:
-            q = (select(TrialRow.trial_id, TrialRow.status, TrialRow.claimed_by, TrialRow.lease_until,
-                        TrialRow.ended_at).join(StudyRow).where(StudyRow.name == study))
-            return {tid: TrialState(st, by, _utc(until), _utc(ended)) for tid, st, by, until, ended in s.execute(q)}
-
     # -- one trial's life (the driver holding its claim) ------------------------------------------
     def start(self, study: str, trial_id: str, owner: str | None = None, *, at: datetime | None = None) -> bool:
         """Mark running, one more attempt. Metrics already stored stay (a resumed trial keeps its
@@ -781,318 +545,6 @@ class Store:
                 n += 1
         return n
 
-    # -- reading: ask SQL for what is needed ---------------------------------------------------
-    # The read API (issue 13). Every method reads one study (or a chunk of trials) with a few
-    # queries whose size is the answer's, never every per-epoch row when only finals are needed;
-    # the same SQL on SQLite and PostgreSQL, served by the indexes of db/versions/0004.
-    #
-    #   study_info(study) -> StudyInfo                 name, description, spec (KeyError if none)
-    #   trial_summaries(study, trial_ids=None, *, config=False, light=False) -> list[TrialSummary]
-    #                                                  one row per trial, in insertion order: id, arm,
-    #                                                  params, seed, status, params/FLOPs, error's first
-    #                                                  line, provenance, profile; no metric rows
-    #   configs(study, trial_ids) -> {trial_id: config}  full configs of a few trials
-    #   final_values(study, metrics=None, trial_ids=None) -> {trial_id: {metric: (epoch, value)}}
-    #                                                  each metric's row at the trial's last epoch
-    #   best_values(study, metric, mode="max", trial_ids=None) -> {trial_id: (epoch, value)}
-    #                                                  the best value and its first epoch
-    #   histories(study, trial_ids, metrics=None) -> {trial_id: {metric: [(epoch, value), ...]}}
-    #                                                  per-epoch rows, only for the trials asked
-    #   last_epochs(study) -> {trial_id: last epoch stored}
-    #   iter_trial_chunks(studies=None, trial_ids=None, *, metrics="all"|"final"|"none",
-    #                     chunk=1000) -> Iterator[(study, [TrialRecord])]   bounded memory, for export
-    #
-    # Epochs are stored as the trainer reports them, from 0; what a person reads counts from 1
-    # (``display_epoch``). ``load`` (a whole StudyRecord) is built on these queries.
-    def study_info(self, study: str) -> StudyInfo:
-        with self.engine.connect() as c:
-            row = c.execute(select(StudyRow.name, StudyRow.description, StudyRow.spec)
-                            .where(StudyRow.name == study)).first()
-        if row is None:
-            raise KeyError(study)
-        return StudyInfo(*row)
-
-    def _study_id(self, c: Any, study: str) -> int:
-        sid = c.execute(select(StudyRow.id).where(StudyRow.name == study)).scalar()
-        if sid is None:
-            raise KeyError(study)
-        return sid
-
-    def trial_summaries(self, study: str, trial_ids: Iterable[str] | None = None, *,
-                        config: bool = False, light: bool = False) -> list[TrialSummary]:
-        """Every trial of ``study`` (or those of ``trial_ids``), without metric rows; ``config=True``
-        adds each full config (what a table needs of it is in one trial per arm: see ``configs``).
-        ``light=True`` (what a table reads) leaves out the error, times and attempts, and reads of the
-        provenance only its code fields (``CODE_FIELDS``), extracted by the database."""
-        prov: list[Any] = [TrialRow.provenance] if not light else [
-            TrialRow.provenance["ablate_version"].as_string(), TrialRow.provenance["git_commit"].as_string(),
-            TrialRow.provenance["git_dirty"].as_boolean()]
-        cols = [TrialRow.pk, TrialRow.trial_id, TrialRow.params, TrialRow.seed, TrialRow.status, TrialRow.n_params,
-                TrialRow.flops, TrialRow.error_kind, TrialRow.profile, *prov]
-        if not light:
-            cols += [func.substr(TrialRow.error, 1, ERROR_HEAD), TrialRow.attempts, TrialRow.started_at,
-                     TrialRow.ended_at]
-        if config:
-            cols.append(TrialRow.config)
-        out: list[TrialSummary] = []
-        with self.engine.connect() as c:
-            sid = self._study_id(c, study)
-            for where in _id_filters(trial_ids):
-                q = select(*cols).where(TrialRow.study_id == sid, *where).order_by(TrialRow.pk)
-                for r in c.execute(q):
-                    if light:
-                        code = {k: v for k, v in zip(CODE_FIELDS, r[9:12]) if v is not None}
-                        out.append(TrialSummary(study, r[1], r[2], r[3], r[4], r[5], r[6], None, r[7], 0, None, None,
-                                                code, r[8], r[12] if config else None, _pk=r[0]))
-                    else:
-                        out.append(TrialSummary(study, r[1], r[2], r[3], r[4], r[5], r[6], _first_line(r[10]), r[7],
-                                                r[11], _utc(r[12]), _utc(r[13]), dict(r[9] or {}), r[8],
-                                                r[14] if config else None, _pk=r[0]))
-        if trial_ids is not None:
-            out.sort(key=lambda t: t._pk)
-        return out
-
-    def configs(self, study: str, trial_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """The full configs of ``trial_ids`` of ``study``."""
-        out: dict[str, dict[str, Any]] = {}
-        with self.engine.connect() as c:
-            sid = self._study_id(c, study)
-            for where in _id_filters(list(trial_ids)):
-                out.update(c.execute(select(TrialRow.trial_id, TrialRow.config)
-                                     .where(TrialRow.study_id == sid, *where)).all())
-        return out
-
-    def final_values(self, study: str, metrics: Iterable[str] | None = None,
-                     trial_ids: Iterable[str] | None = None) -> dict[str, dict[str, tuple[int, float]]]:
-        """{trial_id: {metric: (epoch, value)}} at each metric's last stored epoch, by an aggregate
-        query (max epoch per trial and metric, joined back to its row). Trials without metrics are
-        absent."""
-        names = list(metrics) if metrics is not None else None
-        out: dict[str, dict[str, tuple[int, float]]] = {}
-        with self.engine.connect() as c:
-            sid = self._study_id(c, study)
-            for where in _id_filters(trial_ids):
-                q = _final_query(select(TrialRow.pk).where(TrialRow.study_id == sid, *where), names)
-                for pk, tid, name, epoch, value in c.execute(q):
-                    out.setdefault(tid, {})[name] = (epoch, value)
-        return out
-
-    def best_values(self, study: str, metric: str, mode: str = "max",
-                    trial_ids: Iterable[str] | None = None) -> dict[str, tuple[int, float]]:
-        """{trial_id: (epoch, value)}: each trial's best ``metric`` (``mode`` max or min) and the
-        first epoch that reached it, by an aggregate query."""
-        if mode not in ("max", "min"):
-            raise ValueError(f"mode: max or min, got {mode!r}")
-        agg = func.max if mode == "max" else func.min
-        out: dict[str, tuple[int, float]] = {}
-        with self.engine.connect() as c:
-            sid = self._study_id(c, study)
-            for where in _id_filters(trial_ids):
-                scope = select(TrialRow.pk).where(TrialRow.study_id == sid, *where)
-                best = (select(MetricRow.trial_pk.label("pk"), agg(MetricRow.value).label("v"))
-                        .where(MetricRow.trial_pk.in_(scope), MetricRow.name == metric)
-                        .group_by(MetricRow.trial_pk).subquery())
-                q = (select(TrialRow.trial_id, func.min(MetricRow.epoch), best.c.v)
-                     .select_from(best)
-                     .join(MetricRow, (MetricRow.trial_pk == best.c.pk) & (MetricRow.name == metric)
-                           & (MetricRow.value == best.c.v))
-                     .join(TrialRow, TrialRow.pk == best.c.pk)
-                     .group_by(TrialRow.trial_id, best.c.v))
-                for tid, epoch, value in c.execute(q):
-                    out[tid] = (epoch, value)
-        return out
-
-    def histories(self, study: str, trial_ids: Iterable[str],
-                  metrics: Iterable[str] | None = None) -> dict[str, dict[str, list[tuple[int, float]]]]:
-        """{trial_id: {metric: [(epoch, value), ...]}} in epoch order, for ``trial_ids`` only."""
-        names = list(metrics) if metrics is not None else None
-        out: dict[str, dict[str, list[tuple[int, float]]]] = {}
-        with self.engine.connect() as c:
-            sid = self._study_id(c, study)
-            for where in _id_filters(list(trial_ids)):
-                q = (select(TrialRow.trial_id, MetricRow.name, MetricRow.epoch, MetricRow.value)
-                     .join(TrialRow, TrialRow.pk == MetricRow.trial_pk)
-                     .where(TrialRow.study_id == sid, *where)
-                     .order_by(MetricRow.trial_pk, MetricRow.name, MetricRow.epoch))
-                if names is not None:
-                    q = q.where(MetricRow.name.in_(names))
-                for tid, name, epoch, value in c.execute(q):
-                    out.setdefault(tid, {}).setdefault(name, []).append((epoch, value))
-        return out
-
-    def last_epochs(self, study: str) -> dict[str, int]:
-        """{trial_id: the last epoch with a stored metric} (trials without metrics are absent)."""
-        with self.engine.connect() as c:
-            sid = self._study_id(c, study)
-            q = (select(TrialRow.trial_id, func.max(MetricRow.epoch)).join(TrialRow, TrialRow.pk == MetricRow.trial_pk)
-                 .where(TrialRow.study_id == sid).group_by(TrialRow.trial_id))
-            return dict(c.execute(q).all())
-
-    def iter_trial_chunks(self, studies: Iterable[str] | None = None, trial_ids: Iterable[str] | None = None, *,
-                          metrics: str = "all", chunk: int = 1000) -> Iterator[tuple[str, list[TrialRecord]]]:
-        """(study, up to ``chunk`` trials) at a time, each trial with its metrics: ``all`` epochs
-        (``history`` and ``final``), only the ``final`` ones, or ``none``; configs are left out.
-        Memory stays bounded by the chunk however large the database (keyset pagination on the
-        trial's key, one metric query per chunk). Unknown study names raise KeyError."""
-        if metrics not in ("all", "final", "none"):
-            raise ValueError(f"metrics: all, final or none, got {metrics!r}")
-        ids = None if trial_ids is None else sorted(set(trial_ids))
-        with self.engine.connect() as c:
-            q = select(StudyRow.id, StudyRow.name).order_by(StudyRow.name)
-            found = c.execute(q).all()
-        if studies is not None:
-            wanted = list(dict.fromkeys(studies))
-            known = {name: sid for sid, name in found}
-            missing = [n for n in wanted if n not in known]
-            if missing:
-                raise KeyError(missing[0])
-            found = [(known[n], n) for n in wanted]
-        cols = (TrialRow.pk, TrialRow.trial_id, TrialRow.params, TrialRow.seed, TrialRow.status, TrialRow.n_params,
-                TrialRow.flops, TrialRow.error, TrialRow.started_at, TrialRow.ended_at, TrialRow.attempts,
-                TrialRow.error_kind)
-        for sid, name in found:
-            for where in _id_filters(ids):
-                last = -1
-                while True:
-                    with self.engine.connect() as c:
-                        rows = c.execute(select(*cols).where(TrialRow.study_id == sid, TrialRow.pk > last, *where)
-                                         .order_by(TrialRow.pk).limit(chunk)).all()
-                        if not rows:
-                            break
-                        last = rows[-1][0]
-                        by_pk = {r[0]: TrialRecord(r[1], r[2], {}, r[3], r[4], r[5], r[6], r[7], _utc(r[8]),
-                                                   _utc(r[9]), attempts=r[10], error_kind=r[11]) for r in rows}
-                        pks = list(by_pk)
-                        if metrics == "all":
-                            mq = (select(MetricRow.trial_pk, MetricRow.name, MetricRow.epoch, MetricRow.value)
-                                  .where(MetricRow.trial_pk.in_(pks))
-                                  .order_by(MetricRow.trial_pk, MetricRow.name, MetricRow.epoch))
-                            for pk, metric, epoch, value in c.execute(mq):
-                                rec = by_pk[pk]
-                                rec.history.setdefault(metric, []).append((epoch, value))
-                                rec.final[metric] = value
-                        elif metrics == "final":
-                            for pk, _, metric, epoch, value in c.execute(_final_query(pks, None)):
-                                rec = by_pk[pk]
-                                rec.history[metric] = [(epoch, value)]
-                                rec.final[metric] = value
-                    yield name, list(by_pk.values())
-                    if len(rows) < chunk:
-                        break
-
-    # -- reading ---------------------------------------------------------------------------
-    def studies(self) -> list[tuple[str, str, int]]:
-        """(name, description, number of trials) of every study."""
-        with self._session() as s:
-            q = (select(StudyRow.name, StudyRow.description, func.count(TrialRow.pk))
-                 .outerjoin(TrialRow).group_by(StudyRow.id).order_by(StudyRow.name))
-            return [tuple(r) for r in s.execute(q)]  # type: ignore[misc]
-
-    @staticmethod
-    def _record(r: TrialRow) -> TrialRecord:
-        return TrialRecord(r.trial_id, r.params, r.config, r.seed, r.status, r.n_params, r.flops, r.error,
-                           r.started_at, r.ended_at, provenance=dict(r.provenance or {}), attempts=r.attempts,
-                           error_kind=r.error_kind)
-
-    def load(self, name: str, *, history: bool = False) -> StudyRecord:
-        """A study with its trials (configs included), each trial's last-epoch metrics, and
-        optionally all epochs: built on ``trial_summaries``, ``final_values`` and ``histories``, so
-        without ``history`` no per-epoch row is read."""
-        info = self.study_info(name)
-        summaries = self.trial_summaries(name, config=True)
-        full_errors = self._errors(name)
-        finals = self.final_values(name)
-        hist = self.histories(name, [t.trial_id for t in summaries]) if history else {}
-        trials = []
-        for t in summaries:
-            rec = TrialRecord(t.trial_id, t.params, t.config or {}, t.seed, t.status, t.n_params, t.flops,
-                              full_errors.get(t.trial_id), t.started_at, t.ended_at,
-                              provenance=t.provenance, attempts=t.attempts, error_kind=t.error_kind,
-                              profile=t.profile)
-            rec.final = {m: v for m, (_, v) in finals.get(t.trial_id, {}).items()}
-            rec.history = hist.get(t.trial_id, {})
-            trials.append(rec)
-        return StudyRecord(info.name, info.description, info.spec, trials)
-
-    def _errors(self, study: str) -> dict[str, str]:
-        """{trial_id: full error} of the trials of ``study`` that have one."""
-        with self.engine.connect() as c:
-            sid = self._study_id(c, study)
-            return dict(c.execute(select(TrialRow.trial_id, TrialRow.error)
-                                  .where(TrialRow.study_id == sid, TrialRow.error.is_not(None))).all())
-
-    def find_trial(self, trial_id: str) -> tuple[str, TrialRecord]:
-        """(study name, the trial with every epoch and its replaced attempts) for a trial id or a
-        unique prefix of one. KeyError if none matches, ValueError if several do."""
-        with self._session() as s:
-            like = trial_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            rows = s.execute(select(TrialRow, StudyRow.name).join(StudyRow)
-                             .where(TrialRow.trial_id.like(like, escape="\\")).limit(11)).all()
-            exact = [r for r in rows if r[0].trial_id == trial_id]
-            rows = exact or rows
-            if not rows:
-                raise KeyError(f"no trial '{trial_id}' in {self.display_url}")
-            if len(rows) > 1:
-                found = ", ".join(f"{t.trial_id} ({name})" for t, name in rows[:10])
-                raise ValueError(f"'{trial_id}' matches several trials in {self.display_url}: {found}")
-            row, study = rows[0]
-            rec = self._record(row)
-            for epoch, metric, value in s.execute(select(MetricRow.epoch, MetricRow.name, MetricRow.value)
-                                                  .where(MetricRow.trial_pk == row.pk).order_by(MetricRow.epoch)):
-                rec.final[metric] = value
-                rec.history.setdefault(metric, []).append((epoch, value))
-            for a in s.scalars(select(TrialAttemptRow).where(TrialAttemptRow.trial_pk == row.pk)
-                               .order_by(TrialAttemptRow.attempt, TrialAttemptRow.pk)):
-                rec.past_attempts.append({"attempt": a.attempt, "status": a.status, "error": a.error,
-                                          "error_kind": a.error_kind, "provenance": a.provenance or {},
-                                          "started_at": a.started_at, "ended_at": a.ended_at,
-                                          "metrics": a.metrics, "archived_at": a.archived_at})
-            return study, rec
-
-    def counts(self) -> dict[str, int]:
-        """Row counts of the result tables (for tests and `ablate db`); replaced attempts are
-        counted by ``attempt_count``."""
-        with self._session() as s:
-            return {m.__tablename__: s.scalar(select(func.count()).select_from(m)) or 0
-                    for m in (StudyRow, TrialRow, MetricRow)}
-
-    def attempt_count(self) -> int:
-        with self._session() as s:
-            return s.scalar(select(func.count()).select_from(TrialAttemptRow)) or 0
-
-    # -- bulk (dashboard, import) ------------------------------------------------------------
-    def load_many(self, names: Iterable[str] | None = None, *, history: bool = False) -> list[StudyRecord]:
-        """Several studies (all when ``names`` is None) in three queries, without ORM objects:
-        what the dashboard reads on every request, fast for tens of thousands of trials."""
-        with self.engine.connect() as s:  # Core rows: no ORM bookkeeping on 10^5..10^6 metric rows
-            q = select(StudyRow.id, StudyRow.name, StudyRow.description, StudyRow.spec).order_by(StudyRow.name)
-            if names is not None:
-                q = q.where(StudyRow.name.in_(list(names)))
-            studies = {sid: StudyRecord(name, desc, spec, []) for sid, name, desc, spec in s.execute(q)}
-            if not studies:
-                return []
-            tq = (select(TrialRow.pk, TrialRow.study_id, TrialRow.trial_id, TrialRow.params, TrialRow.config,
-                         TrialRow.seed, TrialRow.status, TrialRow.n_params, TrialRow.flops, TrialRow.error,
-                         TrialRow.started_at, TrialRow.ended_at, TrialRow.provenance, TrialRow.attempts,
-                         TrialRow.error_kind).order_by(TrialRow.pk))
-            mq = select(MetricRow.trial_pk, MetricRow.epoch, MetricRow.name, MetricRow.value).order_by(MetricRow.epoch)
-            if names is not None:
-                tq = tq.where(TrialRow.study_id.in_(list(studies)))
-                mq = mq.join(TrialRow).where(TrialRow.study_id.in_(list(studies)))
-            by_pk: dict[int, TrialRecord] = {}
-            for (pk, sid, tid, params, config, seed, status, n_params, flops, error, started, ended, prov, attempts,
-                 kind) in s.execute(tq):
-                rec = TrialRecord(tid, params, config, seed, status, n_params, flops, error, started, ended,
-                                  provenance=dict(prov or {}), attempts=attempts, error_kind=kind)
-                by_pk[pk] = rec
-                studies[sid].trials.append(rec)
-            for pk, epoch, metric, value in s.execute(mq):
-                rec = by_pk[pk]
-                rec.final[metric] = value  # ordered by epoch: the last one wins
-                if history:
-                    rec.history.setdefault(metric, []).append((epoch, value))
-            return list(studies.values())
-
     def import_records(self, records: Iterable[StudyRecord], *, chunk: int = 20_000) -> int:
         """Insert whole studies (new names only) with bulk inserts: trials, their status, and their
         metrics (``history`` per epoch; a ``final`` value without history is stored at the last epoch).
@@ -1142,30 +594,3 @@ class Store:
         if metrics:
             conn.execute(insert(MetricRow.__table__), metrics)
         return len(rows)
-
-    # -- dashboard reads (h2): change detection for the served cache, full errors -------------
-    # -- change detection (the served dashboard's cache) -----------------------------------------
-    def results_version(self) -> str:
-        """A fingerprint of everything a results view shows, from a few aggregates that indexes
-        or primary keys answer: it changes when a study is added or updated, a trial is added,
-        starts, ends, changes status or is rerun, or a metric row is written (``add_metrics``
-        deletes and inserts, so the largest metric id grows). Equal fingerprints: nothing to redo."""
-        with self.engine.connect() as c:
-            studies = c.execute(select(func.count(StudyRow.id), func.max(StudyRow.updated_at))).one()
-            trials = c.execute(select(func.count(TrialRow.pk), func.max(TrialRow.started_at),
-                                      func.max(TrialRow.ended_at), func.sum(TrialRow.attempts))).one()
-            status = sorted(c.execute(select(TrialRow.status, func.count()).group_by(TrialRow.status)).all())
-            metrics = c.execute(select(func.max(MetricRow.id))).scalar()
-            attempts = c.execute(select(func.count(TrialAttemptRow.pk))).scalar()
-        return repr((tuple(studies), tuple(trials), [tuple(s) for s in status], metrics, attempts))
-
-    def trial_errors(self, study: str, trial_ids: Iterable[str]) -> dict[str, str]:
-        """{trial_id: full stored error} of ``trial_ids`` of ``study`` that have one (the dashboard's
-        trial details; ``trial_summaries`` carries only the first line)."""
-        out: dict[str, str] = {}
-        with self.engine.connect() as c:
-            sid = self._study_id(c, study)
-            for where in _id_filters(list(trial_ids)):
-                out.update(c.execute(select(TrialRow.trial_id, TrialRow.error)
-                                     .where(TrialRow.study_id == sid, TrialRow.error.is_not(None), *where)).all())
-        return out

@@ -40,7 +40,7 @@ from typing import Any, Callable
 from ablate.axes import assignments, excluded, get_path, stored_axes
 from ablate.flops import flops_input
 from ablate.stats import ALPHA, MIN_PAIRS, Paired, Summary, compare_with_baseline, summarize
-from ablate.store import COMPLETED, FAILED, INTERRUPTED, Store, StudyRecord, TrialRecord, arm_key
+from ablate.store_reads import COMPLETED, FAILED, INTERRUPTED, Reader, StudyRecord, TrialRecord, arm_key
 from ablate.text import human, markdown_cell, safe_format, strip_controls
 
 FORMATS = ("md", "csv", "latex", "html")
@@ -188,28 +188,12 @@ def needed_metrics(spec: dict[str, Any]) -> list[str]:
                                         if str(c.get("source", "")).startswith("metric:")]))
 
 
-def load_table_record(store: Store, study: str) -> StudyRecord:
-    """The study as its table needs it, by the store's aggregate reads: every trial's summary, the
-    final value of each metric the table shows, and one config per arm (and profile); no per-epoch
-    row is read. KeyError when the database holds no such study."""
+def load_table_record(store: Reader, study: str) -> StudyRecord:
+    """The study as its table needs it, by the store's aggregate reads (``Reader.table_trials``):
+    every trial's summary, the final value of each metric the table shows, and one config per arm
+    (and profile); no per-epoch row is read. KeyError when the database holds no such study."""
     info = store.study_info(study)
-    summaries = store.trial_summaries(study, light=True)
-    finals = store.final_values(study, needed_metrics(info.spec))
-    first: dict[tuple[str, str | None], str] = {}
-    keys = []
-    for t in summaries:
-        key = arm_key(t.params)
-        keys.append(key)
-        first.setdefault((key, t.profile), t.trial_id)
-    configs = store.configs(study, first.values())
-    trials = []
-    for t, key in zip(summaries, keys):
-        rec = TrialRecord(t.trial_id, t.params, configs.get(t.trial_id, {}), t.seed, t.status, t.n_params, t.flops,
-                          None, None, None, {m: v for m, (_, v) in finals.get(t.trial_id, {}).items()},
-                          provenance=t.provenance, error_kind=t.error_kind, profile=t.profile)
-        rec._arm = key  # type: ignore[attr-defined]  # computed once (table_arms reads it)
-        trials.append(rec)
-    return StudyRecord(info.name, info.description, info.spec, trials)
+    return StudyRecord(info.name, info.description, info.spec, store.table_trials(study, needed_metrics(info.spec)))
 
 
 def _arm_of(t: TrialRecord) -> str:

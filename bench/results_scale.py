@@ -1,11 +1,13 @@
-"""Reads at 10^4-10^5 trials (issue 13): `ablate table` and `ablate export` on generated databases.
+"""Reads at 10^4-10^5 trials (issues 12 and 13): the read-only commands on generated databases.
 
 Builds (or reuses) SQLite databases of one study with N trials, 10 epochs x 3 metrics each (bulk
 insert through ``Store.import_records``, streamed), then times, each as a fresh subprocess (start-up
-included, as a user meets it): ``ablate table``, ``ablate export`` to CSV and to Parquet, and
-``ablate export --final``, with the peak RSS of each. As a baseline measured in the same run, a
-raw SQL query of the same data in one process: every metric row (what an export has to read) and
-the final rows (what a table needs), fetched with sqlite3 and no ORM. Ratios are to those.
+included, as a user meets it): ``ablate studies``, ``show``, ``table``, ``export`` to CSV and to
+Parquet, ``export --final`` and ``dashboard --out``, with the peak RSS of each. As baselines
+measured in the same run: ``python -c pass`` (start-up), and a raw SQL query of the same data in
+one process: every metric row (what an export has to read) and the final rows (what a table
+needs), fetched with sqlite3 and no ORM. Ratios are to those. The in-process table is split into
+the store's reads (``store_reads``, sqlite3) and the rendering.
 
 Run: `.venv/bin/python bench/results_scale.py --trials 10000 100000 --dir /tmp/ablate-bench`
 (builds take minutes at 10^5; they are kept in --dir and reused). Results go in docs/performance.md.
@@ -65,13 +67,16 @@ def in_process(path: Path, out: Path) -> tuple[float, float]:
     """Seconds of the table (aggregate reads + render) and of a Parquet export, in this process
     (imports done): the reads themselves, comparable with the raw SQL of the same run."""
     from ablate.export import export
-    from ablate.store import Store
+    from ablate.store_reads import open_reader
     from ablate.tables import load_table_record, render
 
-    store = Store(f"sqlite:///{path}", create=False)
+    store = open_reader(f"sqlite:///{path}")
     t = time.monotonic()
-    render(load_table_record(store, "scale"), "md")
+    record = load_table_record(store, "scale")
+    reads = time.monotonic() - t
+    render(record, "md")
     table = time.monotonic() - t
+    print(f"  (in process: the table's reads {reads:.2f} s, rendering {table - reads:.2f} s)", file=sys.stderr)
     t = time.monotonic()
     export(store, out / "in-process.parquet", studies=["scale"])
     exported = time.monotonic() - t
@@ -85,19 +90,28 @@ def measure(path: Path, out: Path) -> list[tuple[str, float, float, str]]:
     child (``bench/results_scale.py --one``) to read its own peak."""
     py = sys.executable
     url = f"sqlite:///{path}"
-    ops = [("ablate table", ["table", "scale", "--db", url]),
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    trial = con.execute("SELECT trial_id FROM trials ORDER BY pk LIMIT 1").fetchone()[0]
+    con.close()
+    ops = [("python -c pass", ["--pass"]),
+           ("ablate studies", ["studies", "--db", url]),
+           ("ablate show", ["show", trial[:8], "--db", url]),
+           ("ablate table", ["table", "scale", "--db", url]),
            ("ablate table --format csv", ["table", "scale", "--db", url, "--format", "csv"]),
            ("ablate export (CSV)", ["export", "scale", "--db", url, "--out", str(out / "e.csv")]),
            ("ablate export (Parquet)", ["export", "scale", "--db", url, "--out", str(out / "e.parquet")]),
            ("ablate export --final (Parquet)", ["export", "scale", "--db", url, "--final", "--out",
-                                                str(out / "f.parquet")])]
+                                                str(out / "f.parquet")]),
+           ("ablate dashboard --out", ["dashboard", "--db", url, "--out", str(out / "report.html")])]
     res = []
     for name, args in ops:
         r = subprocess.run([py, __file__, "--one", *args], capture_output=True, text=True)
         if r.returncode:
             raise SystemExit(f"{name} failed: {r.stderr[-2000:]}")
         wall, rss = map(float, r.stdout.split())
-        res.append((name, wall, rss, "final" if "table" in name or "final" in name else "every"))
+        base = ("start" if name in ("python -c pass", "ablate studies", "ablate show") else
+                "final" if "table" in name or "final" in name or "dashboard" in name else "every")
+        res.append((name, wall, rss, base))
     return res
 
 
@@ -106,8 +120,8 @@ def one(args: list[str]) -> None:
     import resource
 
     t = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "ablate.cli", *args], stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE)
+    cmd = ["-c", "pass"] if args == ["--pass"] else ["-m", "ablate.cli", *args]
+    proc = subprocess.run([sys.executable, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wall = time.monotonic() - t
     if proc.returncode:
         sys.stderr.write(proc.stderr.decode())
@@ -141,7 +155,13 @@ def main() -> None:
               f"{table / final:.1f} |")
         print(f"| {n} | export Parquet, in process | {exported:.2f} | – | {every:.2f} (every) | "
               f"{exported / every:.1f} |", flush=True)
+        start = None
         for name, wall, rss, base in measure(path, a.dir):
+            if base == "start":  # commands that read little: as a ratio to the interpreter's start
+                start = start or wall
+                print(f"| {n} | `{name}` | {wall:.2f} | {rss:.0f} | {start:.2f} (python -c pass) | "
+                      f"{wall / start:.1f} |", flush=True)
+                continue
             ref = final if base == "final" else every
             print(f"| {n} | `{name}` | {wall:.2f} | {rss:.0f} | {ref:.2f} ({base}) | {wall / ref:.1f} |", flush=True)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")

@@ -13,7 +13,7 @@ import numpy as np
 from ablate.analyses.names import ERF_ARRAY
 from ablate.analyses.tables import ErfTable, erf_table
 from ablate.artifacts import ArtifactStore
-from ablate.store import COMPLETED, StudyRecord
+from ablate.store_reads import COMPLETED, StudyRecord
 
 
 @dataclass

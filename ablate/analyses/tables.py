@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ablate.analyses.names import ERF_IMAGES, ERF_SIZE, erf_metric, percent_text
-from ablate.store import COMPLETED, StudyRecord, TrialRecord
+from ablate.store_reads import COMPLETED, StudyRecord, TrialRecord
 from ablate.text import markdown_cell, strip_controls
 
 FORMATS = ("md", "csv", "latex")

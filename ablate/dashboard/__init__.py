@@ -20,7 +20,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Iterable
 
-from ablate.store import Store, StudyRecord
+from ablate.store_reads import Reader, StudyRecord
 
 from ablate.dashboard.data import History, detail, load_details, load_history, load_studies, version
 from ablate.dashboard.figures import overview_figure, study_figures
@@ -32,7 +32,7 @@ __all__ = ["ImageExportError", "build", "build_page", "export_images", "make_ser
 
 
 def _with_details(view: StudyView, history: History, ids: list[str],
-                  store: Store | None = None) -> dict[str, dict[str, Any]]:
+                  store: Reader | None = None) -> dict[str, dict[str, Any]]:
     by_id = {t.trial_id: t for t in view.record.trials}
     trials = [by_id[i] for i in ids if i in by_id]
     if store is not None:
@@ -42,7 +42,7 @@ def _with_details(view: StudyView, history: History, ids: list[str],
     return {t.trial_id: detail(view.name, t) for t in trials}
 
 
-def build(store: Store, *, names: Iterable[str] | None = None, refresh: int = 0, served: bool = False,
+def build(store: Reader, *, names: Iterable[str] | None = None, refresh: int = 0, served: bool = False,
           artifacts: Path | str | None = None) -> tuple[str, dict[str, StudyView]]:
     """(the page, each study's view by name) of ``store``'s studies (all, or ``names``)."""
     stamp = version(store) if served else ""
@@ -58,14 +58,14 @@ def build(store: Store, *, names: Iterable[str] | None = None, refresh: int = 0,
     return page, views
 
 
-def report(store: Store, *, names: Iterable[str] | None = None, refresh: int = 0,
+def report(store: Reader, *, names: Iterable[str] | None = None, refresh: int = 0,
            artifacts: Path | str | None = None) -> str:
     """The static dashboard page (heatmaps from the artifact folder ``artifacts``, default
     ablate.artifacts.artifacts_root())."""
     return build(store, names=names, refresh=refresh, artifacts=artifacts)[0]
 
 
-def write_report(store: Store, out: str | Path, **kw: Any) -> Path:
+def write_report(store: Reader, out: str | Path, **kw: Any) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report(store, **kw), encoding="utf-8")
@@ -94,7 +94,7 @@ class ImageExportError(RuntimeError):
     """PNG/SVG export cannot run here (no kaleido, or no Chromium for it)."""
 
 
-def export_images(store_or_records: Store | list[StudyRecord], out_dir: str | Path,
+def export_images(store_or_records: Reader | list[StudyRecord], out_dir: str | Path,
                   formats: Iterable[str] = ("png", "svg"), *, width: int = 900, height: int = 500,
                   scale: float = 1.0, artifacts: Path | str | None = None) -> list[Path]:
     """Every plot of every study as ``out_dir/<study>/<plot>.<fmt>`` via kaleido and a local Chromium.
@@ -107,7 +107,7 @@ def export_images(store_or_records: Store | list[StudyRecord], out_dir: str | Pa
         import kaleido
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImageExportError("image export needs the kaleido package (pip install kaleido==1.5.0)") from e
-    store = store_or_records if isinstance(store_or_records, Store) else None
+    store = store_or_records if isinstance(store_or_records, Reader) else None
     records = load_studies(store) if store is not None else list(store_or_records)  # type: ignore[arg-type]
     out_dir = Path(out_dir)
     specs, paths = [], []

@@ -23,7 +23,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from ablate.store import COMPLETED, StudyRecord, TrialRecord
+from ablate.store_reads import COMPLETED, StudyRecord, TrialRecord
 
 from ablate.dashboard.view import StudyView, escape
 

@@ -6,23 +6,23 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from ablate.store import Store, StudyRecord, TrialRecord
+from ablate.store_reads import Reader, StudyRecord, TrialRecord
 
 History = dict[str, dict[str, list[tuple[int, float]]]]  # trial id -> metric -> [(epoch, value)]
 
 
-def load_study(store: Store, name: str) -> StudyRecord:
+def load_study(store: Reader, name: str) -> StudyRecord:
     """One study with its trials and their final values (``Store.final_values``, an aggregate
     query), each arm's first trial with its config (what tables and plots read of a config), the
     other trials without one, no errors or times (``load_details`` reads them for the trials shown
     whole): no per-epoch row is read."""
-    from ablate.store import TrialRecord, arm_key
+    from ablate.store_reads import TrialRecord
 
     info = store.study_info(name)
     summaries = store.trial_summaries(name, light=True)  # provenance: code fields only; no error, times
     firsts: dict[str, str] = {}
     for t in summaries:
-        firsts.setdefault(arm_key(t.params), t.trial_id)
+        firsts.setdefault(t.arm, t.trial_id)
     configs = store.configs(name, list(firsts.values()))
     finals = store.final_values(name)
     trials = []
@@ -35,19 +35,19 @@ def load_study(store: Store, name: str) -> StudyRecord:
     return StudyRecord(info.name, info.description, info.spec, trials)
 
 
-def load_studies(store: Store, names: Iterable[str] | None = None) -> list[StudyRecord]:
+def load_studies(store: Reader, names: Iterable[str] | None = None) -> list[StudyRecord]:
     """Every study (or those of ``names`` that exist), by name, as ``load_study`` reads them."""
     have = [n for n, _, _ in store.studies()]
     wanted = have if names is None else [n for n in names if n in set(have)]
     return [load_study(store, n) for n in wanted]
 
 
-def load_history(store: Store, study: str, trial_ids: list[str]) -> History:
+def load_history(store: Reader, study: str, trial_ids: list[str]) -> History:
     """Per-epoch metrics of ``trial_ids`` of ``study`` only."""
     return store.histories(study, trial_ids) if trial_ids else {}
 
 
-def load_details(store: Store, study: str, trials: list[TrialRecord], history: History) -> list[TrialRecord]:
+def load_details(store: Reader, study: str, trials: list[TrialRecord], history: History) -> list[TrialRecord]:
     """``trials`` made whole for their details: full config, full error, every epoch."""
     import dataclasses
 
@@ -64,7 +64,7 @@ def load_details(store: Store, study: str, trials: list[TrialRecord], history: H
     return out
 
 
-def version(store: Store) -> str:
+def version(store: Reader) -> str:
     return store.results_version()
 
 

@@ -28,7 +28,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from ablate.store import COMPLETED, FAILED, INTERRUPTED, PENDING, RUNNING, StudyRecord
+from ablate.store_reads import COMPLETED, FAILED, INTERRUPTED, PENDING, RUNNING, StudyRecord
 
 from ablate.dashboard.view import ArmView, StudyView, escape, value_key, value_text
 

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ablate.store import FAILED, RUNNING, StudyRecord
+from ablate.store_reads import FAILED, RUNNING, StudyRecord
 from ablate.text import strip_controls
 
 from ablate.dashboard.figures import STATUS_COLORS, STATUSES, curve_arms, pretty, study_figures

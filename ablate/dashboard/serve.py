@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from ablate.store import Store
+from ablate.store_reads import Reader
 from ablate.text import strip_controls
 
 from ablate.dashboard.data import detail, load_details, load_history, version
@@ -33,7 +33,7 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 class PageCache:
     """The built page and the study views it came from, for one results version."""
 
-    store: Store
+    store: Reader
     refresh: int = 10
     artifacts: Path | str | None = None
     version: str | None = None
@@ -83,7 +83,7 @@ def _curves(cache: PageCache, q: dict[str, str]) -> dict[str, Any] | None:
     return {"figure": _clean(fig)}
 
 
-def make_server(store: Store, host: str = "127.0.0.1", port: int = 8050, refresh: int = 10,
+def make_server(store: Reader, host: str = "127.0.0.1", port: int = 8050, refresh: int = 10,
                 artifacts: Path | str | None = None):
     """A threading HTTP server on ``host`` (loopback only) answering from a ``PageCache``
     (``server.cache``)."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ablate.stats import ALPHA, Paired, compare_with_baseline, summarize
-from ablate.store import StudyRecord
+from ablate.store_reads import StudyRecord
 from ablate.tables import Arm, find_baseline, group_arms
 
 

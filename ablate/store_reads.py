@@ -1,0 +1,853 @@
+"""The result database's read side: every query a results view needs, written once as SQL text with
+named parameters, run through ``sqlite3`` directly on SQLite files and through SQLAlchemy's
+``text()`` on any other database (PostgreSQL), so that the same SQL gives the same values on both.
+
+Why not the ORM: a command that only reads (``studies``, ``table``, ``export``, ``show``,
+``dashboard --out``) would pay ~0.5 s to import SQLAlchemy before its first query, and more than
+that again to turn 10^5 rows into typed objects. This module imports no SQLAlchemy at module level;
+``ablate.store`` (the ORM models and every write) builds on it: ``Store`` is a ``Reader`` whose
+queries run on its engine. ``open_reader`` is the read-only entry point: on an SQLite file it never
+creates a file or a schema (``mode=rw`` never creates the file, ``PRAGMA query_only`` refuses any
+write; a read-write handle is kept so that SQLite removes its ``-wal``/``-shm`` files on close, which
+a ``mode=ro`` handle leaves behind), and anything else goes through ``Store(url, create=False)``.
+
+The records a read returns (``TrialRecord``, ``StudyRecord``, ``TrialSummary`` ...) and the status
+names live here too, so that modules which only show results never import ``ablate.store``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+DEFAULT_DB_FILE = "ablate.db"
+MIGRATIONS = Path(__file__).resolve().parent.parent / "db"
+SQLITE_BUSY_MS = 30_000
+
+PENDING, RUNNING, COMPLETED, FAILED, INTERRUPTED = "pending", "running", "completed", "failed", "interrupted"
+RECURRING, TRANSIENT = "recurring", "transient"  # error_kind: fails again on rerun / may pass on rerun
+CODE_FIELDS = ("ablate_version", "git_commit", "git_dirty")  # = ablate.provenance.CODE_FIELDS (no import here)
+ERROR_HEAD = 2000  # characters of a trial's error read for its first line (summaries)
+IN_CHUNK = 5000  # ids per IN (...) list: SQLite allows 32766 bound values, PostgreSQL 65535
+
+
+class DatabaseError(Exception):
+    """The database cannot be used; the message is one line naming the (masked) URL."""
+
+
+# -- records ---------------------------------------------------------------------------------------
+@dataclass
+class TrialRecord:
+    """A trial as read back for tables and dashboards (no ORM objects leave the store)."""
+
+    trial_id: str
+    params: dict[str, Any]
+    config: dict[str, Any]
+    seed: int
+    status: str
+    n_params: int | None
+    flops: int | None
+    error: str | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    final: dict[str, float] = field(default_factory=dict)
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    attempts: int = 0
+    error_kind: str | None = None
+    past_attempts: list[dict[str, Any]] = field(default_factory=list)  # replaced by rerun, oldest first
+    profile: str | None = None  # the profile that registered it ("": the base; None: unknown)
+
+
+@dataclass
+class StudyRecord:
+    name: str
+    description: str
+    spec: dict[str, Any]
+    trials: list[TrialRecord]
+
+
+@dataclass
+class StudyInfo:
+    """A study without its trials."""
+
+    name: str
+    description: str
+    spec: dict[str, Any]
+
+
+@dataclass
+class TrialSummary:
+    """A trial without its per-epoch rows (``Store.trial_summaries``); ``error`` is its first line."""
+
+    study: str
+    trial_id: str
+    params: dict[str, Any]
+    seed: int
+    status: str
+    n_params: int | None
+    flops: int | None
+    error: str | None
+    error_kind: str | None
+    attempts: int
+    started_at: datetime | None
+    ended_at: datetime | None
+    provenance: dict[str, Any]
+    profile: str | None  # the profile that registered it ("": the file's base; None: unknown, before 0004)
+    config: dict[str, Any] | None = None  # with config=True only
+    _pk: int = field(default=0, repr=False)
+    _arm: str | None = field(default=None, repr=False)
+
+    @property
+    def arm(self) -> str:
+        """The axis values without the seed, as canonical JSON: trials of one arm share it."""
+        return self._arm if self._arm is not None else arm_key(self.params)
+
+
+@dataclass
+class TrialState:
+    """Who holds a trial and in which state (what the claim loop of ``orchestrate`` polls)."""
+
+    status: str
+    claimed_by: str | None
+    lease_until: datetime | None
+    ended_at: datetime | None
+
+    def held_by_other(self, owner: str, now: datetime | None = None) -> bool:
+        return (self.claimed_by is not None and self.claimed_by != owner and self.lease_until is not None
+                and self.lease_until > (now or datetime.now(timezone.utc)) and not owner_is_dead(self.claimed_by))
+
+
+def owner_is_dead(owner: str) -> bool:
+    """True only when ``owner`` is a driver of this host whose process is gone (a killed driver
+    whose lease has not run out yet); other hosts' drivers are judged by their lease alone."""
+    import socket
+
+    host, _, rest = owner.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    try:  # a zombie (killed, not yet reaped by its parent) is dead too
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def arm_key(params: dict[str, Any]) -> str:
+    """Canonical JSON of a trial's axis values without its seed (the key of its arm)."""
+    return json.dumps({k: v for k, v in params.items() if k != "seed"}, sort_keys=True)
+
+
+def display_epoch(epoch: int | None) -> int | None:
+    """The epoch as a person counts it (from 1); the database stores the trainer's 0-based index."""
+    return None if epoch is None else epoch + 1
+
+
+def _first_line(error: str | None) -> str | None:
+    """An error's message: its first non-empty line (the exception's own message comes first)."""
+    if not error:
+        return error
+    return next((ln.strip() for ln in error.splitlines() if ln.strip()), "")
+
+
+# -- URLs and what is wrong with a database ---------------------------------------------------------
+def default_db_url() -> str:
+    """``ABLATE_DB`` if set, else an SQLite file ``ablate.db`` in the current directory."""
+    return os.environ.get("ABLATE_DB") or f"sqlite:///{Path(DEFAULT_DB_FILE).resolve()}"
+
+
+def normalize_url(url: str) -> str:
+    """Plain ``postgresql://`` means psycopg 3 here (the driver ablate installs)."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def masked(url: str) -> str:
+    """The URL as it may be printed: password replaced by ***. A URL without credentials is printed
+    as it is (without importing SQLAlchemy); one with them as SQLAlchemy renders it."""
+    if "@" not in url:
+        return url
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not even a URL: print nothing after the scheme's credentials
+        return url.split("@", 1)[-1]
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a plain SQLite URL (``sqlite:///path``), or None for every other URL (a server,
+    ``:memory:``, a URL with a query or escapes: ``Store`` handles those)."""
+    scheme, sep, rest = url.partition(":///")
+    if not sep or scheme not in ("sqlite", "sqlite+pysqlite") or not rest or any(c in rest for c in "?%#"):
+        return None
+    return None if rest == ":memory:" else Path(rest)
+
+
+def describe_error(exc: BaseException, url: str) -> str:
+    """One line: the masked URL and what is wrong with the database behind it."""
+    where = masked(url)
+    msg = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    first = msg[0] if msg else type(exc).__name__
+    low = str(getattr(exc, "orig", None) or exc).lower()
+    kinds = {c.__name__ for c in type(exc).__mro__}  # SQLAlchemy's classes, without importing it
+    if "NoSuchModuleError" in kinds or "can't load plugin" in low:
+        what = "unknown database URL scheme or driver (use sqlite:///path.db or postgresql://user@host/db)"
+    elif "ArgumentError" in kinds:
+        what = f"not a database URL ({first})"
+    elif "password authentication failed" in low or "authentication failed" in low:
+        what = "wrong user name or password"
+    elif "does not exist" in low and "database" in low:
+        what = "the database does not exist (create it first)"
+    elif "role" in low and "does not exist" in low:
+        what = "the database user does not exist"
+    elif any(s in low for s in ("connection refused", "could not connect", "connection timed out",
+                                "name or service not known", "could not translate host", "no route to host",
+                                "server closed the connection", "connection is bad", "timeout expired")):
+        what = f"database server unreachable ({first})"
+    elif "file is not a database" in low or "file is encrypted" in low:
+        what = "the file is not an SQLite database"
+    elif "readonly" in low or "read-only" in low or "permission denied" in low:
+        what = "the database is read-only (file or folder not writable)"
+    elif "unable to open database file" in low:
+        what = "cannot open the database file (missing folder or no permission)"
+    elif "database is locked" in low:
+        what = f"the database stayed locked by another process for {SQLITE_BUSY_MS // 1000} s"
+    else:
+        what = first
+    return f"database {where}: {what}"
+
+
+def known_revisions() -> list[str]:
+    """Schema revisions in db/versions, oldest first, read from the file names (``NNNN_what.py``,
+    revision id ``NNNN``; tests/test_store.py holds alembic's own graph to this list), so commands
+    that only read check a database's schema without importing alembic (~0.3 s)."""
+    return sorted(p.name.split("_", 1)[0] for p in (MIGRATIONS / "versions").glob("[0-9]*_*.py"))
+
+
+def head_revision() -> str:
+    return known_revisions()[-1]
+
+
+OUR_TABLES = {"studies", "trials", "metrics", "trial_attempts", "alembic_version"}
+
+
+def check_schema(display_url: str, tables: set[str], revision: str | None, create: bool) -> bool:
+    """Raise DatabaseError when the database is not (or not yet) an ablate database this ablate can
+    read; returns whether its schema must be brought to the head revision first."""
+    if not tables:
+        if not create:
+            raise DatabaseError(f"database {display_url}: holds no ablate results yet (empty; "
+                                "`ablate run` creates the schema)")
+        return True
+    if revision is None:
+        foreign = sorted(tables - OUR_TABLES)[:5]
+        raise DatabaseError(f"database {display_url}: not an ablate database (tables "
+                            f"{', '.join(foreign or sorted(tables)[:5])} without ablate's schema version); "
+                            "use another database")
+    if revision not in known_revisions():
+        raise DatabaseError(f"database {display_url}: schema revision {revision} is not one this "
+                            "ablate knows (written by a newer ablate, or not ablate's)")
+    return revision != head_revision()
+
+
+# -- running SQL text ------------------------------------------------------------------------------
+Query = Callable[..., list[Any]]  # q(sql, params) -> rows (tuples)
+
+
+class _SqliteSQL:
+    """SQL text on an SQLite file through the standard library: one connection per snapshot (safe
+    from any thread: the served dashboard answers requests on several), one read transaction each."""
+
+    dialect = "sqlite"
+
+    def __init__(self, path: Path, url: str):
+        self.url = url
+        if not os.access(path.parent, os.W_OK) and not Path(f"{path}-wal").exists():
+            # a folder nobody can write: no process can be writing the file, and SQLite could not
+            # create the -shm file it needs to read a WAL database, so read it as immutable
+            self.uri = f"file:{path}?mode=ro&immutable=1"
+        else:
+            self.uri = f"file:{path}?mode=rw"  # never creates the file; query_only refuses writes
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Query]:
+        import sqlite3
+
+        try:
+            con = sqlite3.connect(self.uri, uri=True, timeout=SQLITE_BUSY_MS / 1000, isolation_level=None,
+                                  check_same_thread=False)
+        except sqlite3.Error as e:
+            raise DatabaseError(describe_error(e, self.url)) from None
+        try:
+            con.execute("PRAGMA query_only=1")
+            con.execute("BEGIN")  # every query of one read sees the same snapshot
+
+            def q(sql: str, params: dict[str, Any] | None = None) -> list[Any]:
+                return con.execute(sql, params or {}).fetchall()
+
+            try:
+                yield q
+            except sqlite3.Error as e:
+                raise DatabaseError(describe_error(e, self.url)) from None
+        finally:
+            con.close()  # ends the read transaction
+
+
+class _EngineSQL:
+    """SQL text on a SQLAlchemy engine (PostgreSQL, or the SQLite of a writing ``Store``)."""
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Query]:
+        from sqlalchemy import text
+
+        with self.engine.connect() as c:
+            yield lambda sql, params=None: c.execute(text(sql), params or {}).all()
+
+
+def _in(name: str, values: list[Any]) -> tuple[str, dict[str, Any]]:
+    """``(:name0, :name1, ...)`` and its parameters: an IN list in named-parameter SQL."""
+    params = {f"{name}{i}": v for i, v in enumerate(values)}
+    return "(" + ", ".join(f":{k}" for k in params) + ")", params
+
+
+def _id_chunks(trial_ids: Iterable[str] | None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """`` AND trial_id IN (...)`` clauses that select ``trial_ids`` in lists of bounded length
+    (one empty clause: every trial)."""
+    if trial_ids is None:
+        yield "", {}
+        return
+    ids = sorted(set(trial_ids))
+    for i in range(0, len(ids), IN_CHUNK):
+        sql, params = _in("id", ids[i:i + IN_CHUNK])
+        yield f" AND trial_id IN {sql}", params
+
+
+def _json(v: Any) -> Any:
+    """A JSON column's value: SQLite hands back the text, psycopg the parsed value."""
+    return json.loads(v) if isinstance(v, (str, bytes)) else v
+
+
+def _time(v: Any) -> datetime | None:
+    """A stored time as an aware UTC datetime (SQLite keeps ISO text, written in UTC)."""
+    if v is None:
+        return None
+    if isinstance(v, str):
+        v = datetime.fromisoformat(v)
+    return v.replace(tzinfo=timezone.utc) if v.tzinfo is None else v
+
+
+def _bool(v: Any) -> bool | None:
+    """A JSON boolean extracted by the database: 1/0 from SQLite, 'true'/'false' from PostgreSQL."""
+    return None if v is None else v in (1, True, "true")
+
+
+# JSON fields read in SQL: the two dialects spell it differently, and only here
+def _json_field(dialect: str, column: str, key: str) -> str:
+    return f"json_extract({column}, '$.{key}')" if dialect == "sqlite" else f"({column} ->> '{key}')"
+
+
+def _arm_text(dialect: str) -> str:
+    """A trial's params without its seed, as the database writes them: equal for the trials of one
+    arm (a cache key for ``arm_key``, which then runs once per arm, not once per trial)."""
+    if dialect == "sqlite":
+        return "json_remove(params, '$.seed')"
+    return "CAST(CAST(params AS jsonb) - 'seed' AS text)"
+
+
+def _light_params(raw: Any, arm_text: Any, seed: Any,
+                  arms: dict[Any, tuple[dict[str, Any] | None, str]]) -> tuple[dict[str, Any], str]:
+    """(a trial's params, its arm key), parsing JSON once per arm instead of once per trial where
+    it can: on SQLite the database hands over the params without the seed (``arm_text``, the same
+    for every trial of an arm) and the seed; when the stored text ends with that seed, the params
+    are the arm's plus the seed, in the same order. Anything else is parsed whole."""
+    entry = arms.get(arm_text)
+    if seed is not None and type(seed) is int and isinstance(raw, str) and (
+            raw.endswith(f'"seed": {seed}}}') or raw.endswith(f'"seed":{seed}}}')):
+        if entry is None or entry[0] is None:
+            a = json.loads(arm_text)
+            entry = arms[arm_text] = (a, arm_key(a))
+        p = dict(entry[0])  # type: ignore[arg-type]
+        p["seed"] = seed
+        return p, entry[1]
+    p = _json(raw)
+    if entry is None:
+        entry = arms[arm_text] = (None, arm_key(p))
+    return p, entry[1]
+
+
+# the scope of a study's trials (optionally some ids): what the metric queries aggregate over
+_SCOPE = "SELECT pk FROM trials WHERE study_id = :sid{ids}"
+_FINAL = ("SELECT t.trial_id, f.name, f.e, m.value FROM "
+          "(SELECT trial_pk, name, max(epoch) AS e FROM metrics WHERE trial_pk IN ({scope}){names} "
+          "GROUP BY trial_pk, name) f "
+          "JOIN metrics m ON m.trial_pk = f.trial_pk AND m.name = f.name AND m.epoch = f.e "
+          "JOIN trials t ON t.pk = f.trial_pk")
+_BEST = ("SELECT t.trial_id, min(m.epoch), b.v FROM "
+         "(SELECT trial_pk, {agg}(value) AS v FROM metrics WHERE trial_pk IN ({scope}) AND name = :metric "
+         "GROUP BY trial_pk) b "
+         "JOIN metrics m ON m.trial_pk = b.trial_pk AND m.name = :metric AND m.value = b.v "
+         "JOIN trials t ON t.pk = b.trial_pk GROUP BY t.trial_id, b.v")
+_CHUNK_COLS = ("pk, trial_id, params, seed, status, n_params, flops, error, started_at, ended_at, attempts, "
+               "error_kind")
+_FULL_COLS = ("pk, trial_id, params, config, seed, status, n_params, flops, error, started_at, ended_at, "
+              "provenance, attempts, error_kind, profile")
+
+
+def _full_record(r: Any) -> TrialRecord:
+    """A TrialRecord of a row of ``_FULL_COLS`` (from its trial_id on)."""
+    return TrialRecord(r[1], _json(r[2]), _json(r[3]), r[4], r[5], r[6], r[7], r[8], _time(r[9]), _time(r[10]),
+                       provenance=dict(_json(r[11]) or {}), attempts=r[12], error_kind=r[13], profile=r[14])
+
+
+class Reader:
+    """The read API of the result database: every method reads one study (or a chunk of trials)
+    with a few queries whose size is the answer's, never every per-epoch row when only finals are
+    needed; the same SQL on SQLite and PostgreSQL, served by the indexes of db/versions/0004.
+
+      study_info(study) -> StudyInfo                 name, description, spec (KeyError if none)
+      trial_summaries(study, trial_ids=None, *, config=False, light=False) -> list[TrialSummary]
+                                                     one row per trial, in insertion order: id, arm,
+                                                     params, seed, status, params/FLOPs, error's first
+                                                     line, provenance, profile; no metric rows
+      configs(study, trial_ids) -> {trial_id: config}  full configs of a few trials
+      final_values(study, metrics=None, trial_ids=None) -> {trial_id: {metric: (epoch, value)}}
+                                                     each metric's row at the trial's last epoch
+      best_values(study, metric, mode="max", trial_ids=None) -> {trial_id: (epoch, value)}
+                                                     the best value and its first epoch
+      histories(study, trial_ids, metrics=None) -> {trial_id: {metric: [(epoch, value), ...]}}
+                                                     per-epoch rows, only for the trials asked
+      last_epochs(study) -> {trial_id: last epoch stored}
+      iter_trial_chunks(studies=None, trial_ids=None, *, metrics="all"|"final"|"none",
+                        chunk=1000) -> Iterator[(study, [TrialRecord])]   bounded memory, for export
+      studies(), find_trial(id or prefix), load(study), load_many(), trial_errors(study, ids),
+      trial_states(study), results_version(), counts(), attempt_count()
+
+    Epochs are stored as the trainer reports them, from 0; what a person reads counts from 1
+    (``display_epoch``). Times come back as aware UTC datetimes on both databases.
+    """
+
+    url: str
+    display_url: str
+    _sql: Any  # _SqliteSQL | _EngineSQL
+
+    def __init__(self, url: str, sql: Any):
+        self.url = url
+        self.display_url = masked(url)
+        self._sql = sql
+
+    def close(self) -> None:
+        """Nothing is held between reads (one connection per read)."""
+
+    @property
+    def dialect(self) -> str:
+        return self._sql.dialect
+
+    # -- schema ----------------------------------------------------------------------------------
+    def schema_state(self) -> tuple[set[str], str | None]:
+        """(the tables of the database, its alembic revision or None)."""
+        with self._sql.snapshot() as q:
+            if self.dialect == "sqlite":
+                tables = {r[0] for r in q("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            else:
+                tables = {r[0] for r in q("SELECT table_name FROM information_schema.tables "
+                                          "WHERE table_schema = current_schema()")}
+            revision = q("SELECT version_num FROM alembic_version")[0][0] if "alembic_version" in tables else None
+        return tables, revision
+
+    # -- one study ---------------------------------------------------------------------------------
+    def _study_id(self, q: Query, study: str) -> int:
+        rows = q("SELECT id FROM studies WHERE name = :name", {"name": study})
+        if not rows:
+            raise KeyError(study)
+        return rows[0][0]
+
+    def studies(self) -> list[tuple[str, str, int]]:
+        """(name, description, number of trials) of every study."""
+        with self._sql.snapshot() as q:
+            return [tuple(r) for r in q("SELECT s.name, s.description, count(t.pk) FROM studies s "  # type: ignore[misc]
+                                        "LEFT JOIN trials t ON t.study_id = s.id GROUP BY s.id ORDER BY s.name")]
+
+    def study_info(self, study: str) -> StudyInfo:
+        with self._sql.snapshot() as q:
+            rows = q("SELECT name, description, spec FROM studies WHERE name = :name", {"name": study})
+        if not rows:
+            raise KeyError(study)
+        name, description, spec = rows[0]
+        return StudyInfo(name, description, _json(spec))
+
+    def trial_summaries(self, study: str, trial_ids: Iterable[str] | None = None, *,
+                        config: bool = False, light: bool = False) -> list[TrialSummary]:
+        """Every trial of ``study`` (or those of ``trial_ids``), without metric rows; ``config=True``
+        adds each full config (what a table needs of it is in one trial per arm: see ``configs``).
+        ``light=True`` (what a table reads) leaves out the error, times and attempts, and reads of the
+        provenance only its code fields (``CODE_FIELDS``), extracted by the database; its summaries
+        carry their arm key, computed once per arm."""
+        d = self.dialect
+        cols = "pk, trial_id, params, seed, status, n_params, flops, error_kind, profile"
+        if light:
+            cols += ", " + ", ".join(_json_field(d, "provenance", k) for k in CODE_FIELDS) + f", {_arm_text(d)}"
+            cols += ", json_extract(params, '$.seed')" if d == "sqlite" else ", NULL"
+        else:
+            cols += f", provenance, substr(error, 1, {ERROR_HEAD}), attempts, started_at, ended_at"
+        if config:
+            cols += ", config"
+        out: list[TrialSummary] = []
+        arms: dict[Any, tuple[dict[str, Any] | None, str]] = {}
+        codes: dict[Any, dict[str, Any]] = {}
+        with self._sql.snapshot() as q:
+            sid = self._study_id(q, study)
+            for ids, params in _id_chunks(trial_ids):
+                rows = q(f"SELECT {cols} FROM trials WHERE study_id = :sid{ids} ORDER BY pk", {"sid": sid, **params})
+                for r in rows:
+                    if light:
+                        code = codes.get(r[9:12])  # most trials share their code: one dict built per kind
+                        if code is None:
+                            code = codes[r[9:12]] = {k: v for k, v in zip(CODE_FIELDS, (r[9], r[10], _bool(r[11])))
+                                                     if v is not None}
+                        p, arm = _light_params(r[2], r[12], r[13], arms)
+                        out.append(TrialSummary(study, r[1], p, r[3], r[4], r[5], r[6], None, r[7], 0, None, None,
+                                                dict(code), r[8], _json(r[14]) if config else None, _pk=r[0],
+                                                _arm=arm))
+                        continue
+                    out.append(TrialSummary(study, r[1], _json(r[2]), r[3], r[4], r[5], r[6], _first_line(r[10]),
+                                            r[7], r[11], _time(r[12]), _time(r[13]), dict(_json(r[9]) or {}), r[8],
+                                            _json(r[14]) if config else None, _pk=r[0]))
+        if trial_ids is not None:
+            out.sort(key=lambda t: t._pk)
+        return out
+
+    def table_trials(self, study: str, metrics: Iterable[str]) -> list[TrialRecord]:
+        """What a study's table reads, in one snapshot, as TrialRecords directly (no intermediate
+        summaries: at 10^5 trials the objects cost more than the SQL): every trial in insertion
+        order with its light summary (params, seed, status, params/FLOPs, error kind, the code
+        fields of its provenance, profile, its arm key as ``_arm``), the final value of each of
+        ``metrics``, and the config of the first trial of each arm and profile (the others get {}).
+        No per-epoch row, error or time. A final value is one correlated subquery per metric in the
+        trials' query: one seek into the index (trial_pk, name, epoch, value) for its last epoch,
+        half the work of aggregating every epoch and joining back (``final_values``)."""
+        d = self.dialect
+        names = list(dict.fromkeys(metrics))
+        cols = ("pk, trial_id, params, seed, status, n_params, flops, error_kind, profile, "
+                + ", ".join(_json_field(d, "provenance", k) for k in CODE_FIELDS) + f", {_arm_text(d)}, "
+                + ("json_extract(params, '$.seed')" if d == "sqlite" else "NULL")
+                + "".join(f", (SELECT value FROM metrics WHERE trial_pk = trials.pk AND name = :m{i} "
+                          "ORDER BY epoch DESC LIMIT 1)" for i in range(len(names))))
+        out: list[TrialRecord] = []
+        firsts: dict[tuple[str, Any], tuple[int, TrialRecord]] = {}  # (arm, profile) -> its first trial
+        with self._sql.snapshot() as q:
+            sid = self._study_id(q, study)
+            arms: dict[Any, Any] = {}
+            codes: dict[Any, dict[str, Any]] = {}
+            for r in q(f"SELECT {cols} FROM trials WHERE study_id = :sid ORDER BY pk",
+                       {"sid": sid, **{f"m{i}": n for i, n in enumerate(names)}}):
+                code = codes.get(r[9:12])
+                if code is None:
+                    code = codes[r[9:12]] = {k: v for k, v in zip(CODE_FIELDS, (r[9], r[10], _bool(r[11])))
+                                             if v is not None}
+                p, arm = _light_params(r[2], r[12], r[13], arms)
+                final = {n: v for n, v in zip(names, r[14:]) if v is not None}  # NULL: no such metric stored
+                rec = TrialRecord(r[1], p, {}, r[3], r[4], r[5], r[6], None, None, None, final,
+                                  provenance=dict(code), error_kind=r[7], profile=r[8])
+                rec._arm = arm  # type: ignore[attr-defined]  # the table groups by it
+                firsts.setdefault((arm, r[8]), (r[0], rec))
+                out.append(rec)
+            by_pk = dict(firsts.values())
+            pks = list(by_pk)
+            for i in range(0, len(pks), IN_CHUNK):
+                sql, params = _in("p", pks[i:i + IN_CHUNK])
+                for pk, config in q(f"SELECT pk, config FROM trials WHERE pk IN {sql}", params):
+                    by_pk[pk].config = _json(config)
+        return out
+
+    def configs(self, study: str, trial_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The full configs of ``trial_ids`` of ``study``."""
+        out: dict[str, dict[str, Any]] = {}
+        with self._sql.snapshot() as q:
+            sid = self._study_id(q, study)
+            for ids, params in _id_chunks(list(trial_ids)):
+                out.update((tid, _json(c)) for tid, c in
+                           q(f"SELECT trial_id, config FROM trials WHERE study_id = :sid{ids}", {"sid": sid, **params}))
+        return out
+
+    def final_values(self, study: str, metrics: Iterable[str] | None = None,
+                     trial_ids: Iterable[str] | None = None) -> dict[str, dict[str, tuple[int, float]]]:
+        """{trial_id: {metric: (epoch, value)}} at each metric's last stored epoch, by an aggregate
+        query (max epoch per trial and metric, joined back to its row; both halves read only the
+        index (trial_pk, name, epoch, value)). Trials without metrics are absent."""
+        names, nparams = ("", {}) if metrics is None else _in("m", list(metrics))
+        out: dict[str, dict[str, tuple[int, float]]] = {}
+        with self._sql.snapshot() as q:
+            sid = self._study_id(q, study)
+            for ids, params in _id_chunks(trial_ids):
+                sql = _FINAL.format(scope=_SCOPE.format(ids=ids), names=f" AND name IN {names}" if names else "")
+                for tid, name, epoch, value in q(sql, {"sid": sid, **params, **nparams}):
+                    out.setdefault(tid, {})[name] = (epoch, value)
+        return out
+
+    def best_values(self, study: str, metric: str, mode: str = "max",
+                    trial_ids: Iterable[str] | None = None) -> dict[str, tuple[int, float]]:
+        """{trial_id: (epoch, value)}: each trial's best ``metric`` (``mode`` max or min) and the
+        first epoch that reached it, by an aggregate query."""
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode: max or min, got {mode!r}")
+        out: dict[str, tuple[int, float]] = {}
+        with self._sql.snapshot() as q:
+            sid = self._study_id(q, study)
+            for ids, params in _id_chunks(trial_ids):
+                sql = _BEST.format(agg=mode, scope=_SCOPE.format(ids=ids))
+                for tid, epoch, value in q(sql, {"sid": sid, "metric": metric, **params}):
+                    out[tid] = (epoch, value)
+        return out
+
+    def histories(self, study: str, trial_ids: Iterable[str],
+                  metrics: Iterable[str] | None = None) -> dict[str, dict[str, list[tuple[int, float]]]]:
+        """{trial_id: {metric: [(epoch, value), ...]}} in epoch order, for ``trial_ids`` only."""
+        names, nparams = ("", {}) if metrics is None else _in("m", list(metrics))
+        out: dict[str, dict[str, list[tuple[int, float]]]] = {}
+        with self._sql.snapshot() as q:
+            sid = self._study_id(q, study)
+            for ids, params in _id_chunks(list(trial_ids)):
+                sql = (f"SELECT t.trial_id, m.name, m.epoch, m.value FROM metrics m JOIN trials t ON t.pk = m.trial_pk "
+                       f"WHERE t.study_id = :sid{ids.replace('trial_id', 't.trial_id')}"
+                       + (f" AND m.name IN {names}" if names else "") + " ORDER BY m.trial_pk, m.name, m.epoch")
+                for tid, name, epoch, value in q(sql, {"sid": sid, **params, **nparams}):
+                    out.setdefault(tid, {}).setdefault(name, []).append((epoch, value))
+        return out
+
+    def last_epochs(self, study: str) -> dict[str, int]:
+        """{trial_id: the last epoch with a stored metric} (trials without metrics are absent)."""
+        with self._sql.snapshot() as q:
+            sid = self._study_id(q, study)
+            return dict(q("SELECT t.trial_id, max(m.epoch) FROM metrics m JOIN trials t ON t.pk = m.trial_pk "
+                          "WHERE t.study_id = :sid GROUP BY t.trial_id", {"sid": sid}))
+
+    def trial_errors(self, study: str, trial_ids: Iterable[str]) -> dict[str, str]:
+        """{trial_id: full stored error} of ``trial_ids`` of ``study`` that have one (the dashboard's
+        trial details; ``trial_summaries`` carries only the first line)."""
+        return self._errors(study, list(trial_ids))
+
+    def _errors(self, study: str, trial_ids: Iterable[str] | None = None) -> dict[str, str]:
+        out: dict[str, str] = {}
+        with self._sql.snapshot() as q:
+            sid = self._study_id(q, study)
+            for ids, params in _id_chunks(trial_ids):
+                out.update(q(f"SELECT trial_id, error FROM trials WHERE study_id = :sid AND error IS NOT NULL{ids}",
+                             {"sid": sid, **params}))
+        return out
+
+    def trial_states(self, study: str) -> dict[str, TrialState]:
+        """Status and holder of every trial of ``study``."""
+        with self._sql.snapshot() as q:
+            rows = q("SELECT t.trial_id, t.status, t.claimed_by, t.lease_until, t.ended_at FROM trials t "
+                     "JOIN studies s ON s.id = t.study_id WHERE s.name = :name", {"name": study})
+        return {tid: TrialState(st, by, _time(until), _time(ended)) for tid, st, by, until, ended in rows}
+
+    def load(self, name: str, *, history: bool = False) -> StudyRecord:
+        """A study with its trials (configs included), each trial's last-epoch metrics, and
+        optionally all epochs: built on ``trial_summaries``, ``final_values`` and ``histories``, so
+        without ``history`` no per-epoch row is read."""
+        info = self.study_info(name)
+        summaries = self.trial_summaries(name, config=True)
+        full_errors = self._errors(name)
+        finals = self.final_values(name)
+        hist = self.histories(name, [t.trial_id for t in summaries]) if history else {}
+        trials = []
+        for t in summaries:
+            rec = TrialRecord(t.trial_id, t.params, t.config or {}, t.seed, t.status, t.n_params, t.flops,
+                              full_errors.get(t.trial_id), t.started_at, t.ended_at,
+                              provenance=t.provenance, attempts=t.attempts, error_kind=t.error_kind,
+                              profile=t.profile)
+            rec.final = {m: v for m, (_, v) in finals.get(t.trial_id, {}).items()}
+            rec.history = hist.get(t.trial_id, {})
+            trials.append(rec)
+        return StudyRecord(info.name, info.description, info.spec, trials)
+
+    # -- one trial -------------------------------------------------------------------------------
+    def find_trial(self, trial_id: str) -> tuple[str, TrialRecord]:
+        """(study name, the trial with every epoch and its replaced attempts) for a trial id or a
+        unique prefix of one. KeyError if none matches, ValueError if several do."""
+        like = trial_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        with self._sql.snapshot() as q:
+            rows = q(f"SELECT {', '.join('t.' + c for c in _FULL_COLS.split(', '))}, s.name FROM trials t "
+                     "JOIN studies s ON s.id = t.study_id WHERE t.trial_id LIKE :like ESCAPE '\\' LIMIT 11",
+                     {"like": like})
+            exact = [r for r in rows if r[1] == trial_id]
+            rows = exact or rows
+            if not rows:
+                raise KeyError(f"no trial '{trial_id}' in {self.display_url}")
+            if len(rows) > 1:
+                found = ", ".join(f"{r[1]} ({r[-1]})" for r in rows[:10])
+                raise ValueError(f"'{trial_id}' matches several trials in {self.display_url}: {found}")
+            row = rows[0]
+            rec = _full_record(row)
+            for epoch, metric, value in q("SELECT epoch, name, value FROM metrics WHERE trial_pk = :pk "
+                                          "ORDER BY epoch, name", {"pk": row[0]}):
+                rec.final[metric] = value
+                rec.history.setdefault(metric, []).append((epoch, value))
+            for a in q("SELECT attempt, status, error, error_kind, provenance, started_at, ended_at, metrics, "
+                       "archived_at FROM trial_attempts WHERE trial_pk = :pk ORDER BY attempt, pk", {"pk": row[0]}):
+                rec.past_attempts.append({"attempt": a[0], "status": a[1], "error": a[2], "error_kind": a[3],
+                                          "provenance": _json(a[4]) or {}, "started_at": _time(a[5]),
+                                          "ended_at": _time(a[6]), "metrics": _json(a[7]),
+                                          "archived_at": _time(a[8])})
+        return row[-1], rec
+
+    # -- many studies (export, dashboard) ----------------------------------------------------------
+    def iter_trial_chunks(self, studies: Iterable[str] | None = None, trial_ids: Iterable[str] | None = None, *,
+                          metrics: str = "all", chunk: int = 1000) -> Iterator[tuple[str, list[TrialRecord]]]:
+        """(study, up to ``chunk`` trials) at a time, each trial with its metrics: ``all`` epochs
+        (``history`` and ``final``), only the ``final`` ones, or ``none``; configs are left out.
+        Memory stays bounded by the chunk however large the database (keyset pagination on the
+        trial's key, one metric query per chunk over that key range). Unknown study names raise
+        KeyError."""
+        if metrics not in ("all", "final", "none"):
+            raise ValueError(f"metrics: all, final or none, got {metrics!r}")
+        ids = None if trial_ids is None else sorted(set(trial_ids))
+        split = (f"{_arm_text(self.dialect)}, " +  # params parsed once per arm of a chunk (``_light_params``)
+                 ("json_extract(params, '$.seed')" if self.dialect == "sqlite" else "NULL"))
+        with self._sql.snapshot() as q:
+            found = [(sid, name) for sid, name in q("SELECT id, name FROM studies ORDER BY name")]
+        if studies is not None:
+            wanted = list(dict.fromkeys(studies))
+            known = {name: sid for sid, name in found}
+            missing = [n for n in wanted if n not in known]
+            if missing:
+                raise KeyError(missing[0])
+            found = [(known[n], n) for n in wanted]
+        for sid, name in found:
+            for where, params in _id_chunks(ids):
+                last = -1
+                while True:
+                    with self._sql.snapshot() as q:
+                        rows = q(f"SELECT {_CHUNK_COLS}, {split} FROM trials WHERE study_id = :sid AND pk > :last"
+                                 f"{where} ORDER BY pk LIMIT :chunk", {"sid": sid, "last": last, "chunk": chunk, **params})
+                        if not rows:
+                            break
+                        arms: dict[Any, Any] = {}  # per chunk: memory stays bounded by the chunk
+                        by_pk = {r[0]: TrialRecord(r[1], _light_params(r[2], r[12], r[13], arms)[0], {}, r[3], r[4],
+                                                   r[5], r[6], r[7], _time(r[8]), _time(r[9]), attempts=r[10],
+                                                   error_kind=r[11]) for r in rows}
+                        scope = (f"SELECT pk FROM trials WHERE study_id = :sid AND pk > :last AND pk <= :hi{where}")
+                        span = {"sid": sid, "last": last, "hi": rows[-1][0], **params}
+                        last = rows[-1][0]
+                        if metrics == "all":
+                            for pk, metric, epoch, value in q(
+                                    f"SELECT trial_pk, name, epoch, value FROM metrics WHERE trial_pk IN ({scope}) "
+                                    "ORDER BY trial_pk, name, epoch", span):
+                                rec = by_pk[pk]
+                                rec.history.setdefault(metric, []).append((epoch, value))
+                                rec.final[metric] = value
+                        elif metrics == "final":
+                            sql = ("SELECT f.trial_pk, f.name, f.e, m.value FROM (SELECT trial_pk, name, max(epoch) AS e "
+                                   f"FROM metrics WHERE trial_pk IN ({scope}) GROUP BY trial_pk, name) f JOIN metrics m "
+                                   "ON m.trial_pk = f.trial_pk AND m.name = f.name AND m.epoch = f.e")
+                            for pk, metric, epoch, value in q(sql, span):
+                                rec = by_pk[pk]
+                                rec.history[metric] = [(epoch, value)]
+                                rec.final[metric] = value
+                    yield name, list(by_pk.values())
+                    if len(rows) < chunk:
+                        break
+
+    def load_many(self, names: Iterable[str] | None = None, *, history: bool = False) -> list[StudyRecord]:
+        """Several studies (all when ``names`` is None) whole, every metric row read (``history``
+        keeps them per epoch): what tests compare the aggregate reads with."""
+        wanted = None if names is None else list(names)
+        with self._sql.snapshot() as q:
+            sql, params = "SELECT id, name, description, spec FROM studies", {}
+            if wanted is not None:
+                if not wanted:
+                    return []
+                names_in, params = _in("n", wanted)
+                sql += f" WHERE name IN {names_in}"
+            studies = {sid: StudyRecord(name, desc, _json(spec), [])
+                       for sid, name, desc, spec in q(sql + " ORDER BY name", params)}
+            if not studies:
+                return []
+            sids, sparams = _in("s", list(studies))
+            by_pk: dict[int, TrialRecord] = {}
+            for r in q(f"SELECT {_FULL_COLS}, study_id FROM trials WHERE study_id IN {sids} ORDER BY pk", sparams):
+                rec = _full_record(r)
+                rec.profile = None  # as the bulk read always gave it
+                by_pk[r[0]] = rec
+                studies[r[-1]].trials.append(rec)
+            for pk, epoch, metric, value in q(
+                    "SELECT m.trial_pk, m.epoch, m.name, m.value FROM metrics m JOIN trials t ON t.pk = m.trial_pk "
+                    f"WHERE t.study_id IN {sids} ORDER BY m.epoch", sparams):
+                rec = by_pk[pk]
+                rec.final[metric] = value  # ordered by epoch: the last one wins
+                if history:
+                    rec.history.setdefault(metric, []).append((epoch, value))
+        return list(studies.values())
+
+    # -- the database as a whole -------------------------------------------------------------------
+    def results_version(self) -> str:
+        """A fingerprint of everything a results view shows, from a few aggregates that indexes
+        or primary keys answer: it changes when a study is added or updated, a trial is added,
+        starts, ends, changes status or is rerun, or a metric row is written (``add_metrics``
+        deletes and inserts, so the largest metric id grows). Equal fingerprints: nothing to redo."""
+        with self._sql.snapshot() as q:
+            studies = q("SELECT count(id), max(updated_at) FROM studies")[0]
+            trials = q("SELECT count(pk), max(started_at), max(ended_at), sum(attempts) FROM trials")[0]
+            status = sorted(tuple(r) for r in q("SELECT status, count(*) FROM trials GROUP BY status"))
+            metrics = q("SELECT max(id) FROM metrics")[0][0]
+            attempts = q("SELECT count(pk) FROM trial_attempts")[0][0]
+        return repr((tuple(studies), tuple(trials), status, metrics, attempts))
+
+    def counts(self) -> dict[str, int]:
+        """Row counts of the result tables (for tests and `ablate db`); replaced attempts are
+        counted by ``attempt_count``."""
+        with self._sql.snapshot() as q:
+            return {t: q(f"SELECT count(*) FROM {t}")[0][0] or 0 for t in ("studies", "trials", "metrics")}
+
+    def attempt_count(self) -> int:
+        with self._sql.snapshot() as q:
+            return q("SELECT count(*) FROM trial_attempts")[0][0] or 0
+
+
+def open_reader(url: str | None = None) -> Reader:
+    """Read-only access to the result database at ``url`` (default ``ABLATE_DB``, else ./ablate.db):
+    what every command that only reads opens. Never creates a file, folder or schema. An SQLite file
+    at the schema's head revision is read with ``sqlite3`` (no SQLAlchemy imported); any other
+    database, or an SQLite file of an older revision, is opened as ``Store(url, create=False)``.
+    Every problem with the database is a ``DatabaseError`` with one line naming the masked URL."""
+    url = normalize_url(url or default_db_url())
+    path = sqlite_file(url)
+    if path is None:
+        from ablate.store import Store
+
+        return Store(url, create=False)
+    display = masked(url)
+    if not path.parent.is_dir():
+        raise DatabaseError(f"database {display}: folder {path.parent} does not exist "
+                            "(ablate creates the database file, not folders)")
+    if path.is_dir():
+        raise DatabaseError(f"database {display}: {path} is a folder, not a file")
+    if not path.is_file():
+        raise DatabaseError(f"database {display}: no such file (run a study with `ablate run` to create it)")
+    reader = Reader(url, _SqliteSQL(path, url))
+    tables, revision = reader.schema_state()
+    if check_schema(display, tables, revision, create=False):  # an older schema: Store migrates it, as before
+        from ablate.store import Store
+
+        return Store(url, create=False)
+    return reader
