@@ -132,7 +132,7 @@ def paired_t(pairs: Sequence[tuple[float, float]], alpha: float = ALPHA) -> tupl
     d = [o - b for b, o in pairs]
     n = len(d)
     mean = 0.0 + _numpy_sum(d) / n
-    var = _numpy_sum([(x - mean) ** 2 for x in d]) / n * (n / (n - 1))
+    var = _numpy_sum([(x - mean) * (x - mean) for x in d]) / n * (n / (n - 1))  # x*x as numpy squares, not pow
     se = math.sqrt(var / n)
     t = mean / se if se else (math.nan if mean == 0 or math.isnan(mean) else math.copysign(math.inf, mean))
     p = 1.0 if math.isnan(t) and mean == 0.0 else tdist.two_sided_p(t, n - 1)
