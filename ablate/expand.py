@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import itertools
 import json
 import math
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from ablate.axes import assignments, excluded, get_path, set_path  # noqa: F401  (re-exported)
 from ablate.study import DatasetSpec, RecipeSpec, Study, StudyError, max_trials
 
 TRIAL_SECTIONS = ("model", "recipe", "dataset")
@@ -77,23 +77,6 @@ def trial_id(config: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def get_path(config: dict[str, Any], path: str) -> Any:
-    node: Any = config
-    for part in path.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise KeyError(path)
-        node = node[part]
-    return node
-
-
-def set_path(config: dict[str, Any], path: str, value: Any) -> None:
-    parts = path.split(".")
-    node = config
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
-
-
 def resolve_batch(recipe: dict[str, Any], trial_gpus: float, workers: int = 1) -> None:
     """Keep the recipe's total batch (batch_size x recipe gpus) on a trial with fewer devices:
     accumulate gradients, or scale the lr linearly. A CPU worker counts as one device."""
@@ -122,22 +105,11 @@ def _check_axis(path: str, study: Study, file: str) -> None:
 
 
 def _assignments(study: Study) -> list[dict[str, Any]]:
-    axes = study.axes
-    blocks: list[list[dict[str, Any]]] = [[{k: v} for v in vals] for k, vals in axes.grid.items()]
-    for group in axes.zip:
-        keys = list(group)
-        blocks.append([dict(zip(keys, vals)) for vals in zip(*group.values())])
-    out = []
-    for combo in itertools.product(*blocks):
-        merged: dict[str, Any] = {}
-        for part in combo:
-            merged.update(part)
-        out.append(merged)
-    return out
+    return assignments(study.axes)
 
 
 def _excluded(assign: dict[str, Any], study: Study) -> bool:
-    return any(all(assign.get(k) == v for k, v in ex.items()) for ex in study.axes.exclude)
+    return excluded(assign, study.axes)
 
 
 def count_trials(study: Study) -> int:

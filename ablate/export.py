@@ -5,20 +5,32 @@ seed, status, params, FLOPs and error, and ``final`` marking each metric's last 
 from 1, as everywhere a person reads them. A trial with no metric yet (pending, or failed before
 its first epoch) still has one row, with empty epoch/metric/value, so failures are not lost.
 
-``export`` reads the database ``chunk`` trials at a time (``Store.iter_trial_chunks``) and appends
-each chunk to the file (pyarrow's CSV writer, or one Parquet row group per chunk), so memory stays
-bounded whatever the database's size. ``final=True`` writes only each metric's last epoch; a
-subset of studies or trial ids can be asked for. The columns are fixed before the first row: a first
-pass over the trials (no metric rows) finds the axes and the type of each.
+``export`` reads the database ``chunk`` trials at a time (``Reader.iter_trial_chunks``) and appends
+each chunk to the file, so memory stays bounded whatever the database's size. ``final=True`` writes
+only each metric's last epoch; a subset of studies or trial ids can be asked for. The columns are
+fixed before the first row: a first pass over the trials (no metric rows) finds the axes and the
+type of each.
+
+Each chunk becomes CSV text in pure Python, in exactly the format of pyarrow's CSV writer (every
+string quoted, nulls empty, floats as Arrow prints them, timestamps in UTC with a ``Z``), which is
+what this export wrote before: a CSV export imports neither pyarrow, numpy nor pandas (seconds of a
+command typed at a prompt). A Parquet export parses that same text with pyarrow's CSV reader
+against the fixed schema (floats are printed shortest-round-trip, so every value is read back
+exactly) and writes it as one row group per chunk; building Arrow arrays from Python objects would
+import pandas (pyarrow checks every input for a DataFrame), reading CSV does not.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import math
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from ablate.store_reads import Reader, TrialRecord
+if TYPE_CHECKING:  # the caller hands over its reader: this module needs none of it at import
+    from ablate.store_reads import Reader, TrialRecord
 
 EXPORT_FORMATS = ("csv", "parquet")
 SUFFIXES = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -78,33 +90,110 @@ def _schema(params: dict[str, str]):
     return pa.schema(fields)
 
 
-def _columns(study: str, trials: list[TrialRecord], params: dict[str, str]) -> dict[str, list[Any]]:
-    """One chunk of trials as columns (lists), one entry per (trial, epoch, metric)."""
-    cols: dict[str, list[Any]] = {c: [] for c in TRIAL_COLUMNS + [f"param.{k}" for k in params] + POINT_COLUMNS}
+# -- values as pyarrow's CSV writer prints them ---------------------------------------------------
+def _text(v: Any) -> str:
+    return "" if v is None else '"' + str(v).replace('"', '""') + '"'
+
+
+def _int(v: Any) -> str:
+    return "" if v is None else str(int(v))
+
+
+def _bool(v: Any) -> str:
+    return "" if v is None else ("true" if v else "false")
+
+
+def _float(v: Any) -> str:
+    """Arrow's float text (double-conversion's shortest digits, as Python's repr): plain notation
+    for decimal exponents -6..9, else ``d.ddde+N``; ``nan``, ``inf``, ``-inf``, ``-0``."""
+    if v is None:
+        return ""
+    v = float(v)
+    if 1e-4 <= abs(v) < 1e10:  # the common case: repr is fixed notation here, as Arrow's, but says 1.0
+        r = repr(v)
+        return r[:-2] if r.endswith(".0") else r
+    if v != v:
+        return "nan"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    sign = "-" if math.copysign(1.0, v) < 0 else ""
+    if v == 0:
+        return sign + "0"
+    mantissa, _, exp = repr(abs(v)).partition("e")
+    whole, _, frac = mantissa.partition(".")
+    digits = whole + frac
+    point = len(whole) + (int(exp) if exp else 0)  # value = 0.<digits> x 10^point
+    stripped = digits.lstrip("0")
+    point -= len(digits) - len(stripped)
+    digits = stripped.rstrip("0")
+    exponent = point - 1
+    if -6 <= exponent < 10:
+        if point <= 0:
+            return f"{sign}0.{'0' * -point}{digits}"
+        if point >= len(digits):
+            return sign + digits + "0" * (point - len(digits))
+        return f"{sign}{digits[:point]}.{digits[point:]}"
+    rest = f".{digits[1:]}" if len(digits) > 1 else ""
+    return f"{sign}{digits[0]}{rest}e{'+' if exponent >= 0 else '-'}{abs(exponent)}"
+
+
+def _time(v: datetime | None) -> str:
+    """UTC with microseconds and ``Z`` (a naive time is taken as UTC, as Arrow does)."""
+    if v is None:
+        return ""
+    if v.tzinfo is not None:
+        v = v.astimezone(timezone.utc)
+    return (f"{v.year:04d}-{v.month:02d}-{v.day:02d} {v.hour:02d}:{v.minute:02d}:{v.second:02d}."
+            f"{v.microsecond:06d}Z")
+
+
+def _json(v: Any) -> str:
+    return "" if v is None else _text(json.dumps(v))
+
+
+_BY_KIND: dict[str, Callable[[Any], str]] = {"bool": _bool, "int": _int, "float": _float, "string": _text,
+                                             "json": _json}
+
+
+def header(params: dict[str, str]) -> str:
+    """The CSV's first line: every column name, quoted."""
+    return ",".join(_text(c) for c in TRIAL_COLUMNS + [f"param.{k}" for k in params] + POINT_COLUMNS) + "\n"
+
+
+def _lines(study: str, trials: list[TrialRecord], params: dict[str, str]) -> tuple[str, int]:
+    """One chunk of trials as CSV text, one line per (trial, epoch, metric), and its line count."""
+    out: list[str] = []
+    study_cell = _text(study)
     for t in trials:
+        head = ",".join([study_cell, _text(t.trial_id), _int(t.seed), _text(t.status), _int(t.n_params),
+                         _int(t.flops), _text(t.error), _time(t.started_at), _time(t.ended_at),
+                         *(_BY_KIND[kind](t.params.get(k)) for k, kind in params.items())])
         points = [(m, e, v, i == len(h) - 1) for m, h in t.history.items() for i, (e, v) in enumerate(h)]
-        n = len(points) or 1
-        for c, v in (("study", study), ("trial_id", t.trial_id), ("seed", t.seed), ("status", t.status),
-                     ("n_params", t.n_params), ("flops", t.flops), ("error", t.error),
-                     ("started_at", t.started_at), ("ended_at", t.ended_at)):
-            cols[c] += [v] * n
-        for k, kind in params.items():
-            v = t.params.get(k)
-            if kind == "json" and v is not None:
-                v = json.dumps(v)
-            elif kind == "float" and v is not None:
-                v = float(v)
-            cols[f"param.{k}"] += [v] * n
         if not points:
-            for c in POINT_COLUMNS:
-                cols[c].append(None)
+            out.append(head + ",,,,\n")
             continue
         for m, e, v, last in points:
-            cols["metric"].append(m)
-            cols["epoch"].append(e + 1)  # counted from 1
-            cols["value"].append(v)
-            cols["final"].append(last)
-    return cols
+            out.append(f"{head},{e + 1},{_text(m)},{_float(v)},{'true' if last else 'false'}\n")  # epochs from 1
+    return "".join(out), len(out)
+
+
+def _parquet_writer(path: Path, params: dict[str, str]) -> tuple[Any, Callable[[str], None]]:
+    """A Parquet writer and the function that appends one chunk of CSV text to it as a row group."""
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    schema = _schema(params)
+    writer = pq.ParquetWriter(str(path), schema)
+    read = pa_csv.ReadOptions(column_names=schema.names)
+    parse = pa_csv.ParseOptions(newlines_in_values=True)
+    convert = pa_csv.ConvertOptions(column_types=schema, null_values=[""], strings_can_be_null=True,
+                                    quoted_strings_can_be_null=False)
+
+    def write(text: str) -> None:
+        writer.write_table(pa_csv.read_csv(io.BytesIO(text.encode()), read_options=read, parse_options=parse,
+                                           convert_options=convert))
+
+    return writer, write
 
 
 def export(store: Reader, path: str | Path, fmt: str | None = None, *, studies: Iterable[str] | None = None,
@@ -112,31 +201,27 @@ def export(store: Reader, path: str | Path, fmt: str | None = None, *, studies: 
     """Write the long-format table of ``studies`` (all when None), optionally only ``trial_ids`` and
     only ``final`` values, to ``path`` (format from ``resolve_format``), ``chunk`` trials at a time.
     Returns the number of rows written. KeyError for a study the database does not hold."""
-    import pyarrow as pa
-
     path = Path(path)
     fmt = resolve_format(path, fmt)
     names = None if studies is None else list(studies)
     ids = None if trial_ids is None else list(trial_ids)
     params = _param_types(store, names, ids, chunk)
-    schema = _schema(params)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")  # a failed export leaves no half-written file under the name
     rows = 0
     writer: Any
     if fmt == "csv":
-        from pyarrow import csv as pa_csv
-
-        writer = pa_csv.CSVWriter(str(tmp), schema)
+        writer = open(tmp, "w", encoding="utf-8", newline="")
+        writer.write(header(params))
+        write = writer.write
     else:
-        import pyarrow.parquet as pq
-
-        writer = pq.ParquetWriter(str(tmp), schema)
+        writer, write = _parquet_writer(tmp, params)
     try:
         for study, trials in store.iter_trial_chunks(names, ids, metrics="final" if final else "all", chunk=chunk):
-            batch = pa.table(_columns(study, trials, params), schema=schema)
-            writer.write_table(batch)
-            rows += batch.num_rows
+            text, n = _lines(study, trials, params)
+            if n:
+                write(text)
+                rows += n
         writer.close()
         tmp.replace(path)
     except BaseException:

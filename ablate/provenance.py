@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 from functools import lru_cache
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,8 @@ CODE_FIELDS = ("ablate_version", "git_commit", "git_dirty")
 
 
 def _version(dist: str) -> str | None:
+    from importlib import metadata  # ~50 ms; only a worker's environment() needs it
+
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:

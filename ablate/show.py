@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.filesize import decimal
 from rich.table import Table
 from rich.text import Text
@@ -86,6 +85,8 @@ def trial_report(study: str, rec: Any, artifacts: str | None = None) -> list[Any
         parts.append(Text("stale: made by other code: " + "; ".join(stale), style="yellow"))
     parts.append(_kv("Axes", rec.params))
     parts.append(Text("Config", style="italic"))
+    import yaml  # here, not at import: the dashboard imports this module and never prints a config
+
     parts.append(Text(_plain(yaml.safe_dump(rec.config, sort_keys=False, default_flow_style=None)).rstrip()))
     timing = {"started": rec.started_at, "ended": rec.ended_at, "params": rec.n_params, "flops": rec.flops}
     parts.append(_kv("Provenance", {**timing, **(rec.provenance or {})}))

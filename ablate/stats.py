@@ -3,8 +3,11 @@
 Trials of two arms that share a seed are paired (same data order and initialisation seed), so a
 comparison looks at the per-seed differences ``d = arm - baseline`` over the seeds both have:
 
-* 3 or more pairs: a two-sided paired t-test, computed by ``scipy.stats.ttest_rel`` itself (its
-  p-value and its ``confidence_interval()`` of the mean difference), so the numbers are scipy's.
+* 3 or more pairs: a two-sided paired t-test, the arithmetic of ``scipy.stats.ttest_rel`` (the
+  same mean, variance and t, its p-value and its ``confidence_interval()`` of the mean difference)
+  in pure Python: Student's t comes from ``ablate.tdist``, which equals scipy's to ~1e-13, because
+  importing scipy.stats would cost a second of every ``ablate table`` (tests/test_stats.py checks
+  the numbers against scipy's).
 * fewer than 3 pairs: no test (``method == "none"``, ``significant is None``). With 2 pairs a
   t-test has one degree of freedom and almost no power, and a bootstrap's interval is just
   [min, max] of the two differences, which excludes 0 whenever the two seeds agree in sign: half
@@ -15,18 +18,22 @@ step-down method (``holm``), so the chance that any arm of a table is called sig
 differs stays at or below ``alpha``. An arm is significant when its Holm-adjusted p <= alpha. The
 confidence interval is each arm's own (unadjusted) 1 - alpha interval.
 
-The core (``t_tests``, ``holm``) works on arrays along the last axis, so a simulation of thousands
-of tables runs through the same code as one table (``compare_with_baseline``).
+``compare_with_baseline`` (one table: ``paired_t``, ``holm_adjust``) needs neither numpy nor scipy.
+``t_tests`` and ``holm`` do the same on arrays along the last axis, for simulations of thousands of
+tables (numpy, and scipy.special for the t tail, imported when called); the tests check that both
+paths mark the same arms.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
-import numpy as np
+from ablate import tdist
+
+if TYPE_CHECKING:
+    import numpy as np
 
 ALPHA = 0.05
 MIN_PAIRS = 3  # fewest shared seeds for a test
@@ -91,25 +98,83 @@ def pair_by_seed(baseline: Mapping[int, float], other: Mapping[int, float]) -> l
     return [(b, o) for b, o in pairs if not (math.isnan(b) or math.isnan(o))]
 
 
-def t_tests(base: np.ndarray, other: np.ndarray, alpha: float = ALPHA) -> tuple[np.ndarray, ...]:
-    """Paired t-tests of ``other - base`` along the last axis (>= 2 pairs; leading axes broadcast):
-    (mean difference, t, two-sided p, CI low, CI high), all from ``scipy.stats.ttest_rel``.
+def _numpy_sum(x: Sequence[float], lo: int = 0, n: int | None = None) -> float:
+    """The sum numpy's ``np.sum`` / ``np.mean`` computes (pairwise, 8-way unrolled blocks of up to
+    128), term for term, so that mean, t and CI are scipy's to the last bit, not just close."""
+    n = len(x) - lo if n is None else n
+    if n < 8:
+        res = 0.0
+        for i in range(lo, lo + n):
+            res += x[i]
+        return res
+    if n <= 128:
+        r = list(x[lo:lo + 8])
+        i = 8
+        while i < n - n % 8:
+            for j in range(8):
+                r[j] += x[lo + i + j]
+            i += 8
+        res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+        for i in range(i, n):
+            res += x[lo + i]
+        return res
+    half = n // 2
+    half -= half % 8
+    return _numpy_sum(x, lo, half) + _numpy_sum(x, lo + half, n - half)
 
-    Differences that are all 0 have no t (scipy gives nan); they show no difference, so p is 1.
+
+def paired_t(pairs: Sequence[tuple[float, float]], alpha: float = ALPHA) -> tuple[float, float, float, float, float]:
+    """The paired t-test of ``other - base`` over (base, other) pairs (>= 2): (mean difference, t,
+    two-sided p, CI low, CI high), as ``scipy.stats.ttest_rel(other, base)`` computes them.
+
+    Differences that are all 0 have no t (nan); they show no difference, so p is 1.
     Differences that are all equal and not 0 give t = ±inf and p = 0 (scipy's answer)."""
-    from scipy import stats
+    d = [o - b for b, o in pairs]
+    n = len(d)
+    mean = 0.0 + _numpy_sum(d) / n
+    var = _numpy_sum([(x - mean) * (x - mean) for x in d]) / n * (n / (n - 1))  # x*x as numpy squares, not pow
+    se = math.sqrt(var / n)
+    t = mean / se if se else (math.nan if mean == 0 or math.isnan(mean) else math.copysign(math.inf, mean))
+    p = 1.0 if math.isnan(t) and mean == 0.0 else tdist.two_sided_p(t, n - 1)
+    q = tdist.isf_two_sided(1 - (1 - alpha), n - 1)  # the CI's quantile, at scipy's (1 - confidence) / 2
+    return mean, t, p, -q * se + mean, q * se + mean
+
+
+def t_tests(base: "np.ndarray", other: "np.ndarray", alpha: float = ALPHA) -> tuple["np.ndarray", ...]:
+    """``paired_t`` along the last axis of arrays (>= 2 pairs; leading axes broadcast), for
+    simulations of many tables: (mean difference, t, two-sided p, CI low, CI high). The tail comes
+    from ``scipy.special.stdtr`` (what ``ttest_rel`` uses; ablate.tdist equals it to ~1e-13), the
+    quantile from ablate.tdist, once per call."""
+    import numpy as np
+    from scipy import special
 
     base, other = np.asarray(base, dtype=float), np.asarray(other, dtype=float)
-    with warnings.catch_warnings():  # "catastrophic cancellation" for near-identical differences
-        warnings.simplefilter("ignore", RuntimeWarning)
-        res = stats.ttest_rel(other, base, axis=-1)
-        ci = res.confidence_interval(confidence_level=1 - alpha)
-    mean = np.mean(other - base, axis=-1)
-    p = np.where(np.isnan(res.pvalue) & (mean == 0.0), 1.0, res.pvalue)
-    return mean, np.asarray(res.statistic), p, np.asarray(ci.low), np.asarray(ci.high)
+    d = other - base
+    n = d.shape[-1]
+    mean = np.mean(d, axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        var = np.mean((d - mean[..., None]) ** 2, axis=-1) * (n / (n - 1))
+        se = np.sqrt(var / n)
+        t = mean / se
+    p = 2 * special.stdtr(n - 1, -np.abs(t))
+    p = np.where(np.isnan(p) & (mean == 0.0), 1.0, p)
+    q = tdist.isf_two_sided(1 - (1 - alpha), n - 1)
+    return mean, t, p, -q * se + mean, q * se + mean
 
 
-def holm(p: np.ndarray | Sequence[float], axis: int = -1) -> np.ndarray:
+def holm_adjust(p: Sequence[float]) -> list[float]:
+    """``holm`` of one family, in pure Python (what one table needs): nan stays nan, out of m."""
+    tested = sorted((v, i) for i, v in enumerate(p) if not math.isnan(v))
+    m = len(tested)
+    out = [math.nan] * len(p)
+    running = 0.0
+    for j, (v, i) in enumerate(tested):
+        running = max(running, (m - j) * v)
+        out[i] = min(1.0, running)
+    return out
+
+
+def holm(p: "np.ndarray | Sequence[float]", axis: int = -1) -> "np.ndarray":
     """Holm's step-down adjusted p-values along ``axis``; nan marks a hypothesis not tested, which
     is left out of the family (it stays nan and does not count in m).
 
@@ -118,6 +183,8 @@ def holm(p: np.ndarray | Sequence[float], axis: int = -1) -> np.ndarray:
     which keeps the family-wise error rate at alpha under any dependence between the tests.
     (``scipy.stats.false_discovery_control`` is Benjamini-Hochberg, which bounds the false
     discovery rate instead: a weaker promise.)"""
+    import numpy as np
+
     p = np.moveaxis(np.asarray(p, dtype=float), axis, -1)
     order = np.argsort(p, axis=-1)  # nan sorts last
     ps = np.take_along_axis(p, order, axis=-1)
@@ -130,8 +197,10 @@ def holm(p: np.ndarray | Sequence[float], axis: int = -1) -> np.ndarray:
     return np.moveaxis(out, -1, axis)
 
 
-def significant(p_adjusted: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
+def significant(p_adjusted: "np.ndarray", alpha: float = ALPHA) -> "np.ndarray":
     """True where the adjusted p is <= alpha (False where untested: nan)."""
+    import numpy as np
+
     return np.asarray(p_adjusted) <= alpha
 
 
@@ -140,28 +209,18 @@ def compare_with_baseline(baseline: Mapping[int, float], arms: Sequence[Mapping[
     """Compare every arm (each {seed: value}) with ``baseline``, pairing by seed; the arms with
     at least ``MIN_PAIRS`` pairs are tested and Holm-adjusted together (see the module doc)."""
     paired = [pair_by_seed(baseline, arm) for arm in arms]
-    k = len(arms)
-    res = {name: np.full(k, np.nan) for name in ("mean", "t", "p", "low", "high")}
-    by_n: dict[int, list[int]] = {}
-    for i, pairs in enumerate(paired):
-        if len(pairs) >= MIN_PAIRS:
-            by_n.setdefault(len(pairs), []).append(i)
-    for n, idx in by_n.items():  # one vectorised ttest_rel per number of pairs
-        arr = np.array([paired[i] for i in idx])  # (arms, n, 2): baseline, other
-        for name, values in zip(("mean", "t", "p", "low", "high"), t_tests(arr[..., 0], arr[..., 1], alpha)):
-            res[name][idx] = values
-    adjusted = holm(res["p"]) if k else res["p"]
-    family = len([i for idxs in by_n.values() for i in idxs])
+    tests = {i: paired_t(pairs, alpha) for i, pairs in enumerate(paired) if len(pairs) >= MIN_PAIRS}
+    adjusted = holm_adjust([tests[i][2] if i in tests else math.nan for i in range(len(arms))])
+    family = len(tests)
     out: list[Paired] = []
     for i, pairs in enumerate(paired):
         n = len(pairs)
-        if n < MIN_PAIRS:
+        if i not in tests:
             mean = math.fsum(o - b for b, o in pairs) / n if n else None
             out.append(Paired(n, mean, None, None, None, "none", None, 1 - alpha, family=family))
             continue
-        out.append(Paired(n, float(res["mean"][i]), float(res["low"][i]), float(res["high"][i]),
-                          float(res["p"][i]), "t-test", bool(significant(adjusted[i], alpha)), 1 - alpha,
-                          float(adjusted[i]), float(res["t"][i]), family))
+        mean, t, p, low, high = tests[i]
+        out.append(Paired(n, mean, low, high, p, "t-test", adjusted[i] <= alpha, 1 - alpha, adjusted[i], t, family))
     return out
 
 

@@ -35,10 +35,9 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any, Callable
 
-from ablate.expand import _assignments, _excluded, get_path
+from ablate.axes import assignments, excluded, get_path, stored_axes
 from ablate.flops import flops_input
 from ablate.stats import ALPHA, MIN_PAIRS, Paired, Summary, compare_with_baseline, summarize
 from ablate.store_reads import COMPLETED, FAILED, INTERRUPTED, Reader, StudyRecord, TrialRecord, arm_key
@@ -119,10 +118,12 @@ def declared_arms(spec: dict[str, Any]) -> list[dict[str, Any]] | None:
     axes = spec.get("axes")
     if not isinstance(axes, dict):
         return None
-    from ablate.study import AxesSpec
+    plain = stored_axes(axes)  # as a validated study stored them: no schema (pydantic) needed
+    if plain is None:
+        from ablate.study import AxesSpec
 
-    study = SimpleNamespace(axes=AxesSpec.model_validate(axes))
-    return [a for a in _assignments(study) if not _excluded(a, study)]  # type: ignore[arg-type]
+        plain = AxesSpec.model_validate(axes)
+    return [a for a in assignments(plain) if not excluded(a, plain)]
 
 
 def group_arms(record: StudyRecord, all_arms: bool = False) -> list[Arm]:
@@ -502,7 +503,7 @@ def significance_notes(marks: set[str], tested: list[Paired], alpha: float) -> l
         n = f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
         m = "/".join(str(f) for f in sorted({p.family for p in tested}))  # one family per Δ column
         notes[0] += (f" Test: two-sided paired t-test over the seeds an arm shares with the baseline "
-                     f"(scipy.stats.ttest_rel, n = {n} pairs), p-values Holm-adjusted across the arms compared "
+                     f"(as scipy.stats.ttest_rel, n = {n} pairs), p-values Holm-adjusted across the arms compared "
                      f"with the baseline (m = {m}), family-wise α = {alpha:g}; the CSV has each arm's p, p_holm and "
                      f"unadjusted {1 - alpha:.0%} CI of the mean per-seed difference.")
     if SIGNIFICANT in marks:

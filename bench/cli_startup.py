@@ -25,7 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 # the module names printed with each command: what it loaded of the heavy libraries
-HEAVY = ("torch", "timm", "ray", "alembic", "sqlalchemy", "scipy", "pandas", "pyarrow", "plotly", "numpy")
+HEAVY = ("torch", "timm", "ray", "alembic", "sqlalchemy", "scipy", "pandas", "pyarrow", "plotly", "numpy", "pydantic",
+         "yaml", "markdown_it")
 PROBE = """
 import json, runpy, sys
 sys.argv = ["ablate", *json.loads(sys.argv[1])]
@@ -100,9 +101,13 @@ def main() -> None:
     if a.with_models:
         commands["models"] = ["models"]
     codes = [str(ROOT)] + [str(Path(c).resolve()) for c in a.code]
-    envs = {c: dict(os.environ, PYTHONPATH=c, ABLATE_DB=url, ABLATE_ARTIFACTS=str(work / "artifacts"),
-                    OMP_NUM_THREADS="1") for c in codes}
+    # compiled bytecode as an installed ablate has it: each checkout's .pyc under a prefix of its own
+    # (PYTHONDONTWRITEBYTECODE, set on some machines, would recompile every module on every run)
+    envs = {c: {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}, "PYTHONPATH": c,
+                "PYTHONPYCACHEPREFIX": str(work / "pyc" / str(i)), "ABLATE_DB": url,
+                "ABLATE_ARTIFACTS": str(work / "artifacts"), "OMP_NUM_THREADS": "1"} for i, c in enumerate(codes)}
     names = [c for c in a.only.split(",") if c] if a.only else list(commands)
+    timed([sys.executable, "-c", "pass"], envs[codes[0]], work)  # writes the interpreter's own .pyc
     base = [timed([sys.executable, "-c", "pass"], envs[codes[0]], work) for _ in range(a.repeats)]
     print(f"# {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
           f"{a.db or f'{a.trials} trials'} database, median of {a.repeats}; ratios to the median `python -c pass` "

@@ -135,6 +135,14 @@ def test_empty_page_says_so():
     assert 'id="study-picker"' not in page
 
 
+def test_plotly_bundle_is_plotlys_without_importing_plotly():
+    from plotly.offline import get_plotlyjs
+
+    from ablate.dashboard.page import plotly_bundle
+
+    assert plotly_bundle() == get_plotlyjs()
+
+
 def test_page_embeds_plotly_escapes_names_and_cleans_errors():
     page = page_of_records(small_records(), source="postgresql://u:***@h/db")
     js, what = plotly_js()

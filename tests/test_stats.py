@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from ablate.stats import (ALPHA, MIN_PAIRS, compare_with_baseline, holm, mean_std, pair_by_seed, paired_compare,
-                          significant, summarize, t_tests)
+from ablate.stats import (ALPHA, MIN_PAIRS, compare_with_baseline, holm, holm_adjust, mean_std, pair_by_seed,
+                          paired_compare, paired_t, significant, summarize, t_tests)
 
 
 def test_summarize_mean_and_sample_std():
@@ -59,8 +59,10 @@ def test_t_test_significant_and_matches_scipy():
     other = {0: 81.0, 1: 81.6, 2: 80.7, 3: 81.2}
     p = paired_compare(base, other)
     ref = stats.ttest_rel([other[s] for s in range(4)], [base[s] for s in range(4)])
-    assert p.p_value == float(ref.pvalue) and p.statistic == float(ref.statistic)
-    assert (p.low, p.high) == tuple(map(float, ref.confidence_interval()))
+    # t is scipy's arithmetic to the bit; p and the CI are ablate.tdist's, scipy's to ~1e-13
+    assert p.statistic == float(ref.statistic) and p.mean_diff == float(ref._estimate)
+    assert p.p_value == pytest.approx(float(ref.pvalue), rel=1e-13)
+    assert (p.low, p.high) == pytest.approx(tuple(map(float, ref.confidence_interval())), rel=1e-13)
     assert p.significant is True and p.p_value < 0.05 and p.low > 0
 
 
@@ -180,6 +182,27 @@ def test_holm_leaves_untested_out_of_the_family():
 @given(st.lists(st.floats(0.0, 1.0), min_size=1, max_size=8))
 def test_holm_is_its_brute_force_definition(p):
     assert holm(p) == pytest.approx(_holm_brute(p), rel=1e-12, abs=1e-300)
+    assert holm_adjust(p) == list(holm(p))  # the table's pure-Python Holm is the array one, exactly
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.floats(0.0, 1.0), st.just(float("nan"))), min_size=1, max_size=8))
+def test_holm_adjust_is_holm_with_untested(p):
+    np.testing.assert_array_equal(holm_adjust(p), holm(p))
+
+
+@settings(max_examples=200, deadline=None)
+@given(_values(2, 300), st.sampled_from([0.05, 0.01, 0.1]))
+def test_pure_python_t_test_is_the_array_one(pair, alpha):
+    """paired_t (one table) and t_tests (simulations) agree: mean and t to the bit (both do numpy's
+    pairwise sums, also past 8 and 128 pairs), p and CI to the precision of the t tail."""
+    base, other = pair
+    mine = paired_t(list(zip(base, other)), alpha)
+    arr = t_tests(np.array([base]), np.array([other]), alpha)
+    assert mine[0] == float(arr[0][0])
+    assert mine[1] == float(arr[1][0]) or (math.isnan(mine[1]) and np.isnan(arr[1][0]))
+    for got, want in zip(mine[2:], arr[2:]):
+        assert got == pytest.approx(float(want[0]), rel=1e-12, abs=1e-300)
 
 
 def test_holm_along_an_axis():

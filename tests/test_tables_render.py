@@ -208,7 +208,7 @@ def test_table12_layout_delta_marks_and_paper_rows():
     assert rows[("3×3", "6")][0] == "13"
     assert rows[("9×9", "-")][8:] == ["319M", "4.0M", "72.67"]
     assert ("Δ is the arm's mean minus the baseline's. Test: two-sided paired t-test over the seeds an arm shares "
-            "with the baseline (scipy.stats.ttest_rel, n = 3 pairs), p-values Holm-adjusted across the arms compared "
+            "with the baseline (as scipy.stats.ttest_rel, n = 3 pairs), p-values Holm-adjusted across the arms compared "
             "with the baseline (m = 3), family-wise α = 0.05; the CSV has each arm's p, p_holm and unadjusted 95% CI "
             "of the mean per-seed difference.") in t.notes
     assert f"{SIGNIFICANT} Significantly different from the baseline: Holm-adjusted p ≤ 0.05." in t.notes
@@ -350,7 +350,7 @@ def test_every_mark_and_holm_in_every_format():
     assert cells["15"] == "-0.35 (n<3)" and raw[15]["delta_top_1_test"] == "none" and raw[15]["delta_top_1_pairs"] == 2
     assert raw[9]["delta_top_1_pairs"] == 5 and raw[9]["delta_top_1_ci_low"] > 0
     assert raw[13]["delta_top_1_ci_low"] < 0 < raw[13]["delta_top_1_ci_high"]
-    assert "(scipy.stats.ttest_rel, n = 5 pairs), p-values Holm-adjusted across the arms compared with the baseline " \
+    assert "(as scipy.stats.ttest_rel, n = 5 pairs), p-values Holm-adjusted across the arms compared with the baseline " \
            "(m = 3), family-wise α = 0.05;" in t.notes[0]
     assert [n[:5] for n in t.notes] == ["Δ is ", f"{SIGNIFICANT} Sig", f"{DAGGER} Not", "(n<3)"]
 

@@ -89,7 +89,7 @@ def dot_arms(view: StudyView) -> list[ArmView]:
 def arms_figure(view: StudyView) -> dict[str, Any] | None:
     """Δ of every arm against the baseline with its confidence interval, one row per arm (the
     table's picture); without a baseline, each arm's mean with a 95% t interval over seeds."""
-    from scipy import stats
+    from ablate import tdist
 
     arms = dot_arms(view)
     if not arms:
@@ -135,7 +135,7 @@ def arms_figure(view: StudyView) -> dict[str, Any] | None:
         lo, hi = [], []
         for a in arms:
             if a.n >= 2 and a.std is not None:
-                h = float(stats.t.ppf(1 - view.alpha / 2, a.n - 1)) * a.std / math.sqrt(a.n)
+                h = tdist.isf_two_sided(view.alpha, a.n - 1) * a.std / math.sqrt(a.n)  # t.ppf(1 - alpha/2)
             else:
                 h = 0.0
             lo.append(h)
