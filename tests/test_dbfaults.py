@@ -230,7 +230,19 @@ def test_journaling_sink_keeps_results_while_postgresql_is_down(own_cluster, tmp
     assert store.counts()["metrics"] == 2
 
 
-def test_postgresql_restarted_mid_run_loses_nothing(own_cluster, tmp_path: Path, image_folder: Path) -> None:
+def _journaled_epochs(state: Path) -> int:
+    """Epoch results waiting in the drivers' journals under ``state``."""
+    n = 0
+    for p in state.glob("journal-*"):
+        try:
+            n += p.read_text().count('"add_metrics"')
+        except OSError:  # replayed and removed meanwhile
+            pass
+    return n
+
+
+def test_postgresql_restarted_mid_run_loses_nothing(own_cluster, tmp_path: Path, image_folder: Path,
+                                                    ray_address: str) -> None:
     url, ctl = own_cluster
     study = tiny_study("pgdown", image_folder)
     study["recipe"]["epochs"] = 4
@@ -238,12 +250,16 @@ def test_postgresql_restarted_mid_run_loses_nothing(own_cluster, tmp_path: Path,
     env = dict(os.environ, PYTHONPATH=str(ROOT), ABLATE_STATE_DIR=str(tmp_path / "state"), ABLATE_LEASE_S="30")
     env.pop("RAY_ADDRESS", None)
     log = tmp_path / "driver.log"
-    proc = subprocess.Popen([sys.executable, "-m", "ablate.cli", "run", str(f), "--db", url],
+    # the driver joins the session's Ray (as drivers join a cluster) instead of starting one of its own
+    proc = subprocess.Popen([sys.executable, "-m", "ablate.cli", "run", str(f), "--db", url, "--address", ray_address],
                             stdout=subprocess.PIPE, stderr=open(log, "w"), text=True, env=env, start_new_session=True)
     try:
         wait_for_epoch(url, log).close()
         ctl("stop")
-        time.sleep(6)  # training goes on; its epochs go to the journal
+        deadline = time.monotonic() + 120
+        while not _journaled_epochs(tmp_path / "state"):
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-2500:]
+            time.sleep(0.2)  # training goes on; its epochs go to the journal
         ctl("start")
         out, _ = proc.communicate(timeout=400)
     finally:
