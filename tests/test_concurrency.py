@@ -154,7 +154,7 @@ def test_two_drivers_started_together_train_each_trial_once(db_url: str, tmp_pat
 EPOCHS_TAKEOVER = 3
 
 
-def _until(cond, proc: subprocess.Popen, log: Path, timeout: float = 240, every: float = 0.1) -> None:
+def _until(what: str, cond, proc: subprocess.Popen, log: Path, timeout: float = 240, every: float = 0.1) -> None:
     """Poll ``cond()`` (database errors count as not yet) while ``proc`` lives."""
     deadline = time.monotonic() + timeout
     while True:
@@ -163,7 +163,7 @@ def _until(cond, proc: subprocess.Popen, log: Path, timeout: float = 240, every:
                 return
         except Exception:  # the database or the study is not there yet
             pass
-        assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-2000:]
+        assert time.monotonic() < deadline and proc.poll() is None, f"{what}: {log.name}: {log.read_text()[-2000:]}"
         time.sleep(every)
 
 
@@ -205,14 +205,14 @@ def test_second_driver_waits_then_takes_over_from_a_killed_first(tmp_path: Path,
     second = None
     store = Store(db_url)
     try:
-        _until(lambda: all(st.claimed_by for st in store.trial_states("takeover").values()) and
+        _until("the first claims every trial", lambda: all(st.claimed_by for st in store.trial_states("takeover").values()) and
                len(store.trial_states("takeover")) == 3, first, log1)
         second = _driver(f, db_url, tmp_path, "second.log", ray_address)  # registers while the first trains
-        _until(lambda: any(t.status == COMPLETED for t in store.load("takeover").trials), first, log1)
+        _until("the first completes a trial", lambda: any(t.status == COMPLETED for t in store.load("takeover").trials), first, log1)
         _freeze(first, tmp_path / "shared.db")  # alive, holding its leases, training nothing
         before = {t.trial_id: (t.status, t.ended_at, t.history) for t in store.load("takeover", history=True).trials}
         assert any(s == COMPLETED for s, _, _ in before.values()) and any(s != COMPLETED for s, _, _ in before.values())
-        _until(lambda: "running under another driver" in log2.read_text(), second, log2, every=0.2)
+        _until("the second waits for the first", lambda: "running under another driver" in log2.read_text(), second, log2, every=0.2)
         time.sleep(1)  # a few claim polls (lease 3 s: every 0.75 s) with the first alive: it only waits
         assert second.poll() is None and not any(
             st.claimed_by and st.claimed_by.split(":")[1] == str(second.pid)
