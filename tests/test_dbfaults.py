@@ -241,8 +241,7 @@ def _journaled_epochs(state: Path) -> int:
     return n
 
 
-def test_postgresql_restarted_mid_run_loses_nothing(own_cluster, tmp_path: Path, image_folder: Path,
-                                                    ray_address: str) -> None:
+def test_postgresql_restarted_mid_run_loses_nothing(own_cluster, tmp_path: Path, image_folder: Path) -> None:
     url, ctl = own_cluster
     study = tiny_study("pgdown", image_folder)
     study["recipe"]["epochs"] = 4
@@ -250,8 +249,7 @@ def test_postgresql_restarted_mid_run_loses_nothing(own_cluster, tmp_path: Path,
     env = dict(os.environ, PYTHONPATH=str(ROOT), ABLATE_STATE_DIR=str(tmp_path / "state"), ABLATE_LEASE_S="30")
     env.pop("RAY_ADDRESS", None)
     log = tmp_path / "driver.log"
-    # the driver joins the session's Ray (as drivers join a cluster) instead of starting one of its own
-    proc = subprocess.Popen([sys.executable, "-m", "ablate.cli", "run", str(f), "--db", url, "--address", ray_address],
+    proc = subprocess.Popen([sys.executable, "-m", "ablate.cli", "run", str(f), "--db", url],
                             stdout=subprocess.PIPE, stderr=open(log, "w"), text=True, env=env, start_new_session=True)
     try:
         wait_for_epoch(url, log).close()
