@@ -37,6 +37,23 @@ def make_image_folder(root: Path, n_train: int = 8, n_val: int = 4, size: int = 
     return root
 
 
+# Files by their measured wall time in CI (`--durations`), longest first. `make test` runs pytest-xdist
+# with --dist loadfile --no-loadscope-reorder: each worker takes the next file in this order when it
+# runs dry, so the long files start first and the last to start are short (longest-processing-time
+# first). xdist's default order (most tests first) left one-test files of a minute (DDP, the
+# cluster) to start last, on one worker, while the other had finished.
+SLOWEST_FILES = ("test_concurrency.py", "test_durable.py", "test_cluster.py", "test_dbfaults.py", "test_run.py",
+                 "test_trust.py", "test_dashboard.py", "test_tables_render.py", "test_data_trainer.py",
+                 "test_ddp.py", "test_fuzz_study.py", "test_analyze.py", "test_cleanup.py", "test_seg_durable.py",
+                 "test_seg_trial.py", "test_resources.py", "test_cli_imports.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Longest files first (see SLOWEST_FILES); the order within a file is kept."""
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session", autouse=True)
 def shared_local_ray():
     """One local Ray for the whole session, started on first use: ablate's runner joins a running

@@ -151,29 +151,72 @@ def test_two_drivers_started_together_train_each_trial_once(db_url: str, tmp_pat
     assert sum(ran) == 3, logs
 
 
-EPOCHS_TAKEOVER = 16
+EPOCHS_TAKEOVER = 3
+
+
+def _until(what: str, cond, proc: subprocess.Popen, log: Path, timeout: float = 240, every: float = 0.1) -> None:
+    """Poll ``cond()`` (database errors count as not yet) while ``proc`` lives."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if cond():
+                return
+        except Exception:  # the database or the study is not there yet
+            pass
+        assert time.monotonic() < deadline and proc.poll() is None, f"{what}: {log.name}: {log.read_text()[-2000:]}"
+        time.sleep(every)
+
+
+def _freeze(proc: subprocess.Popen, db: Path) -> None:
+    """SIGSTOP ``proc``, never while it holds SQLite's write lock (a frozen writer would block the
+    other driver's writes): if the lock is taken, let it run a moment and try again."""
+    import signal
+    import sqlite3
+
+    for _ in range(200):
+        os.kill(proc.pid, signal.SIGSTOP)
+        con = sqlite3.connect(db, timeout=0, isolation_level=None)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("ROLLBACK")
+            return
+        except sqlite3.OperationalError:  # locked: the frozen driver is mid-write
+            os.kill(proc.pid, signal.SIGCONT)
+            time.sleep(0.05)
+        finally:
+            con.close()
+    raise AssertionError("the first driver always held the write lock")
 
 
 def test_second_driver_waits_then_takes_over_from_a_killed_first(tmp_path: Path, image_folder: Path,
                                                                  ray_address: str) -> None:
-    """Staggered: the second driver starts while the first trains (SQLite here; the claim logic is
-    the same SQL on PostgreSQL, which the started-together test covers with real drivers)."""
+    """Staggered: the second driver starts once the first holds every trial (SQLite here; the claim
+    logic is the same SQL on PostgreSQL, which the started-together test covers with real drivers).
+
+    The first is frozen (SIGSTOP) once it has completed a trial, so that it is certainly mid-run, alive
+    and holding its claims however long the second takes to start (its lease outlasts that start-up);
+    then, with the second waiting for it, it is killed with SIGKILL and the second takes over."""
     db_url = f"sqlite:///{tmp_path / 'shared.db'}"
-    # enough epochs that the first is still training when the second has started (workers are reused
-    # across trials, so three short trials end before a second driver has imported torch)
     f = _study(tmp_path, image_folder, "takeover", epochs=EPOCHS_TAKEOVER)
-    first = _driver(f, db_url, tmp_path, "first.log", ray_address)
+    log1, log2 = tmp_path / "first.log", tmp_path / "second.log"
+    first = subprocess.Popen(ABLATE + ["run", str(f), "--db", db_url, "--address", ray_address],
+                             stdout=subprocess.DEVNULL, stderr=open(log1, "w"),
+                             env=_env(tmp_path, ABLATE_LEASE_S="600"), start_new_session=True)
     second = None
-    store = None
+    store = Store(db_url)
     try:
-        store = wait_for_epoch(db_url, tmp_path / "first.log")  # the first driver is mid-run
-        second = _driver(f, db_url, tmp_path, "second.log", ray_address)  # staggered: registers while the first trains
-        deadline = time.monotonic() + 240
-        while "running under another driver" not in (tmp_path / "second.log").read_text():
-            assert time.monotonic() < deadline and second.poll() is None, (tmp_path / "second.log").read_text()
-            time.sleep(0.3)  # until the second has found every unfinished trial held, and waits
+        _until("the first claims every trial", lambda: all(st.claimed_by for st in store.trial_states("takeover").values()) and
+               len(store.trial_states("takeover")) == 3, first, log1)
+        second = _driver(f, db_url, tmp_path, "second.log", ray_address)  # registers while the first trains
+        _until("the first completes a trial", lambda: any(t.status == COMPLETED for t in store.load("takeover").trials), first, log1)
+        _freeze(first, tmp_path / "shared.db")  # alive, holding its leases, training nothing
         before = {t.trial_id: (t.status, t.ended_at, t.history) for t in store.load("takeover", history=True).trials}
-        assert any(s != COMPLETED for s, _, _ in before.values()), "the first driver finished too early"
+        assert any(s == COMPLETED for s, _, _ in before.values()) and any(s != COMPLETED for s, _, _ in before.values())
+        _until("the second waits for the first", lambda: "running under another driver" in log2.read_text(), second, log2, every=0.2)
+        time.sleep(1)  # a few claim polls (lease 3 s: every 0.75 s) with the first alive: it only waits
+        assert second.poll() is None and not any(
+            st.claimed_by and st.claimed_by.split(":")[1] == str(second.pid)
+            for st in store.trial_states("takeover").values()), "the second took trials of a live driver"
         kill_session(first.pid)
         first.wait(timeout=30)
         second.wait(timeout=420)
@@ -181,10 +224,10 @@ def test_second_driver_waits_then_takes_over_from_a_killed_first(tmp_path: Path,
         for p in (first, second):
             if p is not None:
                 kill_session(p.pid)
-    log2 = (tmp_path / "second.log").read_text()
-    assert second.returncode == 0, log2[-2000:]
-    summary = [x for x in log2.splitlines() if x.startswith("3 trials:")]
-    assert summary and "running under another driver" in summary[0], log2[-2000:]
+    out2 = log2.read_text()
+    assert second.returncode == 0, out2[-2000:]
+    summary = [x for x in out2.splitlines() if x.startswith("3 trials:")]
+    assert summary and "running under another driver" in summary[0], out2[-2000:]
     _assert_trained_once(store, "takeover", EPOCHS_TAKEOVER)
     after = {t.trial_id: t for t in store.load("takeover", history=True).trials}
     for tid, (status, ended, hist) in before.items():

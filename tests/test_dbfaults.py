@@ -230,6 +230,17 @@ def test_journaling_sink_keeps_results_while_postgresql_is_down(own_cluster, tmp
     assert store.counts()["metrics"] == 2
 
 
+def _journaled_epochs(state: Path) -> int:
+    """Epoch results waiting in the drivers' journals under ``state``."""
+    n = 0
+    for p in state.glob("journal-*"):
+        try:
+            n += p.read_text().count('"add_metrics"')
+        except OSError:  # replayed and removed meanwhile
+            pass
+    return n
+
+
 def test_postgresql_restarted_mid_run_loses_nothing(own_cluster, tmp_path: Path, image_folder: Path) -> None:
     url, ctl = own_cluster
     study = tiny_study("pgdown", image_folder)
@@ -243,7 +254,10 @@ def test_postgresql_restarted_mid_run_loses_nothing(own_cluster, tmp_path: Path,
     try:
         wait_for_epoch(url, log).close()
         ctl("stop")
-        time.sleep(6)  # training goes on; its epochs go to the journal
+        deadline = time.monotonic() + 120
+        while not _journaled_epochs(tmp_path / "state"):
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-2500:]
+            time.sleep(0.2)  # training goes on; its epochs go to the journal
         ctl("start")
         out, _ = proc.communicate(timeout=400)
     finally:

@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+import typer.main
+import typer.testing
 import yaml
 from typer.testing import CliRunner
 
@@ -295,6 +297,10 @@ def test_fuzz_plan_on_mutated_study_files(tmp_path: Path, monkeypatch: pytest.Mo
     src.mkdir()
     monkeypatch.chdir(cwd)
     monkeypatch.setenv("ABLATE_DB", f"sqlite:///{cwd / 'must-not-exist.db'}")
+    # typer rebuilds the click command from the app on every CliRunner.invoke (half of a case's time);
+    # build it once: the same command, options and callbacks
+    cli = typer.main.get_command(app)
+    monkeypatch.setattr(typer.testing, "_get_command", lambda _app: cli)
     runner = CliRunner()
     f = src / "warm.yaml"
     f.write_text(_dump(SHIPPED["dilation"]))
