@@ -323,6 +323,24 @@ class _EngineSQL:
             yield lambda sql, params=None: c.execute(text(sql), params or {}).all()
 
 
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a block builds 10^5 objects that form no cycles
+    (a table's records, its rows): each collection would walk every object built so far, which
+    costs a third of a table's reads and a quarter of its rendering at 10^5 trials. Reference
+    counting still frees everything; the collector runs again after the block (nested or
+    concurrent blocks leave it on if it was on before the first)."""
+    import gc
+
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def _in(name: str, values: list[Any]) -> tuple[str, dict[str, Any]]:
     """``(:name0, :name1, ...)`` and its parameters: an IN list in named-parameter SQL."""
     params = {f"{name}{i}": v for i, v in enumerate(values)}
@@ -551,7 +569,7 @@ class Reader:
                           for i in range(len(names))))
         out: list[TrialRecord] = []
         firsts: dict[tuple[str, Any], tuple[int, TrialRecord]] = {}  # (arm, profile) -> its first trial
-        with self._sql.snapshot() as q:
+        with paused_gc(), self._sql.snapshot() as q:
             sid = self._study_id(q, study)
             arms: dict[Any, Any] = {}
             codes: dict[Any, dict[str, Any]] = {}
