@@ -650,10 +650,11 @@ class Reader:
         return out
 
     def last_epochs(self, study: str) -> dict[str, int]:
-        """{trial_id: the last epoch with a stored metric} (trials without metrics are absent)."""
+        """{trial_id: the last epoch with a stored metric} (trials without metrics are absent): the
+        largest of its metrics' last epochs, so read from ``trial_finals`` (a few rows per trial)."""
         with self._sql.snapshot() as q:
             sid = self._study_id(q, study)
-            return dict(q("SELECT t.trial_id, max(m.epoch) FROM metrics m JOIN trials t ON t.pk = m.trial_pk "
+            return dict(q("SELECT t.trial_id, max(f.epoch) FROM trial_finals f JOIN trials t ON t.pk = f.trial_pk "
                           "WHERE t.study_id = :sid GROUP BY t.trial_id", {"sid": sid}))
 
     def trial_errors(self, study: str, trial_ids: Iterable[str]) -> dict[str, str]:

@@ -244,8 +244,8 @@ def test_every_read_gives_the_same_values_on_every_backend(store: Store, tmp_pat
 
 
 def test_plan_reads_aggregates_not_histories(store: Store) -> None:
-    """`ablate plan` counts each trial's stored epochs from its last epoch (an aggregate), the same
-    count the per-epoch rows give, and reads no per-epoch row."""
+    """`ablate plan` counts each trial's stored epochs from its last epoch (an aggregate of the
+    stored finals), the same count the per-epoch rows give, and reads no per-epoch row."""
     from ablate.cli import _existing_record
 
     rec = scale_record("planned", 12, epochs=4, seeds=2, failed_every=5)
@@ -266,8 +266,10 @@ def test_plan_reads_aggregates_not_histories(store: Store) -> None:
             got, epochs, where = _existing_record(store.url, "planned")
         finally:
             sr.open_reader = inner
-        metric_reads = [q for q in seen if "metrics" in q]
-        assert metric_reads and all("max(" in q and "value" not in q for q in metric_reads), metric_reads
+        metric_reads = [q for q in seen if "metrics" in q or "trial_finals" in q]
+        # the last epochs from the stored finals (0005): no per-epoch row, not even of the index
+        assert metric_reads and all("max(" in q and "value" not in q and "FROM metrics" not in q
+                                    for q in metric_reads), metric_reads
     else:
         got, epochs, where = _existing_record(store.url, "planned")
     assert where == store.display_url
@@ -475,3 +477,7 @@ def test_finals_table_is_the_last_epoch_rows_after_any_history_of_writes(store: 
         t: {m: v for m, v in f.items() if m in names} for t, f in whole.items()}
     chunks = [t for _, ts in store.iter_trial_chunks(["mixed"], metrics="final", chunk=4) for t in ts]
     assert {t.trial_id: t.final for t in chunks} == whole
+    with store._sql.snapshot() as q:  # the last epoch of any metric: what `ablate plan` resumes from
+        last = dict(q("SELECT t.trial_id, max(m.epoch) FROM metrics m JOIN trials t ON t.pk = m.trial_pk "
+                      "JOIN studies s ON s.id = t.study_id WHERE s.name = 'mixed' GROUP BY t.trial_id"))
+    assert store.last_epochs("mixed") == last and last[failed.trial_id] == 7
