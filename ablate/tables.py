@@ -498,7 +498,8 @@ def _build_table(record: StudyRecord, alpha: float, all_arms: bool) -> TableData
         notes.append(f"{STALE} Made by other code: some of the arm's results come from another ablate version or git "
                      "commit, or a working tree with uncommitted changes (`ablate plan` lists them; "
                      "`ablate run --rerun-stale` retrains them).")
-    notes += _incomplete_notes(in_file if declared_arms(record.spec) is not None else record.trials)
+    from_file = isinstance(record.spec.get("axes"), dict)  # = declared_arms(spec) is not None, without expanding
+    notes += _incomplete_notes(in_file if from_file else record.trials)
     profile = record.spec.get("profile")
     title = record.name + (f" (profile: {profile})" if profile else "")
     return TableData(title, headers, rows, raw, notes, groups, bold, record.name)
