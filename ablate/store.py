@@ -117,6 +117,40 @@ class MetricRow(Base):
     value: Mapped[float] = mapped_column(Float)
 
 
+class TrialFinalRow(Base):
+    """Each trial's final value of each metric: the metric row at its last epoch (0005), kept by
+    every write of ``metrics`` in the same transaction, so that a table reads one row per trial
+    and metric by primary key instead of looking for the last epoch among all of them."""
+
+    __tablename__ = "trial_finals"
+    __table_args__ = {"sqlite_with_rowid": False}  # SQLite: the rows live in the primary key's b-tree
+    trial_pk: Mapped[int] = mapped_column(ForeignKey("trials.pk", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer)
+    value: Mapped[float] = mapped_column(Float)
+
+
+# a trial's final rows, recomputed from its metric rows (``_refresh_finals``); {names}: optional filter
+_REFRESH_FINALS = ("INSERT INTO trial_finals (trial_pk, name, epoch, value) "
+                   "SELECT m.trial_pk, m.name, m.epoch, m.value FROM metrics m JOIN "
+                   "(SELECT name, max(epoch) AS e FROM metrics WHERE trial_pk = :pk{names} GROUP BY name) f "
+                   "ON m.name = f.name AND m.epoch = f.e WHERE m.trial_pk = :pk")
+
+
+def _refresh_finals(s: Session, pk: int, names: list[str] | None = None) -> None:
+    """Recompute trial ``pk``'s rows of ``trial_finals`` (those of ``names``, or all) from its metric
+    rows, inside the caller's transaction: whatever was written or deleted, the finals agree."""
+    params: dict[str, Any] = {"pk": pk}
+    where = ""
+    if names is not None:
+        if not names:
+            return
+        params.update({f"n{i}": n for i, n in enumerate(names)})
+        where = " AND name IN (" + ", ".join(f":n{i}" for i in range(len(names))) + ")"
+    s.execute(text(f"DELETE FROM trial_finals WHERE trial_pk = :pk{where}"), params)
+    s.execute(text(_REFRESH_FINALS.format(names=where)), params)
+
+
 class TrialAttemptRow(Base):
     """An attempt replaced by ``rerun``: what the trial was before, metrics included."""
 
@@ -466,6 +500,7 @@ class Store(Reader):
             if values:
                 s.execute(insert(MetricRow), [{"trial_pk": row.pk, "epoch": epoch, "name": k, "value": float(v)}
                                               for k, v in values.items()])
+            _refresh_finals(s, row.pk, list(values))
             return True
 
     def add_analysis(self, study: str, trial_id: str, values: dict[str, float]) -> bool:
@@ -483,6 +518,7 @@ class Store(Reader):
             if values:
                 s.execute(insert(MetricRow), [{"trial_pk": row.pk, "epoch": epoch, "name": k, "value": float(v)}
                                               for k, v in values.items()])
+            _refresh_finals(s, row.pk, list(values))
             return True
 
     def finish(self, study: str, trial_id: str, error: str | None = None, *, error_kind: str | None = None) -> bool:
@@ -540,6 +576,7 @@ class Store(Reader):
                                       started_at=row.started_at, ended_at=row.ended_at, metrics=metrics,
                                       archived_at=_now()))
                 s.execute(delete(MetricRow).where(MetricRow.trial_pk == row.pk))
+                s.execute(delete(TrialFinalRow).where(TrialFinalRow.trial_pk == row.pk))
                 row.status, row.error, row.error_kind, row.provenance = PENDING, None, None, None
                 row.started_at, row.ended_at, row.claimed_by, row.lease_until = None, None, None, None
                 n += 1
@@ -584,13 +621,20 @@ class Store(Reader):
         pks = dict(conn.execute(select(TrialRow.trial_id, TrialRow.pk).where(
             TrialRow.study_id == study_id, TrialRow.trial_id.in_([t.trial_id for t in trials]))).all())
         metrics: list[dict[str, Any]] = []
+        finals: list[dict[str, Any]] = []  # the row of each metric's last epoch, as _refresh_finals finds it
         for t in trials:
             pk = pks[t.trial_id]
             last = max((e for h in t.history.values() for e, _ in h), default=0)
             for name, hist in t.history.items():
                 metrics += [{"trial_pk": pk, "epoch": e, "name": name, "value": float(v)} for e, v in hist]
-            metrics += [{"trial_pk": pk, "epoch": last, "name": name, "value": float(v)}
-                        for name, v in t.final.items() if name not in t.history]
+                if hist:  # an epoch given twice fails on the metrics' unique key below
+                    e, v = max(hist, key=lambda ev: ev[0])
+                    finals.append({"trial_pk": pk, "name": name, "epoch": e, "value": float(v)})
+            for name, v in t.final.items():
+                if name not in t.history:
+                    metrics.append({"trial_pk": pk, "epoch": last, "name": name, "value": float(v)})
+                    finals.append({"trial_pk": pk, "name": name, "epoch": last, "value": float(v)})
         if metrics:
             conn.execute(insert(MetricRow.__table__), metrics)
+            conn.execute(insert(TrialFinalRow.__table__), finals)
         return len(rows)

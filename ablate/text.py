@@ -25,12 +25,16 @@ _ESCAPES = re.compile(
     r"|[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]"
 )
 _SURROGATES = re.compile(r"[\ud800-\udfff]")
+_TAG_OPEN = re.compile(r"<(?=[A-Za-z/!?])")
 
 
 def strip_controls(s: object, keep_newlines: bool = True) -> str:
     """``s`` as text without terminal control sequences or lone surrogates (shown as U+FFFD).
     Newlines and tabs stay unless ``keep_newlines`` is false (then they become spaces)."""
-    s = _SURROGATES.sub("\ufffd", _ESCAPES.sub("", str(s)))
+    s = str(s)
+    if s.isprintable():  # no control, format (bidi) or surrogate character, no line break: nothing to do
+        return s
+    s = _SURROGATES.sub("\ufffd", _ESCAPES.sub("", s))
     return s if keep_newlines else s.replace("\r\n", " ").replace("\n", " ").replace("\r", " ").replace("\t", " ")
 
 
@@ -46,7 +50,7 @@ def markdown_cell(s: object) -> str:
     # "<" opens HTML only before a tag's first character (a letter, /, ! or ?); elsewhere ("n<3") it
     # stays as it is, and so does ">" (no tag without "<"), so a table printed to a terminal reads as written
     s = s.replace("&", "&amp;").replace("|", r"\|")
-    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", s)
+    return _TAG_OPEN.sub("&lt;", s) if "<" in s else s
 
 
 def header_safe(s: object, limit: int = 200) -> str:

@@ -244,8 +244,8 @@ def test_every_read_gives_the_same_values_on_every_backend(store: Store, tmp_pat
 
 
 def test_plan_reads_aggregates_not_histories(store: Store) -> None:
-    """`ablate plan` counts each trial's stored epochs from its last epoch (an aggregate), the same
-    count the per-epoch rows give, and reads no per-epoch row."""
+    """`ablate plan` counts each trial's stored epochs from its last epoch (an aggregate of the
+    stored finals), the same count the per-epoch rows give, and reads no per-epoch row."""
     from ablate.cli import _existing_record
 
     rec = scale_record("planned", 12, epochs=4, seeds=2, failed_every=5)
@@ -266,8 +266,10 @@ def test_plan_reads_aggregates_not_histories(store: Store) -> None:
             got, epochs, where = _existing_record(store.url, "planned")
         finally:
             sr.open_reader = inner
-        metric_reads = [q for q in seen if "metrics" in q]
-        assert metric_reads and all("max(" in q and "value" not in q for q in metric_reads), metric_reads
+        metric_reads = [q for q in seen if "metrics" in q or "trial_finals" in q]
+        # the last epochs from the stored finals (0005): no per-epoch row, not even of the index
+        assert metric_reads and all("max(" in q and "value" not in q and "FROM metrics" not in q
+                                    for q in metric_reads), metric_reads
     else:
         got, epochs, where = _existing_record(store.url, "planned")
     assert where == store.display_url
@@ -412,3 +414,70 @@ def test_light_params_parse_once_per_arm_and_equal_the_stored_json() -> None:
             p, arm = _light_params(raw, arm_text, seed, arms)
             assert p == json.loads(raw) and list(p) == list(json.loads(raw)) and arm == arm_key(p)
     assert len(arms) == 2  # the first four share one arm
+
+
+_OF_STUDY = "trial_pk IN (SELECT t.pk FROM trials t JOIN studies s ON s.id = t.study_id WHERE s.name = :n)"
+_LAST_EPOCH_ROWS = ("SELECT m.trial_pk, m.name, m.epoch, m.value FROM metrics m JOIN (SELECT trial_pk, name, "
+                    f"max(epoch) AS e FROM metrics WHERE {_OF_STUDY} GROUP BY trial_pk, name) f "
+                    "ON m.trial_pk = f.trial_pk AND m.name = f.name AND m.epoch = f.e")
+
+
+def _finals_and_last_rows(r: Reader, study: str) -> tuple[list[tuple], list[tuple]]:
+    """(the rows of trial_finals, the metric rows at their trial's last epoch of that metric) of
+    the trials of ``study``."""
+    with r._sql.snapshot() as q:
+        return (sorted(tuple(x) for x in q(f"SELECT trial_pk, name, epoch, value FROM trial_finals WHERE {_OF_STUDY}",
+                                           {"n": study})),
+                sorted(tuple(x) for x in q(_LAST_EPOCH_ROWS, {"n": study})))
+
+
+def test_finals_table_is_the_last_epoch_rows_after_any_history_of_writes(store: Store) -> None:
+    """``trial_finals`` (0005), which tables and ``final_values`` read, stays equal to the metric
+    rows at each trial's last epoch through bulk import, resumed trials rewriting earlier epochs,
+    re-reported epochs, metrics reported out of order or only some at a time, analyses and reruns."""
+    rec = scale_record("mixed", 15, epochs=4, seeds=3, failed_every=4)
+    store.import_records([rec])
+    finals, rows = _finals_and_last_rows(store, "mixed")
+    assert finals == rows and len(finals) == 3 * sum(bool(t.history) for t in rec.trials)
+    done = [t.trial_id for t in rec.trials if t.status == COMPLETED]
+    failed = [t for t in rec.trials if t.status == FAILED][0]
+    pending = [t.trial_id for t in rec.trials if t.trial_id not in done and t.status != FAILED][0]
+    last = failed.history["val_loss"][-1]
+    # the failed trial resumes from an earlier checkpoint: epoch 0 again, its later epoch stays last
+    store.start("mixed", failed.trial_id)
+    store.add_metrics("mixed", failed.trial_id, 0, {"top1": 11.0, "val_loss": 1.1})
+    assert store.final_values("mixed")[failed.trial_id]["val_loss"] == last
+    # then it goes past its old last epoch, for one metric only, and reports that epoch twice
+    store.add_metrics("mixed", failed.trial_id, 7, {"top1": 77.0})
+    store.add_metrics("mixed", failed.trial_id, 7, {"top1": 78.0})
+    # a pending trial reports a later epoch before an earlier one
+    store.start("mixed", pending)
+    store.add_metrics("mixed", pending, 2, {"top1": 2.0, "val_loss": 0.2})
+    store.add_metrics("mixed", pending, 0, {"top1": 0.5, "val_loss": 0.9})
+    store.add_metrics("mixed", pending, 1, {})
+    # analyses of a completed trial, the second replacing the first
+    store.add_analysis("mixed", done[0], {"erf_area": 0.5})
+    store.add_analysis("mixed", done[0], {"erf_area": 0.25, "shape_bias": 0.1})
+    # reruns: one trains again (one epoch so far), one is left pending
+    assert store.rerun("mixed", done[1:3]) == 2
+    store.start("mixed", done[1])
+    store.add_metrics("mixed", done[1], 0, {"top1": 5.0})
+    finals, rows = _finals_and_last_rows(store, "mixed")
+    assert finals == rows
+    got = store.final_values("mixed")
+    assert got[failed.trial_id]["top1"] == (7, 78.0) and got[failed.trial_id]["val_loss"] == last
+    assert got[pending] == {"top1": (2, 2.0), "val_loss": (2, 0.2)}
+    assert got[done[0]]["erf_area"] == (3, 0.25) and got[done[0]]["shape_bias"] == (3, 0.1)
+    assert got[done[1]] == {"top1": (0, 5.0)} and done[2] not in got
+    # every read of finals is what the old read of every metric row gives
+    whole = {t.trial_id: t.final for t in store.load_many(["mixed"])[0].trials}
+    assert {t: {m: v for m, (_, v) in f.items()} for t, f in got.items()} == {t: f for t, f in whole.items() if f}
+    names = ["top1", "val_loss", "erf_area"]
+    assert {t.trial_id: t.final for t in store.table_trials("mixed", names)} == {
+        t: {m: v for m, v in f.items() if m in names} for t, f in whole.items()}
+    chunks = [t for _, ts in store.iter_trial_chunks(["mixed"], metrics="final", chunk=4) for t in ts]
+    assert {t.trial_id: t.final for t in chunks} == whole
+    with store._sql.snapshot() as q:  # the last epoch of any metric: what `ablate plan` resumes from
+        last = dict(q("SELECT t.trial_id, max(m.epoch) FROM metrics m JOIN trials t ON t.pk = m.trial_pk "
+                      "JOIN studies s ON s.id = t.study_id WHERE s.name = 'mixed' GROUP BY t.trial_id"))
+    assert store.last_epochs("mixed") == last and last[failed.trial_id] == 7

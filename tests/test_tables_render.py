@@ -458,3 +458,18 @@ def test_good_formats_still_apply():
                                {"header": "P", "source": "params", "format": "human"}]})
     t = build_table(record("ok", [trial("ok", {"model.kwargs.kernel_size": 3}, 0, {"top1": 71.2345})], table))
     assert t.rows[0][:3] == ["3×3", "  71.234", "4.0M"]
+
+
+def test_the_fast_path_of_strip_controls_skips_only_text_it_would_not_change() -> None:
+    """``strip_controls`` returns printable text as it is (a table at 10^5 trials has 10^5 cells):
+    no printable character is one the full path removes or replaces, and text with controls,
+    bidirectional overrides or surrogates still goes through it."""
+    import sys
+
+    from ablate.text import _ESCAPES, _SURROGATES, markdown_cell, strip_controls
+
+    printable = "".join(ch for ch in map(chr, range(sys.maxunicode + 1)) if ch.isprintable())
+    assert _SURROGATES.sub("\ufffd", _ESCAPES.sub("", printable)) == printable
+    assert strip_controls("a\x1b[31mred\x1b[0m\u202eb\ud800") == "ared" + "b\ufffd"
+    assert strip_controls("x\ny", keep_newlines=False) == "x y"
+    assert markdown_cell("80.1 ± 0.2 | <b>&") == r"80.1 ± 0.2 \| &lt;b>&amp;" and markdown_cell("n<3") == "n<3"

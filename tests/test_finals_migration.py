@@ -1,0 +1,58 @@
+"""db/versions/0005: a database of revision 0004 gets ``trial_finals`` filled from its metric rows
+(each metric's row at the trial's last epoch), on SQLite and PostgreSQL, and reads give the same
+final values as the metric rows did."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+
+from conftest import drop_schema
+from ablate.store import Store, _alembic_config, make_engine
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def old_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'old.db'}"
+    url = request.getfixturevalue("pg_url")
+    drop_schema(url)
+    return url
+
+
+def test_upgrade_fills_finals_from_the_last_epoch_rows(old_url: str) -> None:
+    engine = make_engine(old_url)
+    with engine.begin() as conn:
+        command.upgrade(_alembic_config(conn), "0004")  # the schema as the previous ablate left it
+    rows = {1: [(0, "top1", 1.0), (1, "top1", 2.0), (0, "loss", 0.9), (1, "loss", 0.5), (3, "erf", 0.25)],
+            2: [(2, "top1", 9.0), (0, "top1", 3.0)],  # written out of order
+            3: []}  # no metrics: no finals
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO studies (id, name, description, spec, created_at, updated_at) "
+                             "VALUES (1, 's', '', '{}', '2026-01-01', '2026-01-01')"))
+        meta = sa.MetaData()
+        trials = sa.Table("trials", meta, autoload_with=conn)
+        metrics = sa.Table("metrics", meta, autoload_with=conn)
+        for pk, ms in rows.items():
+            conn.execute(trials.insert().values(pk=pk, study_id=1, trial_id=f"t{pk}", params={"seed": pk},
+                                                config={"seed": pk}, seed=pk, status="completed", attempts=1))
+            for epoch, name, value in ms:
+                conn.execute(metrics.insert().values(trial_pk=pk, epoch=epoch, name=name, value=value))
+    engine.dispose()
+
+    store = Store(old_url)  # migrates to head
+    try:
+        with store.engine.connect() as conn:
+            finals = sorted(tuple(r) for r in conn.execute(sa.text("SELECT trial_pk, name, epoch, value FROM trial_finals")))
+        assert finals == [(1, "erf", 3, 0.25), (1, "loss", 1, 0.5), (1, "top1", 1, 2.0), (2, "top1", 2, 9.0)]
+        assert store.final_values("s") == {"t1": {"erf": (3, 0.25), "loss": (1, 0.5), "top1": (1, 2.0)},
+                                           "t2": {"top1": (2, 9.0)}}
+        assert [t.final for t in store.table_trials("s", ["top1", "loss"])] == [{"top1": 2.0, "loss": 0.5},
+                                                                               {"top1": 9.0}, {}]
+    finally:
+        store.close()
+    if not old_url.startswith("sqlite"):
+        drop_schema(old_url)
