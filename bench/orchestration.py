@@ -27,26 +27,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def image_folder(root: Path, n: int = 8, size: int = 16) -> Path:
-    """ImageNet layout, three colour classes: tiny, learnable."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for split, count in (("train", n), ("val", n // 2)):
-        for ci, cls in enumerate(("red", "green", "blue")):
-            d = root / split / cls
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(count):
-                img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
-                img[..., ci] += 180
-                Image.fromarray(img).save(d / f"{i}.png")
-    return root
 
 
 def study_file(d: Path, n: int, epochs: int, cpus: int, data: Path) -> Path:
@@ -153,7 +136,10 @@ def main() -> None:
     times: dict[str, dict[int, float]] = {w: {} for w in ways}
     with tempfile.TemporaryDirectory(prefix="bench-orch-") as tmp:
         d = Path(tmp)
-        data = image_folder(d / "data")
+        sys.path.insert(0, str(ROOT / "tests"))  # the tests' tiny learnable image folder
+        from _synth import make_image_folder
+
+        data = make_image_folder(d / "data")
         for n in args.n:
             study = study_file(d, n, args.epochs, cpus, data)
             for way in ways:

@@ -1,5 +1,6 @@
 """Synthetic studies for table and dashboard tests: StudyRecords built in memory (no training),
-with known per-seed values so statistics can be checked by hand, and a generator of large databases."""
+with known per-seed values so statistics can be checked by hand, a generator of large databases,
+and tiny learnable image folders (tests and bench/orchestration.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,30 @@ import json
 import math
 import random
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ablate.store import COMPLETED, FAILED, PENDING, StudyRecord, TrialRecord
+
+CLASSES = ("red", "green", "blue")
+
+
+def make_image_folder(root: Path, n_train: int = 8, n_val: int = 4, size: int = 16, seed: int = 0) -> Path:
+    """ImageNet layout with three colour classes plus noise: learnable in a few steps."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("val", n_val)):
+        for ci, cls in enumerate(CLASSES):
+            d = root / split / cls
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+                img[..., ci] += 180
+                Image.fromarray(img).save(d / f"{i}.png")
+    return root
 
 
 def _tid(*parts: Any) -> str:

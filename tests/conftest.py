@@ -8,7 +8,6 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import yaml
 
@@ -18,23 +17,7 @@ import tempfile  # noqa: E402
 
 os.environ["ABLATE_ARTIFACTS"] = tempfile.mkdtemp(prefix="ablate-artifacts-")
 
-CLASSES = ("red", "green", "blue")
-
-
-def make_image_folder(root: Path, n_train: int = 8, n_val: int = 4, size: int = 16, seed: int = 0) -> Path:
-    """ImageNet layout with three colour classes plus noise: learnable in a few steps."""
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("val", n_val)):
-        for ci, cls in enumerate(CLASSES):
-            d = root / split / cls
-            d.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                img = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
-                img[..., ci] += 180
-                Image.fromarray(img).save(d / f"{i}.png")
-    return root
+from _synth import make_image_folder  # noqa: E402,F401  (tests import it from here)
 
 
 # Files by their measured wall time in CI (`--durations`), longest first. `make test` runs pytest-xdist
@@ -177,6 +160,17 @@ def pg_url() -> str:
         c.execute(text(f'CREATE DATABASE "{mine}"'))
     admin.dispose()
     return base.set(database=mine).render_as_string(hide_password=False)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each kind: a SQLite file under tmp_path, or the test PostgreSQL with its
+    schema dropped."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.db'}"
+    url = request.getfixturevalue("pg_url")
+    drop_schema(url)
+    return url
 
 
 def session_pids(sid: int) -> list[int]:

@@ -12,10 +12,8 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
-
 from ablate.store import COMPLETED, Store
-from conftest import drop_schema, wait_for_epoch, kill_session, tiny_study, write_study
+from conftest import kill_session, tiny_study, write_study
 
 ABLATE = [sys.executable, "-m", "ablate.cli"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,15 +25,6 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     env.pop("RAY_ADDRESS", None)
     env.update(extra)
     return env
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'shared.db'}"
-    url = request.getfixturevalue("pg_url")
-    drop_schema(url)
-    return url
 
 
 # The race tests load ablate/store.py by itself: `import ablate` loads torch and timm (15 s of CPU

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from _synth import big_studies, trial
 from ablate import export as ex
-from ablate.store import COMPLETED, FAILED, PENDING, Store, StudyRecord, TrialRecord
+from ablate.store import FAILED, PENDING, Store, StudyRecord, TrialRecord
 
 
 def _arrow_csv_lines(schema: pa.Schema, columns: dict[str, list[Any]]) -> list[str]:

@@ -4,9 +4,6 @@ final values as the metric rows did."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 import sqlalchemy as sa
 from alembic import command
 
@@ -14,17 +11,8 @@ from conftest import drop_schema
 from ablate.store import Store, _alembic_config, make_engine
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def old_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'old.db'}"
-    url = request.getfixturevalue("pg_url")
-    drop_schema(url)
-    return url
-
-
-def test_upgrade_fills_finals_from_the_last_epoch_rows(old_url: str) -> None:
-    engine = make_engine(old_url)
+def test_upgrade_fills_finals_from_the_last_epoch_rows(db_url: str) -> None:
+    engine = make_engine(db_url)
     with engine.begin() as conn:
         command.upgrade(_alembic_config(conn), "0004")  # the schema as the previous ablate left it
     rows = {1: [(0, "top1", 1.0), (1, "top1", 2.0), (0, "loss", 0.9), (1, "loss", 0.5), (3, "erf", 0.25)],
@@ -43,7 +31,7 @@ def test_upgrade_fills_finals_from_the_last_epoch_rows(old_url: str) -> None:
                 conn.execute(metrics.insert().values(trial_pk=pk, epoch=epoch, name=name, value=value))
     engine.dispose()
 
-    store = Store(old_url)  # migrates to head
+    store = Store(db_url)  # migrates to head
     try:
         with store.engine.connect() as conn:
             finals = sorted(tuple(r) for r in conn.execute(sa.text("SELECT trial_pk, name, epoch, value FROM trial_finals")))
@@ -54,5 +42,5 @@ def test_upgrade_fills_finals_from_the_last_epoch_rows(old_url: str) -> None:
                                                                                {"top1": 9.0}, {}]
     finally:
         store.close()
-    if not old_url.startswith("sqlite"):
-        drop_schema(old_url)
+    if not db_url.startswith("sqlite"):
+        drop_schema(db_url)

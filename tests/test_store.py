@@ -11,18 +11,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from conftest import drop_schema
 from ablate.store import (COMPLETED, FAILED, INTERRUPTED, PENDING, RUNNING, TRANSIENT, Base, Store,
                           _alembic_config, head_revision, known_revisions)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
-    if request.param == "sqlite":
-        s = Store(f"sqlite:///{tmp_path / 'r.db'}")
-    else:
-        drop_schema(request.getfixturevalue("pg_url"))
-        s = Store(request.getfixturevalue("pg_url"))
+@pytest.fixture
+def store(db_url: str) -> Store:
+    s = Store(db_url)
     yield s
     s.close()
 
