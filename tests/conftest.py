@@ -4,6 +4,7 @@ the PostgreSQL URL that `make test` starts (ABLATE_TEST_PG)."""
 from __future__ import annotations
 
 import os
+import shutil
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,23 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url = request.getfixturevalue("pg_url")
     drop_schema(url)
     return url
+
+
+def unprivileged_prefix() -> list[str]:
+    """The command prefix that runs a command as nobody (root ignores file modes, so a read-only file
+    is only read-only to another user); [] when not root. The user must reach this checkout's code, so
+    the checkout's folders get others' search (x) permission where they lack it (a clone into
+    ``mktemp -d`` is 0700): search only, nothing listed or written, and nothing is taken away."""
+    if os.geteuid() != 0:
+        return []
+    if not shutil.which("setpriv"):
+        pytest.skip("setpriv missing: cannot drop root to test read-only files")
+    root = Path(__file__).resolve().parent.parent
+    for d in (root, *root.parents):
+        mode = d.stat().st_mode
+        if not mode & 0o001:
+            d.chmod(mode | 0o001)
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 
 def session_pids(sid: int) -> list[int]:

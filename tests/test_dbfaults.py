@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from ablate.cli import app
 from ablate.store import COMPLETED, Store
-from conftest import make_image_folder, tiny_study, write_study, wait_for_epoch
+from conftest import make_image_folder, tiny_study, unprivileged_prefix, write_study, wait_for_epoch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,15 +97,6 @@ def test_wrong_password_and_missing_database(pg_url: str) -> None:
 
 
 # -- read-only database ------------------------------------------------------------------------
-def _as_other_user() -> list[str]:
-    """Root ignores file modes: run the command as nobody to make a read-only file read-only."""
-    if os.geteuid() != 0:
-        return []
-    if not shutil.which("setpriv"):
-        pytest.skip("setpriv missing: cannot drop root to test a read-only database")
-    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-
-
 def test_run_on_a_read_only_database_with_every_trial_complete_prints_the_table() -> None:
     from ablate.orchestrate import register_plan
     from ablate.plan import make_plan
@@ -127,7 +118,7 @@ def test_run_on_a_read_only_database_with_every_trial_complete_prints_the_table(
             x.chmod(0o555 if x.is_dir() else 0o444)  # the file and its folder
         before = {p.name: p.stat().st_mtime_ns for p in d.iterdir()}
         env = dict(os.environ, PYTHONPATH=str(ROOT), ABLATE_STATE_DIR=str(d / "state"), HOME=str(d))
-        r = subprocess.run(_as_other_user() + [sys.executable, "-m", "ablate.cli", "run", str(f), "--db", url],
+        r = subprocess.run(unprivileged_prefix() + [sys.executable, "-m", "ablate.cli", "run", str(f), "--db", url],
                            capture_output=True, text=True, timeout=300, env=env)
         assert r.returncode == 0, r.stderr[-2000:]
         assert "2 already completed, 0 run now" in r.stderr and "| 3x3" in r.stdout and "53" in r.stdout, r.stdout
@@ -138,7 +129,7 @@ def test_run_on_a_read_only_database_with_every_trial_complete_prints_the_table(
         (d / "ro.db").chmod(0o444)
         for x in d.glob("ro.db-*"):
             x.chmod(0o444)
-        r = subprocess.run(_as_other_user() + [sys.executable, "-m", "ablate.cli", "run", str(f), "--db", url],
+        r = subprocess.run(unprivileged_prefix() + [sys.executable, "-m", "ablate.cli", "run", str(f), "--db", url],
                            capture_output=True, text=True, timeout=300, env=env)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
         assert "read-only" in r.stderr, r.stderr

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from _synth import scale_record
-from conftest import drop_schema
+from conftest import drop_schema, unprivileged_prefix
 from ablate.store import COMPLETED, FAILED, Store, arm_key, display_epoch
 from ablate.store_reads import DatabaseError, Reader, _SqliteSQL, open_reader
 
@@ -379,9 +379,7 @@ def test_reading_while_a_writer_holds_the_database(tmp_path: Path) -> None:
 def test_read_only_commands_read_a_folder_they_cannot_write(ro_db: tuple[Path, str]) -> None:
     """As an unprivileged user, a database in a folder nobody may write (so no -shm can be made)
     is read as immutable: the table prints, nothing is created, SQLAlchemy is not loaded."""
-    if os.geteuid() == 0 and not shutil.which("setpriv"):
-        pytest.skip("setpriv missing: cannot drop root to test a read-only folder")
-    prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] if os.geteuid() == 0 else []
+    prefix = unprivileged_prefix()
     d = Path(tempfile.mkdtemp(prefix="ablate-ro-"))
     try:
         shutil.copy(ro_db[0], d / "ro.db")
