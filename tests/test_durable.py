@@ -22,7 +22,7 @@ from conftest import kill_session, tiny_study, write_study
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
-EPOCHS = 4
+EPOCHS = 6  # enough that a trial cannot finish between a stored epoch and the kill meant to stop it
 COMPARED = ("train_loss", "val_loss", "top1", "top5", "lr")
 
 
@@ -61,7 +61,7 @@ def _cmdline(pid: int) -> str:
 
 
 def _drive(f: Path, db: Path, art: Path, until: Callable[[Store], bool], act: Callable[[subprocess.Popen], None],
-           address: str, timeout: float = 240) -> tuple[Store, int | None]:
+           address: str, timeout: float = 240, every: float = 0.3) -> tuple[Store, int | None]:
     """Start `ablate run` as its own process, joined to the session's Ray as to a cluster; wait until
     ``until(store)``, then ``act`` on it; returns the store and the driver's exit code (None if it
     had to be killed). The rerun is this process, on the same Ray."""
@@ -78,7 +78,7 @@ def _drive(f: Path, db: Path, art: Path, until: Callable[[Store], bool], act: Ca
                 break
             if proc.poll() is not None:
                 raise AssertionError(f"driver ended early: {proc.stderr.read().decode()[-2000:]}")
-            time.sleep(0.3)
+            time.sleep(every)
         else:
             raise AssertionError(f"condition not reached within {timeout} s")
         act(proc)
@@ -128,16 +128,46 @@ def test_kill_9_of_the_driver_mid_epoch_resumes_from_the_last_epoch(tmp_path: Pa
     assert resumed_after >= stored - 1  # the stored epochs were not trained again
 
 
+def _trial_workers() -> list[int]:
+    """The Ray worker processes training a trial now: workers of this test process's own Ray
+    (another pytest-xdist worker, or anything else on the machine, has Ray workers of its own)."""
+    workers = [c.pid for c in psutil.Process().children(recursive=True)
+               if "_trainable" in _cmdline(c.pid) or "ImplicitFunc" in _cmdline(c.pid)]
+    assert workers, "no Ray worker training the trial was found"
+    return workers
+
+
 def test_ctrl_c_marks_interrupted_and_the_rerun_resumes(tmp_path: Path, image_folder: Path, reference: dict,
                                                         ray_address: str) -> None:
+    """The worker is frozen (SIGSTOP) once an epoch is stored, so the trial is certainly unfinished
+    when Ctrl-C arrives however slow the machine; Tune gives up on stopping it gracefully and kills it."""
     f = write_study(tmp_path / "s.yaml", _study(image_folder, "durable"))
     db, art = tmp_path / "r.db", tmp_path / "art"
-    store, code = _drive(f, db, art, lambda s: _epochs_stored(s, "durable", 1), lambda p: p.send_signal(signal.SIGINT),
-                         ray_address)
-    t = store.load("durable").trials[0]
-    if t.status != COMPLETED:
-        assert t.status == "interrupted", t.status  # its own status, not "failed"
-        assert code == 130, code
+    frozen: list[int] = []
+
+    def freeze_then_interrupt(p: subprocess.Popen) -> None:
+        frozen.extend(_trial_workers())
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        time.sleep(1)  # a result the worker sent before it froze reaches the database
+        t = Store(f"sqlite:///{db}").load("durable").trials[0]
+        assert t.status != COMPLETED, "froze the worker too late to test anything"
+        p.send_signal(signal.SIGINT)
+
+    try:
+        store, code = _drive(f, db, art, lambda s: _epochs_stored(s, "durable", 1), freeze_then_interrupt,
+                             ray_address, every=0.1)
+    finally:
+        for pid in frozen:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    t = store.load("durable", history=True).trials[0]
+    assert t.status == "interrupted", t.status  # its own status, not "failed"
+    assert code == 130, code
+    stored = len(t.history["top1"])
+    assert 0 < stored < EPOCHS
     run_study(f, store=store, artifacts=str(art))
     _check_resumed(store, "durable", reference)
 
@@ -148,12 +178,7 @@ def test_kill_9_of_the_worker_is_retried_from_its_checkpoint(tmp_path: Path, ima
     db, art = tmp_path / "r.db", tmp_path / "art"
 
     def kill_worker(p: subprocess.Popen) -> None:
-        # the one trial training now: a worker of this test process's own Ray (another pytest-xdist
-        # worker, or anything else on the machine, has Ray workers of its own)
-        workers = [c.pid for c in psutil.Process().children(recursive=True)
-                   if "_trainable" in _cmdline(c.pid) or "ImplicitFunc" in _cmdline(c.pid)]
-        assert workers, "no Ray worker training the trial was found"
-        for pid in workers:
+        for pid in _trial_workers():
             os.kill(pid, signal.SIGKILL)
 
     store, code = _drive(f, db, art, lambda s: _epochs_stored(s, "durable", 1), kill_worker, ray_address)
