@@ -64,12 +64,41 @@ class TrialRecord:
     profile: str | None = None  # the profile that registered it ("": the base; None: unknown)
 
 
+@dataclass(slots=True)
+class TableTrial:
+    """A trial as a table reads it (``Reader.table_trials``): the fields a table shows, nothing per
+    epoch, no error, times or full provenance, and no config until the table asks for its arms'
+    (``StudyRecord.configs``). ``arm_params`` and ``provenance`` (only the code fields) are shared
+    by the trials that have the same ones: read-only. At 10^5 trials a slotted record with shared
+    dicts is what keeps building them cheaper than the SQL that reads them."""
+
+    trial_id: str
+    arm_params: dict[str, Any]  # the axis values without the seed, in the stored order
+    _arm: str  # arm_key(arm_params): the table groups by it
+    seed: int
+    status: str
+    n_params: int | None
+    flops: int | None
+    error_kind: str | None
+    profile: str | None
+    final: dict[str, float]
+    provenance: dict[str, Any]
+    config: dict[str, Any]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {**self.arm_params, "seed": self.seed}
+
+
 @dataclass
 class StudyRecord:
     name: str
     description: str
     spec: dict[str, Any]
     trials: list[TrialRecord]
+    # for trials read without their config (TableTrial): {trial_id: config} of the ids asked
+    configs: Callable[[list[str]], dict[str, dict[str, Any]]] | None = field(default=None, repr=False,
+                                                                              compare=False)
 
 
 @dataclass
@@ -146,9 +175,12 @@ def owner_is_dead(owner: str) -> bool:
         return False
 
 
+_ARM_JSON = json.JSONEncoder(sort_keys=True)  # = json.dumps(..., sort_keys=True), without a new encoder per call
+
+
 def arm_key(params: dict[str, Any]) -> str:
     """Canonical JSON of a trial's axis values without its seed (the key of its arm)."""
-    return json.dumps({k: v for k, v in params.items() if k != "seed"}, sort_keys=True)
+    return _ARM_JSON.encode({k: v for k, v in params.items() if k != "seed"})
 
 
 def display_epoch(epoch: int | None) -> int | None:
@@ -345,6 +377,14 @@ def _in(name: str, values: list[Any]) -> tuple[str, dict[str, Any]]:
     """``(:name0, :name1, ...)`` and its parameters: an IN list in named-parameter SQL."""
     params = {f"{name}{i}": v for i, v in enumerate(values)}
     return "(" + ", ".join(f":{k}" for k in params) + ")", params
+
+
+def _in_list(dialect: str, column: str, name: str, values: list[Any]) -> tuple[str, dict[str, Any]]:
+    """``column`` is one of ``values``, as a condition with one parameter however many values: a
+    JSON array unpacked by ``json_each`` on SQLite, an array on PostgreSQL (``= ANY``)."""
+    if dialect == "sqlite":
+        return f"{column} IN (SELECT value FROM json_each(:{name}))", {name: json.dumps(values)}
+    return f"{column} = ANY(:{name})", {name: list(values)}
 
 
 def _id_chunks(trial_ids: Iterable[str] | None) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -551,58 +591,60 @@ class Reader:
             out.sort(key=lambda t: t._pk)
         return out
 
-    def table_trials(self, study: str, metrics: Iterable[str]) -> list[TrialRecord]:
-        """What a study's table reads, in one snapshot, as TrialRecords directly (no intermediate
-        summaries: at 10^5 trials the objects cost more than the SQL): every trial in insertion
-        order with its light summary (params, seed, status, params/FLOPs, error kind, the code
-        fields of its provenance, profile, its arm key as ``_arm``), the final value of each of
-        ``metrics``, and the config of the first trial of each arm and profile (the others get {}).
-        No per-epoch row, error or time. A final value is one correlated subquery per metric in the
-        trials' query: one lookup by primary key in ``trial_finals`` (0005), which the writes keep
-        equal to the metric row at the last epoch."""
+    def table_trials(self, study: str, metrics: Iterable[str]) -> list[TableTrial]:
+        """What a study's table reads, in one query, as ``TableTrial``s (at 10^5 trials building the
+        records costs more than the SQL, so each is what the table needs and no more): every trial
+        in insertion order with its arm (parsed once per arm: on SQLite the database hands over the
+        params without the seed, which every trial of the arm shares), seed, status, params/FLOPs,
+        error kind, the code fields of its provenance (one dict per distinct code), profile, and the
+        final value of each of ``metrics``: one correlated subquery per metric, a lookup by primary
+        key in ``trial_finals`` (0005), which the writes keep equal to the metric row at the last
+        epoch. No per-epoch row, error, time or config (``configs`` reads the few a table needs)."""
         d = self.dialect
         names = list(dict.fromkeys(metrics))
-        cols = ("pk, trial_id, params, seed, status, n_params, flops, error_kind, profile, "
+        cols = ("trial_id, seed, status, n_params, flops, error_kind, profile, "
                 + ", ".join(_json_field(d, "provenance", k) for k in CODE_FIELDS) + f", {_arm_text(d)}, "
-                + ("json_extract(params, '$.seed')" if d == "sqlite" else "NULL")
+                + ("NULL" if d == "sqlite" else "params")  # PostgreSQL's arm text is jsonb's: keys reordered
                 + "".join(f", (SELECT value FROM trial_finals WHERE trial_pk = trials.pk AND name = :m{i})"
                           for i in range(len(names))))
-        out: list[TrialRecord] = []
-        firsts: dict[tuple[str, Any], tuple[int, TrialRecord]] = {}  # (arm, profile) -> its first trial
+        out: list[TableTrial] = []
+        arms: dict[Any, tuple[dict[str, Any], str]] = {}
+        codes: dict[Any, dict[str, Any]] = {}
+        one = names[0] if len(names) == 1 else None
         with paused_gc(), self._sql.snapshot() as q:
             sid = self._study_id(q, study)
-            arms: dict[Any, Any] = {}
-            codes: dict[Any, dict[str, Any]] = {}
-            for r in q(f"SELECT {cols} FROM trials WHERE study_id = :sid ORDER BY pk",
-                       {"sid": sid, **{f"m{i}": n for i, n in enumerate(names)}}):
-                code = codes.get(r[9:12])
+            rows = q(f"SELECT {cols} FROM trials WHERE study_id = :sid ORDER BY pk",
+                     {"sid": sid, **{f"m{i}": n for i, n in enumerate(names)}})
+            append = out.append
+            for r in rows:
+                arm = arms.get(r[10])
+                if arm is None:
+                    p = json.loads(r[10]) if r[11] is None else _json(r[11])
+                    p = {k: v for k, v in p.items() if k != "seed"}
+                    arm = arms[r[10]] = (p, arm_key(p))
+                code = codes.get(r[7:10])
                 if code is None:
-                    code = codes[r[9:12]] = {k: v for k, v in zip(CODE_FIELDS, (r[9], r[10], _bool(r[11])))
+                    code = codes[r[7:10]] = {k: v for k, v in zip(CODE_FIELDS, (r[7], r[8], _bool(r[9])))
                                              if v is not None}
-                p, arm = _light_params(r[2], r[12], r[13], arms)
-                final = {n: v for n, v in zip(names, r[14:]) if v is not None}  # NULL: no such metric stored
-                rec = TrialRecord(r[1], p, {}, r[3], r[4], r[5], r[6], None, None, None, final,
-                                  provenance=dict(code), error_kind=r[7], profile=r[8])
-                rec._arm = arm  # type: ignore[attr-defined]  # the table groups by it
-                firsts.setdefault((arm, r[8]), (r[0], rec))
-                out.append(rec)
-            by_pk = dict(firsts.values())
-            pks = list(by_pk)
-            for i in range(0, len(pks), IN_CHUNK):
-                sql, params = _in("p", pks[i:i + IN_CHUNK])
-                for pk, config in q(f"SELECT pk, config FROM trials WHERE pk IN {sql}", params):
-                    by_pk[pk].config = _json(config)
+                if one is not None:
+                    final = {} if r[12] is None else {one: r[12]}
+                else:  # NULL: no such metric stored
+                    final = {n: v for n, v in zip(names, r[12:]) if v is not None}
+                append(TableTrial(r[0], arm[0], arm[1], r[1], r[2], r[3], r[4], r[5], r[6], final, code, {}))
+            del rows
         return out
 
     def configs(self, study: str, trial_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """The full configs of ``trial_ids`` of ``study``."""
-        out: dict[str, dict[str, Any]] = {}
+        """The full configs of ``trial_ids`` of ``study``: one query with the ids as one parameter
+        (binding 10^4 parameters of an IN list costs more than the lookups: ``_in_list``)."""
+        ids = list(dict.fromkeys(trial_ids))
+        if not ids:
+            return {}
+        where, param = _in_list(self.dialect, "trial_id", "ids", ids)
         with self._sql.snapshot() as q:
             sid = self._study_id(q, study)
-            for ids, params in _id_chunks(list(trial_ids)):
-                out.update((tid, _json(c)) for tid, c in
-                           q(f"SELECT trial_id, config FROM trials WHERE study_id = :sid{ids}", {"sid": sid, **params}))
-        return out
+            rows = q(f"SELECT trial_id, config FROM trials WHERE study_id = :sid AND {where}", {"sid": sid, **param})
+            return {tid: _json(c) for tid, c in rows}
 
     def final_values(self, study: str, metrics: Iterable[str] | None = None,
                      trial_ids: Iterable[str] | None = None) -> dict[str, dict[str, tuple[int, float]]]:

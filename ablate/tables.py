@@ -138,23 +138,28 @@ def table_arms(record: StudyRecord, all_arms: bool = False) -> list[Arm]:
     """The table's arms. From a study file's spec: exactly its declared arms in its order, each with
     the trials of its declared seeds and profile (the newest registration of a seed when a changed
     file registered it again); with ``all_arms``, then every other arm, seed or profile the database
-    holds, as arms marked ``declared=False``. Without axes in the spec: every arm, in first-seen order."""
+    holds, as arms marked ``declared=False``. Without axes in the spec: every arm, in first-seen order.
+    A record read without configs (``load_table_record``) gets the config of each arm's first trial."""
     declared = declared_arms(record.spec)
     if declared is None:
         arms: dict[str, Arm] = {}
         for t in record.trials:
             key = _arm_of(t)
-            arms.setdefault(key, Arm({k: v for k, v in t.params.items() if k != "seed"}, [])).trials.append(t)
-        return list(arms.values())
+            arm = arms.get(key)
+            if arm is None:
+                arm = arms[key] = Arm(_arm_params(t), [])
+            arm.trials.append(t)
+        out = list(arms.values())
+        _fill_configs(record, out)
+        return out
     seeds = set(record.spec.get("seeds") or [])
     profile = record.spec.get("profile") or ""
     rows = {arm_key(a): Arm(dict(a), [], True, len(seeds)) for a in declared}
-    current: dict[tuple[str, int], TrialRecord] = {}
-    extra: list[TrialRecord] = []
-    for t in record.trials:  # in registration order: a later registration of a seed supersedes
-        key = _arm_of(t)
-        mine = key in rows and t.seed in seeds and getattr(t, "profile", None) in (None, profile)
-        if not mine:
+    current: dict[tuple[str, int], Any] = {}
+    extra: list[Any] = []
+    trials = record.trials
+    for key, t in zip(_arm_keys(trials), trials):  # in registration order: a later registration of a seed supersedes
+        if key not in rows or t.seed not in seeds or getattr(t, "profile", None) not in (None, profile):
             extra.append(t)
             continue
         old = current.get((key, t.seed))
@@ -168,19 +173,69 @@ def table_arms(record: StudyRecord, all_arms: bool = False) -> list[Arm]:
         others: dict[tuple[str, str | None], Arm] = {}
         for t in extra:
             k = (_arm_of(t), getattr(t, "profile", None))
-            others.setdefault(k, Arm({a: v for a, v in t.params.items() if a != "seed"}, [], False)).trials.append(t)
+            arm = others.get(k)
+            if arm is None:
+                arm = others[k] = Arm(_arm_params(t), [], False)
+            arm.trials.append(t)
         out += list(others.values())
+    _fill_configs(record, out)
     return out
 
 
-def stale_arms(arms: list[Arm]) -> set[int]:
+def _arm_keys(trials: list[Any]) -> list[str]:
+    """Each trial's arm key (``_arm_of``), in one pass where the records carry theirs."""
+    try:
+        return [t._arm for t in trials]
+    except AttributeError:
+        return [_arm_of(t) for t in trials]
+
+
+def _arm_params(t: Any) -> dict[str, Any]:
+    """A trial's axis values without its seed (a copy: the arm's own)."""
+    shared = getattr(t, "arm_params", None)
+    return dict(shared) if shared is not None else {k: v for k, v in t.params.items() if k != "seed"}
+
+
+def _fill_configs(record: StudyRecord, arms: list[Arm]) -> None:
+    """Give each arm's first trial its config when the record was read without them: one read of
+    as many configs as the table has arms (what ``Arm.config`` of a fully loaded record gives)."""
+    if getattr(record, "configs", None) is None:
+        return
+    firsts = [a.trials[0] for a in arms if a.trials and not a.trials[0].config]
+    if firsts:
+        got = record.configs([t.trial_id for t in firsts])
+        for t in firsts:
+            t.config = got.get(t.trial_id) or {}
+
+
+def stale_arms(arms: list[Arm], dones: list[list[Any]] | None = None) -> set[int]:
     """Indexes of arms with a completed trial made by other code than the running ablate (another
     version or git commit, or uncommitted changes). Trials with no provenance (imported, or made
-    before ablate recorded it) are not judged here; ``ablate plan`` lists them."""
+    before ablate recorded it) are not judged here; ``ablate plan`` lists them. ``dones``: each
+    arm's completed trials when the caller has them. The running code (git, in a subprocess) is
+    asked only when some completed trial has a provenance, and each distinct provenance is judged
+    once (the trials of a run share theirs)."""
     from ablate.provenance import code, stale_reasons
 
-    now = code()
-    return {i for i, a in enumerate(arms) for t in a.done if t.provenance and stale_reasons(t.provenance, now)}
+    judged: dict[int, bool] = {}  # id of a provenance dict -> stale (read records share them)
+    keep: list[Any] = []  # the dicts judged, so that their ids stay theirs
+    now: dict[str, Any] | None = None
+    out = set()
+    for i, done in enumerate(dones if dones is not None else [a.done for a in arms]):
+        for t in done:
+            prov = t.provenance
+            if not prov:
+                continue
+            stale = judged.get(id(prov))
+            if stale is None:
+                if now is None:
+                    now = code()
+                stale = judged[id(prov)] = bool(stale_reasons(prov, now))
+                keep.append(prov)
+            if stale:
+                out.add(i)
+                break
+    return out
 
 
 def needed_metrics(spec: dict[str, Any]) -> list[str]:
@@ -193,10 +248,13 @@ def needed_metrics(spec: dict[str, Any]) -> list[str]:
 
 def load_table_record(store: Reader, study: str) -> StudyRecord:
     """The study as its table needs it, by the store's aggregate reads (``Reader.table_trials``):
-    every trial's summary, the final value of each metric the table shows, and one config per arm
-    (and profile); no per-epoch row is read. KeyError when the database holds no such study."""
+    every trial's summary and the final value of each metric the table shows; no per-epoch row is
+    read. The configs of the table's arms are read when the table is built (``StudyRecord.configs``):
+    one per arm, of the trial the full record would take it from. KeyError when the database holds
+    no such study."""
     info = store.study_info(study)
-    return StudyRecord(info.name, info.description, info.spec, store.table_trials(study, needed_metrics(info.spec)))
+    return StudyRecord(info.name, info.description, info.spec, store.table_trials(study, needed_metrics(info.spec)),
+                       configs=lambda ids: store.configs(study, ids))
 
 
 def _arm_of(t: TrialRecord) -> str:
@@ -278,6 +336,25 @@ def _fmt(value: Any, col: dict[str, Any]) -> str:
     if isinstance(value, list):  # per-stage values, e.g. kernel sizes 31-29-27-13
         return "-".join(_fmt_scalar(v, col.get("format")) for v in value)
     return _fmt_scalar(value, col.get("format"))
+
+
+class _Formatter:
+    """``_fmt`` of one column, computed once per distinct value: 10^4 arms share a few dozen axis
+    values. Values are told apart by type (1, 1.0 and True are equal keys in a dict) and a zero
+    float is never shared (0.0 == -0.0, but they print differently)."""
+
+    def __init__(self, col: dict[str, Any]):
+        self.col = col
+        self.texts: dict[tuple[type, Any], str] = {}
+
+    def __call__(self, value: Any) -> str:
+        if isinstance(value, (list, dict)) or (type(value) is float and value == 0.0):
+            return _fmt(value, self.col)
+        key = (type(value), value)
+        text = self.texts.get(key)
+        if text is None:
+            text = self.texts[key] = _fmt(value, self.col)
+        return text
 
 
 def _fmt_metric(s: Summary, col: dict[str, Any]) -> str:
@@ -366,6 +443,7 @@ def _build_table(record: StudyRecord, alpha: float, all_arms: bool) -> TableData
     main_mode = (record.spec.get("metric") or {}).get("mode", "max")
     columns = spec.get("columns") or default_columns(record.spec, record)
     arms = table_arms(record, all_arms)
+    dones = [arm.done for arm in arms]  # each arm's completed trials, once (10^5 trials: every pass counts)
     in_file = [t for a in arms if a.declared for t in a.trials]
     baseline = find_baseline(spec, arms)
     notes = list(spec.get("notes", []))
@@ -391,21 +469,23 @@ def _build_table(record: StudyRecord, alpha: float, all_arms: bool) -> TableData
             base_mean = summarize(base_seeds.values()).mean
             d = _Column(f"Δ {head}", group, [], [{} for _ in arms]) if (want_delta and baseline) else None
             test = _Column("p (Holm)", group, [], [{} for _ in arms]) if (d is not None and col.get("test")) else None
-            for i, arm in enumerate(arms):
-                seeds = arm.by_seed(name)
+            per_seed: list[dict[int, float]] = []
+            k_mean, k_std, k_n, k_trials = f"{key}_mean", f"{key}_std", f"{key}_n", f"{key}_trials"
+            for i, done in enumerate(dones):
+                with_value = [t for t in done if name in t.final]
+                seeds = {t.seed: t.final[name] for t in with_value}  # = Arm.by_seed(name)
+                per_seed.append(seeds)
                 st = summarize(seeds.values())
                 c.cells.append(_fmt_metric(st, col))
                 c.numbers.append(st.mean)
-                ids = [t.trial_id for t in arm.done if name in t.final]
-                c.raw[i].update({f"{key}_mean": st.mean, f"{key}_std": st.std, f"{key}_n": st.n,
-                                 f"{key}_trials": " ".join(ids)})
+                c.raw[i].update({k_mean: st.mean, k_std: st.std, k_n: st.n,
+                                 k_trials: " ".join([t.trial_id for t in with_value])})
             if d is None:
                 continue
             # the arms of the file compared with the baseline in this column are one family (Holm)
             compared = [i for i, arm in enumerate(arms) if arm.declared
                         and arm is not baseline and c.numbers[i] is not None and base_mean is not None]
-            results = dict(zip(compared, compare_with_baseline(base_seeds, [arms[i].by_seed(name) for i in compared],
-                                                               alpha)))
+            results = dict(zip(compared, compare_with_baseline(base_seeds, [per_seed[i] for i in compared], alpha)))
             for i, arm in enumerate(arms):
                 d.raw[i].update(dict.fromkeys(f"delta_{key}{x}" for x in ("", "_test", "_pairs", "_p", "_p_holm",
                                                                         "_ci_low", "_ci_high", "_significant")))
@@ -437,11 +517,12 @@ def _build_table(record: StudyRecord, alpha: float, all_arms: bool) -> TableData
                 cols.append(test)
         else:
             c.best = col.get("best") or "none"
+            fmt = _Formatter({**col, "format": col.get("format") or "human"} if src in ("params", "flops") else col)
             for i, arm in enumerate(arms):
                 first = arm.trials[0] if arm.trials else None
                 if src in ("params", "flops"):
                     v = None if first is None else (first.n_params if src == "params" else first.flops)
-                    text = _fmt(v, {**col, "format": col.get("format") or "human"}) if v else MISSING
+                    text = fmt(v) if v else MISSING
                 elif src.startswith("derived:"):
                     fn = DERIVED.get(src.split(":", 1)[1])
                     try:
@@ -455,12 +536,12 @@ def _build_table(record: StudyRecord, alpha: float, all_arms: bool) -> TableData
                     text = v
                 else:
                     v = _config_value(arm, src)
-                    text = _fmt(v, col)
+                    text = fmt(v)
                 c.cells.append(text)
                 c.numbers.append(v if isinstance(v, (int, float)) and not isinstance(v, bool) else None)
                 c.raw[i][key] = json.dumps(v) if isinstance(v, (list, dict)) else v
 
-    stale = stale_arms(arms)
+    stale = stale_arms(arms, dones)
     paper_keys = sorted({k for r in spec.get("paper", []) for k in r if k != "match"})
     headers = [c.header for c in cols] + ["Seeds"] + [f"Paper {k}" for k in paper_keys]
     groups = [c.group for c in cols] + [""] * (1 + len(paper_keys))
@@ -472,8 +553,9 @@ def _build_table(record: StudyRecord, alpha: float, all_arms: bool) -> TableData
         if tags and cells:
             cells[0] = f"{cells[0]} {tags}"
         marks = [bool(c.numbers) and arm.declared and _is_best(c.numbers[i], b) for c, b in zip(cols, bests)]
-        n_done = len({t.seed for t in arm.done})
-        cells.append(arm.seeds_cell())
+        n_done = len({t.seed for t in dones[i]})
+        n_seeds = arm.seeds_declared if arm.seeds_declared is not None else len({t.seed for t in arm.trials})
+        cells.append(f"{n_done}/{n_seeds}")  # = Arm.seeds_cell()
         paper = _paper_row(spec, arm) or {}
         cells += [str(paper.get(k, MISSING)) for k in paper_keys]
         marks += [False] * (1 + len(paper_keys))
@@ -481,9 +563,8 @@ def _build_table(record: StudyRecord, alpha: float, all_arms: bool) -> TableData
                                   for k, v in arm.params.items()}
         for c in cols:
             values.update(c.raw[i])
-        values.update({"seeds_completed": n_done,
-                       "seeds": arm.seeds_declared if arm.seeds_declared is not None else len({t.seed for t in arm.trials}),
-                       "trial_ids": " ".join(t.trial_id for t in arm.trials),
+        values.update({"seeds_completed": n_done, "seeds": n_seeds,
+                       "trial_ids": " ".join([t.trial_id for t in arm.trials]),
                        "baseline": arm is baseline, "in_study_file": arm.declared, "other_code": i in stale})
         values.update({f"paper_{snake(k)}": paper.get(k) for k in paper_keys})
         rows.append(cells)
