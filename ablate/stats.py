@@ -56,12 +56,13 @@ def mean_std(vals: list[float]) -> tuple[float, float | None]:
     mean = math.fsum(vals) / n
     if n < 2:
         return mean, None
-    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (n - 1))
+    return mean, math.sqrt(math.fsum([(v - mean) ** 2 for v in vals]) / (n - 1))
 
 
 def summarize(values: Iterable[float]) -> Summary:
     vals = [float(v) for v in values if v is not None]
-    if any(v != v for v in vals):  # NaN: left out (one float() per value: a table summarizes 10^4 arms)
+    total = sum(vals)  # NaN when a value is NaN (or when inf meets -inf): then NaNs are left out one by one
+    if total != total:  # (one float() and no per-value test in the common case: a table summarizes 10^4 arms)
         vals = [v for v in vals if v == v]
     if not vals:
         return Summary(None, None, 0)

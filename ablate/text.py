@@ -34,6 +34,8 @@ def strip_controls(s: object, keep_newlines: bool = True) -> str:
     s = str(s)
     if s.isprintable():  # no control, format (bidi) or surrogate character, no line break: nothing to do
         return s
+    if keep_newlines and s.replace("\n", "").replace("\t", "").isprintable():
+        return s  # only line breaks and tabs, which stay (every pattern below starts with a non-printable)
     s = _SURROGATES.sub("\ufffd", _ESCAPES.sub("", s))
     return s if keep_newlines else s.replace("\r\n", " ").replace("\n", " ").replace("\r", " ").replace("\t", " ")
 
