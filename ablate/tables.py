@@ -650,16 +650,30 @@ def _spans(groups: list[str]) -> list[tuple[str, int, int]]:
     return out
 
 
+def _memo(escape: Callable[[str], str]) -> Callable[[str], str]:
+    """``escape`` computed once per distinct cell text (10^4 rows repeat a few dozen values)."""
+    done: dict[str, str] = {}
+
+    def once(s: str) -> str:
+        out = done.get(s)
+        if out is None:
+            out = done[s] = escape(s)
+        return out
+    return once
+
+
 def to_markdown(t: TableData) -> str:
     """GitHub Markdown. Every text from the study file or the database is escaped (``markdown_cell``):
     HTML shows as text, a pipe or line break cannot split a row, no terminal control sequences."""
+    esc = _memo(markdown_cell)
+
     def cell(s: str, b: bool) -> str:
-        s = markdown_cell(s)
+        s = esc(s)
         return f"**{s}**" if b else s
 
     heads = [markdown_cell(f"{g} {h}" if g else h) for g, h in zip(t.groups, t.headers)]
     lines = [f"**{markdown_cell(t.title)}**", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-    lines += ["| " + " | ".join(cell(c, b) for c, b in zip(r, bs)) + " |" for r, bs in zip(t.rows, t.bold)]
+    lines += ["| " + " | ".join([cell(c, b) for c, b in zip(r, bs)]) + " |" for r, bs in zip(t.rows, t.bold)]
     if t.notes:
         lines.append("")
         lines += [f"{i}. {markdown_cell(n)}" for i, n in enumerate(t.notes, 1)]
@@ -729,7 +743,8 @@ def to_latex(t: TableData) -> str:
         out.append(" & ".join(parts) + r" \\")
         out.append(" ".join(r"\cmidrule(lr){%d-%d}" % (a + 1, a + k) for g, a, k in spans if g))
     out += [" & ".join(latex_escape(h) for h in t.headers) + r" \\", r"\midrule"]
-    out += [" & ".join(r"\textbf{" + latex_escape(c) + "}" if b else latex_escape(c) for c, b in zip(r, bs)) + r" \\"
+    esc = _memo(latex_escape)
+    out += [" & ".join([r"\textbf{" + esc(c) + "}" if b else esc(c) for c, b in zip(r, bs)]) + r" \\"
             for r, bs in zip(t.rows, t.bold)]
     out += [r"\bottomrule", r"\end{tabular}", r"\caption{" + latex_escape(t.title) + "}"]
     if t.label:
@@ -742,8 +757,7 @@ def to_latex(t: TableData) -> str:
 
 def to_html_fragment(t: TableData) -> str:
     """The table as an HTML element (no page around it): used by ``to_html`` and the dashboard."""
-    def e(s: str) -> str:  # escaped, and without control sequences for a terminal it may be printed to
-        return html.escape(strip_controls(s))
+    e = _memo(lambda s: html.escape(strip_controls(s)))  # escaped, and without control sequences for a terminal
 
     out = ['<table class="ablate-table">', f"<caption>{e(t.title)}</caption>", "<thead>"]
     if any(t.groups):
@@ -753,7 +767,7 @@ def to_html_fragment(t: TableData) -> str:
     out.append("</thead>")
     out.append("<tbody>")
     for r, bs in zip(t.rows, t.bold):
-        out.append("<tr>" + "".join(f"<td><b>{e(c)}</b></td>" if b else f"<td>{e(c)}</td>" for c, b in zip(r, bs))
+        out.append("<tr>" + "".join([f"<td><b>{e(c)}</b></td>" if b else f"<td>{e(c)}</td>" for c, b in zip(r, bs)])
                    + "</tr>")
     out.append("</tbody></table>")
     if t.notes:

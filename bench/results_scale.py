@@ -11,6 +11,8 @@ the store's reads (``store_reads``, sqlite3) and the rendering.
 
 Run: `.venv/bin/python bench/results_scale.py --trials 10000 100000 --dir /tmp/ablate-bench`
 (builds take minutes at 10^5; they are kept in --dir and reused). Results go in docs/performance.md.
+``--only table`` times only the operations whose name contains one of the words given (here the
+table's: in process, and ``ablate table`` in md and csv), with the same baselines.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def raw_sql(path: Path) -> tuple[float, float, float]:
     return every, final, stored_s
 
 
-def in_process(path: Path, out: Path) -> tuple[float, float]:
+def in_process(path: Path, out: Path, export_too: bool = True) -> tuple[float, float | None]:
     """Seconds of the table (aggregate reads + render) and of a Parquet export, in this process
     (imports done): the reads themselves, comparable with the raw SQL of the same run."""
     from ablate.export import export
@@ -81,6 +83,9 @@ def in_process(path: Path, out: Path) -> tuple[float, float]:
     render(record, "md")
     table = time.monotonic() - t
     print(f"  (in process: the table's reads {reads:.2f} s, rendering {table - reads:.2f} s)", file=sys.stderr)
+    if not export_too:
+        store.close()
+        return table, None
     t = time.monotonic()
     export(store, out / "in-process.parquet", studies=["scale"])
     exported = time.monotonic() - t
@@ -88,7 +93,7 @@ def in_process(path: Path, out: Path) -> tuple[float, float]:
     return table, exported
 
 
-def measure(path: Path, out: Path) -> list[tuple[str, float, float, str]]:
+def measure(path: Path, out: Path, only: list[str] | None = None) -> list[tuple[str, float, float, str]]:
     """(operation, seconds, peak RSS MB, baseline) for one database. Each command in a fresh child:
     RUSAGE_CHILDREN's maximum then grows monotonically, so each is measured in its own child of a
     child (``bench/results_scale.py --one``) to read its own peak."""
@@ -107,6 +112,8 @@ def measure(path: Path, out: Path) -> list[tuple[str, float, float, str]]:
            ("ablate export --final (Parquet)", ["export", "scale", "--db", url, "--final", "--out",
                                                 str(out / "f.parquet")]),
            ("ablate dashboard --out", ["dashboard", "--db", url, "--out", str(out / "report.html")])]
+    if only:  # the interpreter's start stays: the ratio of the commands that read little
+        ops = [(n, a) for n, a in ops if n == "python -c pass" or any(w in n for w in only)]
     res = []
     for name, args in ops:
         r = subprocess.run([py, __file__, "--one", *args], capture_output=True, text=True)
@@ -137,6 +144,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--trials", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--dir", type=Path, default=Path("/tmp/ablate-bench"))
+    ap.add_argument("--only", nargs="+", metavar="WORD", help="only the operations whose name contains a WORD")
     ap.add_argument("--one", nargs=argparse.REMAINDER)
     a = ap.parse_args()
     if a.one is not None:
@@ -163,13 +171,14 @@ def main() -> None:
         every, final, stored = raw_sql(path)
         print(f"| {n} | raw SQL: every metric row / final rows aggregated / final rows stored (sqlite3, in process) "
               f"| {every:.2f} / {final:.2f} / {stored:.2f} | – | – | 1 |")
-        table, exported = in_process(path, a.dir)
+        table, exported = in_process(path, a.dir, export_too=not a.only or any(w in "export" for w in a.only))
         print(f"| {n} | table, in process (aggregate reads + render) | {table:.2f} | – | {final:.2f} (final) | "
               f"{table / final:.1f} |")
-        print(f"| {n} | export Parquet, in process | {exported:.2f} | – | {every:.2f} (every) | "
-              f"{exported / every:.1f} |", flush=True)
+        if exported is not None:
+            print(f"| {n} | export Parquet, in process | {exported:.2f} | – | {every:.2f} (every) | "
+                  f"{exported / every:.1f} |", flush=True)
         start = None
-        for name, wall, rss, base in measure(path, a.dir):
+        for name, wall, rss, base in measure(path, a.dir, a.only):
             if base == "start":  # commands that read little: as a ratio to the interpreter's start
                 start = start or wall
                 print(f"| {n} | `{name}` | {wall:.2f} | {rss:.0f} | {start:.2f} (python -c pass) | "
