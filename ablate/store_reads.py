@@ -423,6 +423,23 @@ def _json_field(dialect: str, column: str, key: str) -> str:
     return f"json_extract({column}, '$.{key}')" if dialect == "sqlite" else f"({column} ->> '{key}')"
 
 
+def _code_json(dialect: str) -> str:
+    """The code fields of a trial's provenance (``CODE_FIELDS``) as one JSON array text: one parse of
+    the stored provenance per trial instead of one per field (~0.1 s per 10^5 trials of ~600 bytes
+    each on SQLite), and one ``json.loads`` per distinct array in Python (a run's trials share it)."""
+    if dialect == "sqlite":
+        return f"json_extract(provenance, {', '.join(repr('$.' + k) for k in CODE_FIELDS)})"
+    return f"CAST(json_build_array({', '.join(f'provenance -> {k!r}' for k in CODE_FIELDS)}) AS text)"
+
+
+def _code_fields(array: Any) -> dict[str, Any]:
+    """{code field: value} of a ``_code_json`` array, without the fields not stored."""
+    values = _json(array) if array is not None else None
+    if not isinstance(values, list) or len(values) != len(CODE_FIELDS):
+        values = [None] * len(CODE_FIELDS)
+    return {k: v for k, v in zip(CODE_FIELDS, (values[0], values[1], _bool(values[2]))) if v is not None}
+
+
 def _arm_text(dialect: str) -> str:
     """A trial's params without its seed, as the database writes them: equal for the trials of one
     arm (a cache key for ``arm_key``, which then runs once per arm, not once per trial)."""
@@ -602,8 +619,7 @@ class Reader:
         epoch. No per-epoch row, error, time or config (``configs`` reads the few a table needs)."""
         d = self.dialect
         names = list(dict.fromkeys(metrics))
-        cols = ("trial_id, seed, status, n_params, flops, error_kind, profile, "
-                + ", ".join(_json_field(d, "provenance", k) for k in CODE_FIELDS) + f", {_arm_text(d)}, "
+        cols = (f"trial_id, seed, status, n_params, flops, error_kind, profile, {_code_json(d)}, {_arm_text(d)}, "
                 + ("NULL" if d == "sqlite" else "params")  # PostgreSQL's arm text is jsonb's: keys reordered
                 + "".join(f", (SELECT value FROM trial_finals WHERE trial_pk = trials.pk AND name = :m{i})"
                           for i in range(len(names))))
@@ -617,19 +633,18 @@ class Reader:
                      {"sid": sid, **{f"m{i}": n for i, n in enumerate(names)}})
             append = out.append
             for r in rows:
-                arm = arms.get(r[10])
+                arm = arms.get(r[8])
                 if arm is None:
-                    p = json.loads(r[10]) if r[11] is None else _json(r[11])
+                    p = json.loads(r[8]) if r[9] is None else _json(r[9])
                     p = {k: v for k, v in p.items() if k != "seed"}
-                    arm = arms[r[10]] = (p, arm_key(p))
-                code = codes.get(r[7:10])
+                    arm = arms[r[8]] = (p, arm_key(p))
+                code = codes.get(r[7])
                 if code is None:
-                    code = codes[r[7:10]] = {k: v for k, v in zip(CODE_FIELDS, (r[7], r[8], _bool(r[9])))
-                                             if v is not None}
+                    code = codes[r[7]] = _code_fields(r[7])
                 if one is not None:
-                    final = {} if r[12] is None else {one: r[12]}
+                    final = {} if r[10] is None else {one: r[10]}
                 else:  # NULL: no such metric stored
-                    final = {n: v for n, v in zip(names, r[12:]) if v is not None}
+                    final = {n: v for n, v in zip(names, r[10:]) if v is not None}
                 append(TableTrial(r[0], arm[0], arm[1], r[1], r[2], r[3], r[4], r[5], r[6], final, code, {}))
             del rows
         return out
