@@ -291,7 +291,7 @@ def default_columns(spec: dict[str, Any], record: StudyRecord) -> list[dict[str,
 
 def _resolution(arms: list[Arm]) -> str | None:
     """The one input the arms' FLOPs were counted at ('224', or '2048x512' for segmentation), or None."""
-    sizes = {flops_input(a.config) for a in arms if a.config}
+    sizes = {flops_input(c) for c in (a.config for a in arms) if c}
     sizes.discard(None)
     return sizes.pop() if len(sizes) == 1 else None
 
@@ -363,6 +363,8 @@ def _fmt_metric(s: Summary, col: dict[str, Any]) -> str:
     fmt = col.get("format")
     if fmt == "human":
         return human(s.mean)
+    if not fmt:  # the default, as safe_format gives it without a format (10^4 arms: no call per value)
+        return f"{s.mean:.2f}" + (f" ± {s.std:.2f}" if s.std is not None else "")
     one = (lambda v: safe_format(fmt, v, "{v:.2f}"))
     return one(s.mean) + (f" ± {one(s.std)}" if s.std is not None else "")
 
