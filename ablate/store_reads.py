@@ -653,11 +653,11 @@ class Reader:
         """The full configs of ``trial_ids`` of ``study``: one query with the ids as one parameter
         (binding 10^4 parameters of an IN list costs more than the lookups: ``_in_list``)."""
         ids = list(dict.fromkeys(trial_ids))
-        if not ids:
-            return {}
         where, param = _in_list(self.dialect, "trial_id", "ids", ids)
         with self._sql.snapshot() as q:
-            sid = self._study_id(q, study)
+            sid = self._study_id(q, study)  # KeyError for an unknown study, even without ids
+            if not ids:
+                return {}
             rows = q(f"SELECT trial_id, config FROM trials WHERE study_id = :sid AND {where}", {"sid": sid, **param})
             return {tid: _json(c) for tid, c in rows}
 

@@ -3,8 +3,8 @@
 The expected texts in tests/data/tables/ were rendered by the table code as it was before its reads
 and rendering were reworked for 10^5 trials (the commit that added this file), from every trial read
 whole (configs and every metric row), so a change that alters one byte of a table, read as
-``ablate table`` reads it or whole, on SQLite through sqlite3 or SQLAlchemy or on PostgreSQL,
-fails here. (The table's reads of that time differed from them in one thing, fixed since: with
+``ablate table`` reads it, whole, or as the dashboard reads it, on SQLite through sqlite3 or
+SQLAlchemy or on PostgreSQL, fails here. (The table's reads of that time differed from them in one thing, fixed since: with
 --all, an arm of undeclared seeds of a declared arm had no config, so its derived cells were "–".) Four studies:
 a grid with a baseline, failures and a pending trial (``big``), one whose ``table`` section is
 only a baseline (``other``: default columns, Δ and the test), one without a ``table`` section
@@ -92,14 +92,17 @@ def fill(store) -> None:
                           scale_record("plain", 20, epochs=2, seeds=2), mixed_record()])
 
 
-def rendered(reader, whole: bool = False) -> dict[str, str]:
-    """{file name: text} of every case, rendered from ``reader`` as ``ablate table`` does, or with
-    ``whole`` from every trial read whole (configs and every per-epoch row: ``Reader.load``)."""
+def rendered(reader, read: str = "table") -> dict[str, str]:
+    """{file name: text} of every case, rendered from ``reader`` as ``ablate table`` does (``read``
+    "table"), from every trial read whole ("whole": configs and every per-epoch row, ``Reader.load``),
+    or as the dashboard reads a study ("dashboard")."""
+    from ablate.dashboard.data import load_study
     from ablate.tables import load_table_record, render
 
+    load = {"table": load_table_record, "whole": lambda r, s: r.load(s, history=True), "dashboard": load_study}[read]
     out = {}
     for study, fmt, every in CASES:
-        record = reader.load(study, history=True) if whole else load_table_record(reader, study)
+        record = load(reader, study)
         out[f"{study}{'-all' if every else ''}.{EXT[fmt]}"] = render(record, fmt, all_arms=every)
     return out
 
@@ -126,9 +129,9 @@ def reader(request: pytest.FixtureRequest, tmp_path: Path):
     store.close()
 
 
-@pytest.mark.parametrize("whole", [False, True], ids=["table-reads", "every-row"])
-def test_tables_are_byte_identical_to_the_expected_ones(reader, whole: bool) -> None:
-    got = rendered(reader, whole)
+@pytest.mark.parametrize("read", ["table", "whole", "dashboard"])
+def test_tables_are_byte_identical_to_the_expected_ones(reader, read: str) -> None:
+    got = rendered(reader, read)
     assert sorted(got) == sorted(p.name for p in GOLDEN.iterdir())
     for name, text in got.items():
         assert text == (GOLDEN / name).read_text(), name
@@ -147,6 +150,6 @@ if __name__ == "__main__":  # write the expected tables (SQLite through sqlite3,
         s.close()
         r = open_reader(url)
         GOLDEN.mkdir(parents=True, exist_ok=True)
-        for name, text in rendered(r, whole=True).items():
+        for name, text in rendered(r, "whole").items():
             (GOLDEN / name).write_text(text)
         print(f"wrote {len(CASES)} tables to {GOLDEN}")

@@ -32,7 +32,8 @@ def load_study(store: Reader, name: str) -> StudyRecord:
                           error_kind=t.error_kind, profile=t.profile)
         rec.final = {m: v for m, (_, v) in finals.get(t.trial_id, {}).items()}
         trials.append(rec)
-    return StudyRecord(info.name, info.description, info.spec, trials)
+    # a table arm whose first trial is not its arm's first (another profile or seed first): read when built
+    return StudyRecord(info.name, info.description, info.spec, trials, configs=lambda ids: store.configs(name, ids))
 
 
 def load_studies(store: Reader, names: Iterable[str] | None = None) -> list[StudyRecord]:
