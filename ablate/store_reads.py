@@ -419,10 +419,6 @@ def _bool(v: Any) -> bool | None:
 
 
 # JSON fields read in SQL: the two dialects spell it differently, and only here
-def _json_field(dialect: str, column: str, key: str) -> str:
-    return f"json_extract({column}, '$.{key}')" if dialect == "sqlite" else f"({column} ->> '{key}')"
-
-
 def _code_json(dialect: str) -> str:
     """The code fields of a trial's provenance (``CODE_FIELDS``) as one JSON array text: one parse of
     the stored provenance per trial instead of one per field (~0.1 s per 10^5 trials of ~600 bytes
@@ -577,7 +573,7 @@ class Reader:
         d = self.dialect
         cols = "pk, trial_id, params, seed, status, n_params, flops, error_kind, profile"
         if light:
-            cols += ", " + ", ".join(_json_field(d, "provenance", k) for k in CODE_FIELDS) + f", {_arm_text(d)}"
+            cols += f", {_code_json(d)}, NULL, NULL, {_arm_text(d)}"  # (NULLs: the config's place is the same)
             cols += ", json_extract(params, '$.seed')" if d == "sqlite" else ", NULL"
         else:
             cols += f", provenance, substr(error, 1, {ERROR_HEAD}), attempts, started_at, ended_at"
@@ -592,10 +588,9 @@ class Reader:
                 rows = q(f"SELECT {cols} FROM trials WHERE study_id = :sid{ids} ORDER BY pk", {"sid": sid, **params})
                 for r in rows:
                     if light:
-                        code = codes.get(r[9:12])  # most trials share their code: one dict built per kind
+                        code = codes.get(r[9])  # most trials share their code: one dict built per kind
                         if code is None:
-                            code = codes[r[9:12]] = {k: v for k, v in zip(CODE_FIELDS, (r[9], r[10], _bool(r[11])))
-                                                     if v is not None}
+                            code = codes[r[9]] = _code_fields(r[9])
                         p, arm = _light_params(r[2], r[12], r[13], arms)
                         out.append(TrialSummary(study, r[1], p, r[3], r[4], r[5], r[6], None, r[7], 0, None, None,
                                                 dict(code), r[8], _json(r[14]) if config else None, _pk=r[0],
