@@ -497,7 +497,9 @@ class Reader:
                                                      one row per trial, in insertion order: id, arm,
                                                      params, seed, status, params/FLOPs, error's first
                                                      line, provenance, profile; no metric rows
-      configs(study, trial_ids) -> {trial_id: config}  full configs of a few trials
+      table_trials(study, metrics) -> list[TableTrial]  what a table reads of every trial (no config:
+                                                     the table asks ``configs`` for its arms')
+      configs(study, trial_ids) -> {trial_id: config}  full configs of some trials (one query)
       final_values(study, metrics=None, trial_ids=None) -> {trial_id: {metric: (epoch, value)}}
                                                      each metric's row at the trial's last epoch
       best_values(study, metric, mode="max", trial_ids=None) -> {trial_id: (epoch, value)}
