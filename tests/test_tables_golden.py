@@ -107,8 +107,8 @@ def rendered(reader, read: str = "table") -> dict[str, str]:
     return out
 
 
-@pytest.fixture(params=["sqlite3", "sqlalchemy", "postgresql"])
-def reader(request: pytest.FixtureRequest, tmp_path: Path):
+@pytest.fixture(params=["sqlite3", "sqlalchemy", "postgresql"], scope="module")
+def reader(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     from ablate.store import Store
     from ablate.store_reads import Reader, open_reader
 
@@ -118,7 +118,7 @@ def reader(request: pytest.FixtureRequest, tmp_path: Path):
         url = request.getfixturevalue("pg_url")
         drop_schema(url)
     else:
-        url = f"sqlite:///{tmp_path / 'g.db'}"
+        url = f"sqlite:///{tmp_path_factory.mktemp('golden') / 'g.db'}"
     store = Store(url)
     fill(store)
     if request.param == "sqlite3":
