@@ -351,7 +351,10 @@ class _Formatter:
         if isinstance(value, (list, dict)) or (type(value) is float and value == 0.0):
             return _fmt(value, self.col)
         key = (type(value), value)
-        text = self.texts.get(key)
+        try:
+            text = self.texts.get(key)
+        except TypeError:  # unhashable
+            return _fmt(value, self.col)
         if text is None:
             text = self.texts[key] = _fmt(value, self.col)
         return text
@@ -709,9 +712,8 @@ def to_csv(t: TableData) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(keys)
     for r in t.raw:
-        w.writerow([float(format(v, spec)) if type(v) is float and v - v == 0.0 else
-                    (csv_number(v) if isinstance(v, float) else v)
-                    for v, spec in zip([r.get(k, "") for k in keys], specs)])
+        w.writerow([float(format(v, spec)) if type(v) is float and v - v == 0.0 else csv_number(v, k)
+                    for v, spec, k in zip([r.get(k, "") for k in keys], specs, keys)])
     # no terminal control sequence reaches a terminal the CSV is printed to
     return strip_controls(buf.getvalue())
 
