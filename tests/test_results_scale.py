@@ -47,6 +47,21 @@ def test_table_from_aggregate_reads_equals_the_table_from_every_row(db: Store) -
     assert len(new.rows) == 64 and [r[-1] for r in new.rows].count("0/4") == 4 and new.headers[-2] == "FLOPs @32"
 
 
+def test_table_reads_one_config_per_arm(db: Store) -> None:
+    """The table's reads parse no trial's config; building the table asks for one per arm with
+    trials, in one call (at 10^5 trials: 10^4 configs, not 10^5)."""
+    from ablate.tables import build_table, load_table_record
+
+    rec = load_table_record(db, "big")
+    assert not any(t.config for t in rec.trials)
+    asked: list[list[str]] = []
+    read = rec.configs
+    rec.configs = lambda ids: asked.append(list(ids)) or read(ids)
+    table = build_table(rec)
+    assert len(asked) == 1 and len(asked[0]) == len(set(asked[0])) == 60  # 64 arms declared, 60 run
+    assert table.headers[-2] == "FLOPs @32"  # read from the arms' configs
+
+
 def _old_long(db: Store, study: str, final: bool = False):
     """The long format from every per-epoch row (the pre-streaming path), epochs counted from 1."""
     import pandas as pd
