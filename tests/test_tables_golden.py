@@ -4,12 +4,13 @@ The expected texts in tests/data/tables/ were rendered by the table code as it w
 and rendering were reworked for 10^5 trials (the commit that added this file), from every trial read
 whole (configs and every metric row), so a change that alters one byte of a table, read as
 ``ablate table`` reads it, whole, or as the dashboard reads it, on SQLite through sqlite3 or
-SQLAlchemy or on PostgreSQL, fails here. (The table's reads of that time differed from them in one thing, fixed since: with
---all, an arm of undeclared seeds of a declared arm had no config, so its derived cells were "–".) Four studies:
-a grid with a baseline, failures and a pending trial (``big``), one whose ``table`` section is
-only a baseline (``other``: default columns, Δ and the test), one without a ``table`` section
-(``plain``), and one with everything the file decides (``mixed``: a profile, an undeclared seed,
-arm and profile, a seed registered twice, results of other code, a derived column, paper rows).
+SQLAlchemy or on PostgreSQL, fails here. (The table's and the dashboard's reads of that time
+differed from them in one thing, fixed since: with --all, an arm of undeclared seeds of a declared
+arm had no config, so its derived cells were "–".) Four studies: a grid with a baseline, failures
+and a pending trial (``big``), one whose ``table`` section is only a baseline (``other``: default
+columns, Δ and the test), one without a ``table`` section (``plain``), and one with everything the
+file decides (``mixed``: a profile, an undeclared seed, arm and profile, a seed registered twice,
+results of other code, a derived column, paper rows).
 
 Regenerate (only when a table is meant to change): ``python tests/test_tables_golden.py``.
 """
