@@ -17,6 +17,8 @@ os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
 import tempfile  # noqa: E402
 
 os.environ["ABLATE_ARTIFACTS"] = tempfile.mkdtemp(prefix="ablate-artifacts-")
+# journals and the record of a local Ray head (`ablate ray up`): a head the user keeps up is never joined by tests
+os.environ["ABLATE_STATE_DIR"] = tempfile.mkdtemp(prefix="ablate-state-")
 
 from _synth import make_image_folder  # noqa: E402,F401  (tests import it from here)
 
