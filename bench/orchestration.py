@@ -23,6 +23,7 @@ import contextlib
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -125,6 +126,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, nargs="+", default=[4, 16])
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--ways", default="loop,ablate,head,tune")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each way at each N, interleaved; the median counts")
     ap.add_argument("--before", metavar="CHECKOUT",
                     help="also run `ablate run` from this checkout of an earlier ablate (way 'before')")
     ap.add_argument("--way", help=argparse.SUPPRESS)
@@ -138,7 +140,8 @@ def main() -> None:
     env = dict(os.environ, BENCH_THREADS=str(cpus), OMP_WAIT_POLICY="PASSIVE",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     ways = args.ways.split(",") + (["before"] if args.before else [])
-    times: dict[str, dict[int, float]] = {w: {} for w in ways}
+    times: dict[str, dict[int, float]] = {w: {} for w in ways}  # the median of each way's runs at each N
+    runs: dict[str, dict[int, list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-orch-") as tmp, contextlib.ExitStack() as stack:
         d = Path(tmp)
         sys.path.insert(0, str(ROOT / "tests"))  # the tests' tiny learnable image folder
@@ -152,13 +155,13 @@ def main() -> None:
             up = timed(cli + ["up"], head_env)
             stack.callback(timed, cli + ["down"], head_env)
             print(f"`ablate ray up` (once, not in any way's time) {up:.1f} s", flush=True)
-        for n in args.n:
+        for rep, n in ((r, n) for r in range(args.repeat) for n in args.n):  # interleaved: the same load for all
             study = study_file(d, n, args.epochs, cpus, data)
             for way in ways:
                 run_env, cwd = env, ROOT
                 if way in ("ablate", "before", "head"):
-                    cmd = [sys.executable, "-m", "ablate.cli", "run", str(study), "--db", f"sqlite:///{d}/{n}{way}.db",
-                           "--artifacts", str(d / f"art{n}{way}")]
+                    cmd = [sys.executable, "-m", "ablate.cli", "run", str(study), "--db",
+                           f"sqlite:///{d}/{n}{way}{rep}.db", "--artifacts", str(d / f"art{n}{way}{rep}")]
                     if way == "before":
                         cwd = Path(args.before).resolve()  # `python -m` imports from the working directory first
                         run_env = dict(env, PYTHONPATH=str(cwd))
@@ -166,11 +169,15 @@ def main() -> None:
                         run_env = head_env
                 else:
                     cmd = [sys.executable, __file__, "--way", way, str(study)]
-                times[way][n] = timed(cmd, run_env, cwd, "running on the local Ray head" if way == "head" else "")
-                print(f"N={n:3d} {way:7s} {times[way][n]:7.1f} s", flush=True)
-    print(f"\n{platform.machine()}, {cpus} cores, {args.epochs} epochs per trial; seconds")
-    print("| way | " + " | ".join(f"N={n}" for n in args.n) + " | per trial | fixed | per trial beyond loop | fixed beyond loop |")
-    print("|---|" + "---|" * (len(args.n) + 4))
+                t = timed(cmd, run_env, cwd, "running on the local Ray head" if way == "head" else "")
+                runs.setdefault(way, {}).setdefault(n, []).append(t)
+                times[way][n] = statistics.median(runs[way][n])
+                print(f"N={n:3d} {way:7s} {t:7.1f} s", flush=True)
+    print(f"\n{platform.machine()}, {cpus} cores, {args.epochs} epochs per trial; seconds"
+          + (f" (median of {args.repeat})" if args.repeat > 1 else ""))
+    fitted = " | per trial | fixed | per trial beyond loop | fixed beyond loop" if len(args.n) == 2 else ""
+    print("| way | " + " | ".join(f"N={n}" for n in args.n) + fitted + " |")
+    print("|---|" + "---|" * (len(args.n) + (4 if fitted else 0)))
     base = fit(times["loop"]) if "loop" in times and len(args.n) == 2 else None
     result = {}
     for way in ways:
@@ -180,7 +187,14 @@ def main() -> None:
             extra = f"{per - base[1]:+.2f} | {fixed - base[0]:+.1f}" if base else "- | -"
             row += f" | {per:.2f} | {fixed:.1f} | {extra}"
         print(f"| {way} | {row} |")
-        result[way] = times[way]
+        result[way] = runs[way]
+    if len(args.n) == 1 and "ablate" in times:  # one N: each way against `ablate run`, run by run (same load)
+        n = args.n[0]
+        for w in (w for w in ways if w != "ablate"):
+            pairs = list(zip(runs[w][n], runs["ablate"][n]))
+            print(f"{w} / ablate: median of medians {times[w][n] / times['ablate'][n]:.2f}; run by run: ratio "
+                  f"{statistics.median(a / b for a, b in pairs):.2f}, difference "
+                  f"{statistics.median(a - b for a, b in pairs):+.1f} s (median of {len(pairs)})")
     print(json.dumps(result))
 
 

@@ -54,7 +54,7 @@ def imports_by_package(err_file: Path) -> tuple[dict[str, float], float]:
     out: dict[str, float] = defaultdict(float)
     for line in err_file.read_text(errors="replace").splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)", line)
-        if m and len(m.group(3)) == 1:  # the outermost level: one space after the bar
+        if m and not m.group(3):  # the outermost level: one space after the bar
             out[m.group(4).split(".")[0]] += int(m.group(2)) / 1e6
     return dict(out), sum(out.values())
 
@@ -118,18 +118,16 @@ def run(d: Path, study: Path) -> None:
             events.append((w.worker_launched_time_ms / 1e3, f"raylet: worker pid {w.pid} process started"))
             if w.start_time_ms:
                 events.append((w.start_time_ms / 1e3, f"gcs: worker pid {w.pid} registered"))
-    for pg in state.placement_group_table().values():
-        st = pg.get("stats") or {}
-        if st.get("creation_request_received_ns"):
-            t = st["creation_request_received_ns"] / 1e9
-            events.append((t, "gcs: placement group requested"))
-            events.append((t + st.get("end_to_end_creation_latency_us", 0) / 1e6, "gcs: placement group created"))
+    pgs = [pg.get("stats") or {} for pg in state.placement_group_table().values()]
     ray.shutdown()
 
     t0 = min(t for t, _ in events)
     print(f"timeline (s from the first event; {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f})")
     for t, what in sorted(events):
         print(f"{t - t0:8.2f}  {what}")
+    for st in pgs:
+        print(f"placement group: created {st.get('end_to_end_creation_latency_ms', 0):.1f} ms after its request "
+              f"(scheduling {st.get('scheduling_latency_ms', 0):.1f} ms)")
     logs = Path(head.temp_dir) / "session_latest" / "logs"
     for w in workers:
         errs = list(logs.glob(f"worker-*-{w.pid}.err"))
