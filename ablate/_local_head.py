@@ -93,15 +93,17 @@ def answers(head: Head, timeout: float = 2.0) -> bool:
         return False
 
 
-def find() -> tuple[Head | None, str | None]:
+def find(forget: bool = True) -> tuple[Head | None, str | None]:
     """(the running head, None), or (None, why the recorded head is unusable), or (None, None) when
-    none is recorded. A record whose process is gone is removed (with the head's temp dir)."""
+    none is recorded. A record whose process is gone is removed (with the head's temp dir) unless
+    ``forget`` is False (a look whose caller will not tell the user)."""
     head = read()
     if head is None:
         return None, None
     where = head_dir() / HEAD_FILE
     if not process_alive(head):
-        _forget(head)
+        if forget:
+            _forget(head)
         return None, f"the local Ray head recorded in {where} is gone (pid {head.pid} is not running)"
     if not answers(head):
         return None, f"the local Ray head at {head.address} (pid {head.pid}) does not answer"

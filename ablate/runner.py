@@ -381,7 +381,7 @@ def ray_session(address: str | None = None, *, cpus: float = 1, gpus: float = 0,
 def _local_head_running() -> bool:
     from ablate import _local_head
 
-    return _local_head.find()[0] is not None
+    return _local_head.find(forget=False)[0] is not None  # a stale record stays for init_ray to tell
 
 
 class _RayStarter(threading.Thread):

@@ -126,22 +126,29 @@ def test_stale_and_unusable_heads_are_told_apart(tmp_path: Path, monkeypatch: py
 
 def test_run_falls_back_to_its_own_ray_with_a_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                    caplog: pytest.LogCaptureFixture) -> None:
-    """A recorded head that is gone, or runs another Python, is not joined: the run starts its own local
-    Ray (loopback) and says why."""
+    """A recorded head that runs another Python is not joined; one that is gone makes `ablate run`'s Ray
+    session (the path of the CLI: the check in the main thread, Ray started in a thread) start its own
+    local Ray on loopback, saying why, and forget the record."""
     import ray
 
-    from ablate.runner import init_ray
+    from ablate import runner
 
     monkeypatch.setenv("ABLATE_STATE_DIR", str(tmp_path))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    with socket.socket() as s:
+    with socket.socket() as s, caplog.at_level(logging.WARNING, logger="ablate.runner"):
         s.bind(("127.0.0.1", 0))
         s.listen()
         _record(tmp_path, address=f"127.0.0.1:{s.getsockname()[1]}", python="/other/venv/bin/python")
-        if ray.is_initialized():
-            ray.shutdown()  # the session's shared Ray: init_ray below starts it again
-        with caplog.at_level(logging.WARNING, logger="ablate.runner"):
-            assert init_ray() is True
+        assert runner._join_local_head({}) is False  # before any connection attempt
     assert "runs /other/venv/bin/python" in caplog.text and "starting a Ray for this run" in caplog.text
-    assert ray._private.worker._global_node.node_ip_address == "127.0.0.1"
-    assert JOINED not in caplog.text
+    caplog.clear()
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _record(tmp_path, pid=dead.pid, create_time=time.time() - 5)
+    if ray.is_initialized():
+        ray.shutdown()  # the session's shared Ray: the fixtures start it again when a test needs it
+    with caplog.at_level(logging.WARNING, logger="ablate.runner"), runner.ray_session():
+        assert ray._private.worker._global_node.node_ip_address == "127.0.0.1"
+    assert f"head.json is gone (pid {dead.pid} is not running); starting a Ray for this run" in caplog.text
+    assert JOINED not in caplog.text and not (tmp_path / "ray-head" / "head.json").exists()
