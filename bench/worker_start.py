@@ -3,7 +3,7 @@
 Runs ``bench/orchestration.py``'s study (one trial, or ``--n``) through a fresh local head (``ablate ray
 up``, started with ``PYTHONPROFILEIMPORTTIME=1`` so every worker logs its imports) and prints one
 timeline from Ray's own records and the driver's: Tune's call (``fit``), the trial's placement group
-(GCS: request received, created), the worker process (GCS worker table: launch requested, registered),
+(its creation latency), the worker process (GCS worker table: launched, registered with the raylet),
 the trainable's first line (the trial's recorded placement ``started_at``), the trial's start and first
 epoch as the driver saw them (Tune callback -> sink), and the worker's imports by top-level package
 (``-X importtime`` from the worker's log). Run: ``.venv/bin/python bench/worker_start.py``.
@@ -114,10 +114,9 @@ def run(d: Path, study: Path) -> None:
         w = gcs_pb2.WorkerTableData.FromString(raw)
         if w.worker_type == 0 and w.worker_launch_time_ms:  # WORKER (not a driver)
             workers.append(w)
-            events.append((w.worker_launch_time_ms / 1e3, f"raylet: worker pid {w.pid} launch requested"))
-            events.append((w.worker_launched_time_ms / 1e3, f"raylet: worker pid {w.pid} process started"))
-            if w.start_time_ms:
-                events.append((w.start_time_ms / 1e3, f"gcs: worker pid {w.pid} registered"))
+            events.append((w.worker_launch_time_ms / 1e3, f"raylet: worker pid {w.pid} process launched"))
+            events.append((w.worker_launched_time_ms / 1e3,
+                           f"raylet: worker pid {w.pid} registered (Python up, Ray imported)"))
     pgs = [pg.get("stats") or {} for pg in state.placement_group_table().values()]
     ray.shutdown()
 
