@@ -49,7 +49,8 @@ class Head:
     log: str
     cpus: float
     gpus: float | None  # None: as Ray detected
-    python: str  # the interpreter (environment) of the head and its workers
+    python: str  # the interpreter of the head and its workers
+    prefix: str  # its environment (sys.prefix: the venv), which a joining run must share
 
     @property
     def port(self) -> int:
@@ -182,7 +183,7 @@ def up(cpus: float | None = None, gpus: float | None = None, timeout: float = 18
 
         head = Head(address=f"{LOOPBACK}:{port}", pid=proc.pid, create_time=psutil.Process(proc.pid).create_time(),
                     token=str(token), temp_dir=temp_dir, log=str(log), cpus=cpus, gpus=gpus,
-                    python=sys.executable)
+                    python=sys.executable, prefix=sys.prefix)
         deadline = time.monotonic() + timeout
         while "Ray runtime started" not in log.read_text(errors="replace") or not answers(head, 0.5):
             if proc.poll() is not None or time.monotonic() > deadline:

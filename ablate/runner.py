@@ -313,9 +313,9 @@ def _join_local_head(common: dict[str, Any]) -> bool:
         if why:
             log.warning("%s; starting a Ray for this run (`ablate ray up` starts a new head)", why)
         return False
-    if head.python != sys.executable:  # its workers would train with another environment's packages
-        log.warning("the local Ray head at %s runs %s, not this %s; starting a Ray for this run",
-                    head.address, head.python, sys.executable)
+    if os.path.realpath(head.prefix) != os.path.realpath(sys.prefix):  # its workers would use other packages
+        log.warning("the local Ray head at %s runs in the environment %s, not in this one (%s); starting a Ray "
+                    "for this run", head.address, head.prefix, sys.prefix)
         return False
     _local_ray.use_token(head.token)
     env = {k: v for k, v in os.environ.items() if k.startswith(_HEAD_WORKER_ENV)}

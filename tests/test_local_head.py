@@ -89,7 +89,7 @@ def _record(state: Path, **over: object) -> dict:
     me = psutil.Process()
     head = dict(address="127.0.0.1:1", pid=me.pid, create_time=me.create_time(), token=str(state / "tok"),
                 temp_dir=str(state / "ray-tmp"), log=str(state / "head.log"), cpus=1.0, gpus=None,
-                python=sys.executable)
+                python=sys.executable, prefix=sys.prefix)
     head.update(over)
     d = state / "ray-head"
     d.mkdir(parents=True, exist_ok=True)
@@ -126,7 +126,7 @@ def test_stale_and_unusable_heads_are_told_apart(tmp_path: Path, monkeypatch: py
 
 def test_run_falls_back_to_its_own_ray_with_a_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                    caplog: pytest.LogCaptureFixture) -> None:
-    """A recorded head that runs another Python is not joined; one that is gone makes `ablate run`'s Ray
+    """A recorded head that runs in another environment (venv) is not joined; one that is gone makes `ablate run`'s Ray
     session (the path of the CLI: the check in the main thread, Ray started in a thread) start its own
     local Ray on loopback, saying why, and forget the record."""
     import ray
@@ -138,9 +138,9 @@ def test_run_falls_back_to_its_own_ray_with_a_line(tmp_path: Path, monkeypatch: 
     with socket.socket() as s, caplog.at_level(logging.WARNING, logger="ablate.runner"):
         s.bind(("127.0.0.1", 0))
         s.listen()
-        _record(tmp_path, address=f"127.0.0.1:{s.getsockname()[1]}", python="/other/venv/bin/python")
+        _record(tmp_path, address=f"127.0.0.1:{s.getsockname()[1]}", prefix="/other/venv")
         assert runner._join_local_head({}) is False  # before any connection attempt
-    assert "runs /other/venv/bin/python" in caplog.text and "starting a Ray for this run" in caplog.text
+    assert "runs in the environment /other/venv, not in this one" in caplog.text and "starting a Ray for this run" in caplog.text
     caplog.clear()
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
