@@ -85,14 +85,25 @@ def _reload_ray_auth_config() -> None:
 
 def use_local_token() -> None:
     """Token auth with this driver's own token for a local Ray (and the workers it starts)."""
-    global _token_path, _user_auth_env
-    if _user_auth_env is None:
-        _user_auth_env = {k: os.environ.get(k) for k in _AUTH_ENV}
+    global _token_path
+    _remember_user_auth()
     if _token_path is None or not _token_path.is_file():
         _token_path = _new_token_file()
+    use_token(_token_path)
+
+
+def use_token(path: str | Path) -> None:
+    """Token auth with the token in ``path`` (this driver's own, or the local head's: ``ablate ray up``)."""
+    _remember_user_auth()
     os.environ["RAY_AUTH_MODE"] = "token"  # explicit: Ray neither warns nor lets it be switched off
-    os.environ["RAY_AUTH_TOKEN_PATH"] = str(_token_path)
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(path)
     _reload_ray_auth_config()
+
+
+def _remember_user_auth() -> None:
+    global _user_auth_env
+    if _user_auth_env is None:
+        _user_auth_env = {k: os.environ.get(k) for k in _AUTH_ENV}
 
 
 def use_cluster_auth() -> None:

@@ -31,7 +31,8 @@ out = Console()
 
 DB_HELP = ("Result database, any SQLAlchemy URL (sqlite:///path.db, postgresql://user@host/db). "
            "Default: $ABLATE_DB, else the SQLite file ./ablate.db in the current directory.")
-ADDRESS_HELP = "Ray cluster to join (default $RAY_ADDRESS, else a local Ray started by ablate)."
+ADDRESS_HELP = ("Ray cluster to join (default $RAY_ADDRESS, else the local head of `ablate ray up` if it runs, "
+                "else a Ray started by ablate for this run; 'local': always one started for this run).")
 ARTIFACTS_HELP = ("Artifact store for checkpoints and weights: a folder, a shared path, or a URI such as "
                   "s3://bucket/prefix (every Ray node must reach it). Default: $ABLATE_ARTIFACTS, else ./ablate-artifacts.")
 PROFILE_HELP = "Profile of the study file to apply (e.g. 'demo' for CPU minutes, 'paper' for Appendix A)."
@@ -689,6 +690,69 @@ def recipes_show(name: str = typer.Argument(..., help="Recipe name, e.g. replkne
         out.print(f"official command: {OFFICIAL_README}, {OFFICIAL[name][0]}")
     for note in ASSUMED.get(name, []):
         out.print(f"assumed: {note}")
+
+
+ray_app = typer.Typer(help="A long-lived local Ray for this workstation: `ablate ray up` once, then every "
+                      "`ablate run` without --address joins it instead of starting and stopping a Ray of its own "
+                      "(seconds per run). Loopback only, token auth.", no_args_is_help=True)
+app.add_typer(ray_app, name="ray")
+
+
+@ray_app.command("up")
+def ray_up(cpus: Optional[float] = typer.Option(None, "--cpus", help="CPUs the head offers trials (default: all cores)."),
+           gpus: Optional[float] = typer.Option(None, "--gpus", help="GPUs the head offers (default: as Ray detects).")
+           ) -> None:
+    """Start the local Ray head (127.0.0.1, a fresh token) unless one runs; `ablate run` joins it from now on."""
+    from ablate._local_head import HeadError, head_dir, up
+
+    try:
+        head, started = up(cpus, gpus)
+    except HeadError as e:
+        _fail(str(e), 1)
+    what = "started" if started else "already running"
+    err.print(f"local Ray head {what} at {head.address} (pid {head.pid}, {head.cpus:g} CPUs; record and token in "
+              f"{head_dir()}). `ablate run` joins it; `ablate ray down` stops it.", markup=False, highlight=False,
+              soft_wrap=True)
+
+
+@ray_app.command("status")
+def ray_status() -> None:
+    """Whether the local Ray head runs, its address and its resources (total and free now). Exit 1 if none runs."""
+    from ablate._local_head import find, head_dir
+
+    head, why = find()
+    if head is None:
+        err.print(why or f"no local Ray head (none recorded in {head_dir()}); `ablate ray up` starts one",
+                  markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+    import logging
+
+    import ray
+
+    from ablate import _local_ray
+
+    _local_ray.use_token(head.token)
+    with _local_ray.loopback_node() as ip:
+        ray.init(address=head.address, _node_ip_address=ip, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        total, free = ray.cluster_resources(), ray.available_resources()
+    finally:
+        ray.shutdown()
+    res = ", ".join(f"{k} {free.get(k, 0):g}/{total[k]:g} free" for k in ("CPU", "GPU") if k in total)
+    out.print(f"local Ray head at {head.address} (pid {head.pid}): {res}; log {head.log}",
+              markup=False, highlight=False, soft_wrap=True)
+
+
+@ray_app.command("down")
+def ray_down() -> None:
+    """Stop the local Ray head (trials running on it stop; their `ablate run`s fail and a rerun resumes them)."""
+    from ablate._local_head import down, head_dir
+
+    head = down()
+    if head is None:
+        err.print(f"no local Ray head recorded in {head_dir()}", markup=False, highlight=False)
+        return
+    err.print(f"stopped the local Ray head at {head.address} (pid {head.pid})", markup=False, highlight=False)
 
 
 def main() -> None:  # pragma: no cover - console entry

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
@@ -273,6 +274,10 @@ def init_ray(address: str | None = None) -> bool:
     os.environ.update(_watchdog.driver_env())  # trials on this host watch this process
     address = address or os.environ.get("RAY_ADDRESS") or None
     common: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=False, configure_logging=True)
+    if address is None and _join_local_head(common):
+        return True
+    if address == "local":  # as Ray's own "local": a new local Ray, never a running one
+        address = None
     if address:
         _local_ray.use_cluster_auth()
         cluster = dict(address=address, runtime_env={"env_vars": _watchdog.driver_env()}, **common)
@@ -295,6 +300,47 @@ def init_ray(address: str | None = None) -> bool:
     return True
 
 
+def _join_local_head(common: dict[str, Any]) -> bool:
+    """Join the long-lived local head (``ablate ray up``) if one runs; says so, or why a recorded head is not
+    used (then the caller starts a Ray of its own). Its workers get this driver's ablate settings (they are the
+    head's children, not this process's)."""
+    import ray
+
+    from ablate import _local_head, _local_ray
+
+    head, why = _local_head.find()
+    if head is None:
+        if why:
+            log.warning("%s; starting a Ray for this run (`ablate ray up` starts a new head)", why)
+        return False
+    if os.path.realpath(head.prefix) != os.path.realpath(sys.prefix):  # its workers would use other packages
+        log.warning("the local Ray head at %s runs in the environment %s, not in this one (%s); starting a Ray "
+                    "for this run", head.address, head.prefix, sys.prefix)
+        return False
+    _local_ray.use_token(head.token)
+    env = {k: v for k, v in os.environ.items() if k.startswith(_HEAD_WORKER_ENV)}
+    # the workers import the driver's ablate (a checkout may differ from the head's), then the driver's path
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(
+        [str(Path(__file__).resolve().parent.parent), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]))
+    try:
+        with _local_ray.loopback_node() as ip:
+            ray.init(address=head.address, _node_ip_address=ip, runtime_env={"env_vars": env}, **common)
+    except Exception as e:  # a head that dies or hangs right now: this run still runs
+        log.warning("the local Ray head at %s did not accept this run (%s); starting a Ray for this run",
+                    head.address, str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__)
+        if ray.is_initialized():
+            ray.shutdown()
+        return False
+    log.warning("running on the local Ray head at %s (`ablate ray status`; `ablate ray down` stops it)", head.address)
+    return True
+
+
+# what a trial worker of the local head must see of the driver's environment (a Ray the driver starts passes
+# it all on): ablate's settings, the thread counts, Train V2 and the driver's identity for the watchdog
+_HEAD_WORKER_ENV = ("ABLATE_", "OMP_", "MKL_", "RAY_TRAIN_V2_ENABLED", "PYTHONWARNINGS")
+log = logging.getLogger("ablate.runner")
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None = None, *, cpus: float = 1, gpus: float = 0, workers: int = 1) -> Iterator[None]:
     """Ray up (joined or started) for a whole run, with the study's resources checked against the
@@ -306,7 +352,9 @@ def ray_session(address: str | None = None, *, cpus: float = 1, gpus: float = 0,
     import ray
 
     starter = None
-    joining = bool(address or os.environ.get("RAY_ADDRESS"))  # fast: nothing to overlap, Tune may never be needed
+    # joining is fast: nothing to overlap, Tune may never be needed
+    target = address or os.environ.get("RAY_ADDRESS")
+    joining = (bool(target) and target != "local") or (not target and _local_head_running())
     if joining or ray.is_initialized() or threading.current_thread() is not threading.main_thread():
         started = init_ray(address)
     else:
@@ -328,6 +376,12 @@ def ray_session(address: str | None = None, *, cpus: float = 1, gpus: float = 0,
             ray.shutdown()
         if starter is not None:
             starter.release.set()
+
+
+def _local_head_running() -> bool:
+    from ablate import _local_head
+
+    return _local_head.find(forget=False)[0] is not None  # a stale record stays for init_ray to tell
 
 
 class _RayStarter(threading.Thread):

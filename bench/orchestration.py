@@ -1,6 +1,8 @@
 """What orchestration costs: N short trials run three ways, each in a fresh process, in one run.
 
 1. ``ablate run`` (the CLI, a fresh SQLite database and artifact store: everything a user pays for);
+   way ``head``: the same against a long-lived local Ray (``ablate ray up`` once before, timed apart,
+   ``ablate ray down`` after), as on a workstation where the head stays up between runs;
 2. ablate's trainer in a plain Python loop (the same trial configs, no Ray, no database, no files);
 3. a bare Ray Tune ``Tuner`` calling the same trainer with Tune's defaults (Ray started as ablate
    starts it: loopback, token auth).
@@ -17,9 +19,11 @@ bench/orchestration.py`` (results in docs/performance.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -99,12 +103,14 @@ def run_tune(path: str) -> None:
 
 
 # -- the driver ---------------------------------------------------------------------------------------
-def timed(cmd: list[str], env: dict[str, str], cwd: Path = ROOT) -> float:
+def timed(cmd: list[str], env: dict[str, str], cwd: Path = ROOT, expect: str = "") -> float:
+    """Wall time of ``cmd``; it must succeed and print ``expect`` on stderr."""
     t0 = time.perf_counter()
     out = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
     elapsed = time.perf_counter() - t0
-    if out.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    if out.returncode != 0 or expect not in out.stderr:
+        raise SystemExit(f"{' '.join(cmd)} failed ({out.returncode}{', no ' + repr(expect) if expect else ''}):\n"
+                         f"{out.stderr[-3000:]}")
     return elapsed
 
 
@@ -119,7 +125,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, nargs="+", default=[4, 16])
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--ways", default="loop,ablate,tune")
+    ap.add_argument("--ways", default="loop,ablate,head,tune")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each way at each N, interleaved; the median counts")
     ap.add_argument("--before", metavar="CHECKOUT",
                     help="also run `ablate run` from this checkout of an earlier ablate (way 'before')")
     ap.add_argument("--way", help=argparse.SUPPRESS)
@@ -133,30 +140,44 @@ def main() -> None:
     env = dict(os.environ, BENCH_THREADS=str(cpus), OMP_WAIT_POLICY="PASSIVE",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     ways = args.ways.split(",") + (["before"] if args.before else [])
-    times: dict[str, dict[int, float]] = {w: {} for w in ways}
-    with tempfile.TemporaryDirectory(prefix="bench-orch-") as tmp:
+    times: dict[str, dict[int, float]] = {w: {} for w in ways}  # the median of each way's runs at each N
+    runs: dict[str, dict[int, list[float]]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-orch-") as tmp, contextlib.ExitStack() as stack:
         d = Path(tmp)
         sys.path.insert(0, str(ROOT / "tests"))  # the tests' tiny learnable image folder
         from _synth import make_image_folder
 
         data = make_image_folder(d / "data")
-        for n in args.n:
+        env["ABLATE_STATE_DIR"] = str(d / "no-head")  # every way but `head` starts a Ray of its own
+        head_env = dict(env, ABLATE_STATE_DIR=str(d / "head"))
+        if "head" in ways:
+            cli = [sys.executable, "-m", "ablate.cli", "ray"]
+            up = timed(cli + ["up"], head_env)
+            stack.callback(timed, cli + ["down"], head_env)
+            print(f"`ablate ray up` (once, not in any way's time) {up:.1f} s", flush=True)
+        for rep, n in ((r, n) for r in range(args.repeat) for n in args.n):  # interleaved: the same load for all
             study = study_file(d, n, args.epochs, cpus, data)
             for way in ways:
                 run_env, cwd = env, ROOT
-                if way in ("ablate", "before"):
-                    cmd = [sys.executable, "-m", "ablate.cli", "run", str(study), "--db", f"sqlite:///{d}/{n}{way}.db",
-                           "--artifacts", str(d / f"art{n}{way}")]
+                if way in ("ablate", "before", "head"):
+                    cmd = [sys.executable, "-m", "ablate.cli", "run", str(study), "--db",
+                           f"sqlite:///{d}/{n}{way}{rep}.db", "--artifacts", str(d / f"art{n}{way}{rep}")]
                     if way == "before":
                         cwd = Path(args.before).resolve()  # `python -m` imports from the working directory first
                         run_env = dict(env, PYTHONPATH=str(cwd))
+                    if way == "head":
+                        run_env = head_env
                 else:
                     cmd = [sys.executable, __file__, "--way", way, str(study)]
-                times[way][n] = timed(cmd, run_env, cwd)
-                print(f"N={n:3d} {way:7s} {times[way][n]:7.1f} s", flush=True)
-    print(f"\n{platform.machine()}, {cpus} cores, {args.epochs} epochs per trial; seconds")
-    print("| way | " + " | ".join(f"N={n}" for n in args.n) + " | per trial | fixed | per trial beyond loop | fixed beyond loop |")
-    print("|---|" + "---|" * (len(args.n) + 4))
+                t = timed(cmd, run_env, cwd, "running on the local Ray head" if way == "head" else "")
+                runs.setdefault(way, {}).setdefault(n, []).append(t)
+                times[way][n] = statistics.median(runs[way][n])
+                print(f"N={n:3d} {way:7s} {t:7.1f} s", flush=True)
+    print(f"\n{platform.machine()}, {cpus} cores, {args.epochs} epochs per trial; seconds"
+          + (f" (median of {args.repeat})" if args.repeat > 1 else ""))
+    fitted = " | per trial | fixed | per trial beyond loop | fixed beyond loop" if len(args.n) == 2 else ""
+    print("| way | " + " | ".join(f"N={n}" for n in args.n) + fitted + " |")
+    print("|---|" + "---|" * (len(args.n) + (4 if fitted else 0)))
     base = fit(times["loop"]) if "loop" in times and len(args.n) == 2 else None
     result = {}
     for way in ways:
@@ -166,7 +187,14 @@ def main() -> None:
             extra = f"{per - base[1]:+.2f} | {fixed - base[0]:+.1f}" if base else "- | -"
             row += f" | {per:.2f} | {fixed:.1f} | {extra}"
         print(f"| {way} | {row} |")
-        result[way] = times[way]
+        result[way] = runs[way]
+    if len(args.n) == 1 and "ablate" in times:  # one N: each way against `ablate run`, run by run (same load)
+        n = args.n[0]
+        for w in (w for w in ways if w != "ablate"):
+            pairs = list(zip(runs[w][n], runs["ablate"][n]))
+            print(f"{w} / ablate: median of medians {times[w][n] / times['ablate'][n]:.2f}; run by run: ratio "
+                  f"{statistics.median(a / b for a, b in pairs):.2f}, difference "
+                  f"{statistics.median(a - b for a, b in pairs):+.1f} s (median of {len(pairs)})")
     print(json.dumps(result))
 
 

@@ -17,6 +17,8 @@ os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
 import tempfile  # noqa: E402
 
 os.environ["ABLATE_ARTIFACTS"] = tempfile.mkdtemp(prefix="ablate-artifacts-")
+# journals and the record of a local Ray head (`ablate ray up`): a head the user keeps up is never joined by tests
+os.environ["ABLATE_STATE_DIR"] = tempfile.mkdtemp(prefix="ablate-state-")
 
 from _synth import make_image_folder  # noqa: E402,F401  (tests import it from here)
 
@@ -27,7 +29,7 @@ from _synth import make_image_folder  # noqa: E402,F401  (tests import it from h
 # first). xdist's default order (most tests first) left one-test files of a minute (DDP, the
 # cluster) to start last, on one worker, while the other had finished.
 SLOWEST_FILES = ("test_concurrency.py", "test_durable.py", "test_cluster.py", "test_dbfaults.py", "test_run.py",
-                 "test_trust.py", "test_dashboard.py", "test_tables_render.py", "test_data_trainer.py",
+                 "test_trust.py", "test_local_head.py", "test_dashboard.py", "test_tables_render.py", "test_data_trainer.py",
                  "test_ddp.py", "test_fuzz_study.py", "test_analyze.py", "test_cleanup.py", "test_seg_durable.py",
                  "test_seg_trial.py", "test_resources.py", "test_cli_imports.py")
 
