@@ -7,7 +7,7 @@ import os
 import shutil
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import pytest
 import yaml
@@ -38,10 +38,37 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 
 
+def patient_ray_start(wait_s: float = 240) -> None:
+    """Ray gives a node it starts 30 s to register with its GCS (``ray._private.node.Node``); on a
+    loaded 2-core machine (pytest-xdist -n 2 beside the other tests' Rays) the raylet can take longer,
+    and then every test of the module errors at set-up. This process's Ray gets ``wait_s``."""
+    import time
+
+    from ray._private import services
+
+    if getattr(services.get_node, "patient", False):
+        return
+    get_node = services.get_node
+
+    def get_node_patiently(*args: Any, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return get_node(*args, **kwargs)
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    get_node_patiently.patient = True  # type: ignore[attr-defined]
+    services.get_node = get_node_patiently
+
+
 @pytest.fixture(scope="session", autouse=True)
 def shared_local_ray():
     """One local Ray for the whole session, started on first use: ablate's runner joins a running
     Ray instead of starting (and stopping) its own for every study a test runs."""
+    patient_ray_start()  # both pytest-xdist workers run Ray tests: importing Ray here costs nothing
     yield
     import sys
 
@@ -216,6 +243,31 @@ def kill_session(sid: int) -> None:
             pass
 
 
+# A Ray worker's process title while it holds a Tune trial (function trainable): ``ray::ImplicitFunc.train``.
+TRAINER_TITLES = ("_trainable", "ImplicitFunc")
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def trial_workers(pids: Iterable[int]) -> list[int]:
+    """Of ``pids``, the Ray workers holding a trial now."""
+    return [pid for pid in pids if any(t in cmdline(pid) for t in TRAINER_TITLES)]
+
+
+def signal_each(pids: Iterable[int], sig: int) -> None:
+    """Send ``sig`` to each of ``pids`` that is still there."""
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
 def drop_schema(url: str) -> None:
     """Empty a shared (PostgreSQL) test database of ablate's tables, so a test starts fresh."""
     from sqlalchemy import text
@@ -229,8 +281,14 @@ def drop_schema(url: str) -> None:
     engine.dispose()
 
 
-def wait_for_epoch(url: str, log: Path | None = None, timeout: float = 240) -> Any:
-    """The Store at ``url`` once some trial has stored an epoch (a driver is mid-run)."""
+def wait_for_epoch(url: str, log: Path | None = None, timeout: float = 240, *,
+                   freeze_session: int | None = None) -> tuple[Any, list[int]]:
+    """The Store at ``url`` once some trial has stored an epoch (a driver is mid-run), and the trial
+    workers left frozen (SIGSTOP). With ``freeze_session`` (a driver started with start_new_session,
+    with the local Ray it starts), its trial workers are frozen while the database is checked and
+    stay frozen: a trial waits for the driver after each epoch it reports, so it is where the
+    database says (give or take an epoch) however slow the machine. The caller thaws them."""
+    import signal
     import time
 
     from ablate.store import Store
@@ -238,12 +296,15 @@ def wait_for_epoch(url: str, log: Path | None = None, timeout: float = 240) -> A
     store = None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        frozen = trial_workers(session_pids(freeze_session)) if freeze_session is not None else []
+        signal_each(frozen, signal.SIGSTOP)
         try:
             store = store or Store(url, create=False)
             if store.counts()["metrics"] > 0:
-                return store
+                return store, frozen
         except Exception:  # the driver has not created the database yet
             pass
+        signal_each(frozen, signal.SIGCONT)
         time.sleep(0.3)
     raise AssertionError(f"no epoch stored within {timeout:.0f} s" + (f": {log.read_text()[-1500:]}" if log else ""))
 
