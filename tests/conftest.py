@@ -259,6 +259,16 @@ def trial_workers(pids: Iterable[int]) -> list[int]:
     return [pid for pid in pids if any(t in cmdline(pid) for t in TRAINER_TITLES)]
 
 
+def own_trial_workers() -> list[int]:
+    """The Ray workers holding a trial in this process's own Ray (the session's, which drivers started
+    with ``--address`` join): another pytest-xdist worker, or anything else on the machine, has Ray
+    workers of its own."""
+    import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
+    import psutil
+
+    return trial_workers(c.pid for c in psutil.Process().children(recursive=True))
+
+
 def signal_each(pids: Iterable[int], sig: int) -> None:
     """Send ``sig`` to each of ``pids`` that is still there."""
     for pid in pids:

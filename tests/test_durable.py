@@ -13,13 +13,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import psutil
 import pytest
 
 from ablate.orchestrate import run_study
 from ablate.store import COMPLETED, Store
 from ablate.trial_state import COMPLETE
-from conftest import kill_session, signal_each, tiny_study, trial_workers, write_study
+from conftest import kill_session, own_trial_workers, signal_each, tiny_study, write_study
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -54,12 +53,6 @@ def _epochs(store: Store, name: str) -> dict[str, dict[int, dict[str, float]]]:
     return out
 
 
-def _trial_workers() -> list[int]:
-    """The Ray workers holding a trial now: workers of this test process's own Ray (another
-    pytest-xdist worker, or anything else on the machine, has Ray workers of its own)."""
-    return trial_workers(c.pid for c in psutil.Process().children(recursive=True))
-
-
 def _drive(f: Path, db: Path, art: Path, until: Callable[[Store], bool], act: Callable[[subprocess.Popen, list[int]], None],
            address: str, timeout: float = 240, every: float = 0.3) -> tuple[Store, int | None]:
     """Start `ablate run` as its own process, joined to the session's Ray as to a cluster; wait until
@@ -79,7 +72,7 @@ def _drive(f: Path, db: Path, art: Path, until: Callable[[Store], bool], act: Ca
     try:
         deadline = time.monotonic() + timeout
         while True:
-            frozen = _trial_workers()
+            frozen = own_trial_workers()
             signal_each(frozen, signal.SIGSTOP)
             if until(store):
                 break
