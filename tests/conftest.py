@@ -18,6 +18,7 @@ import tempfile  # noqa: E402
 
 os.environ["ABLATE_ARTIFACTS"] = tempfile.mkdtemp(prefix="ablate-artifacts-")
 
+from _ray_patience import patient_ray_start  # noqa: E402
 from _synth import make_image_folder  # noqa: E402,F401  (tests import it from here)
 
 
@@ -36,32 +37,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Longest files first (see SLOWEST_FILES); the order within a file is kept."""
     rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
-
-
-def patient_ray_start(wait_s: float = 240) -> None:
-    """Ray gives a node it starts 30 s to register with its GCS (``ray._private.node.Node``); on a
-    loaded 2-core machine (pytest-xdist -n 2 beside the other tests' Rays) the raylet can take longer,
-    and then every test of the module errors at set-up. This process's Ray gets ``wait_s``."""
-    import time
-
-    from ray._private import services
-
-    if getattr(services.get_node, "patient", False):
-        return
-    get_node = services.get_node
-
-    def get_node_patiently(*args: Any, **kwargs: Any) -> Any:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                return get_node(*args, **kwargs)
-            except RuntimeError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
-
-    get_node_patiently.patient = True  # type: ignore[attr-defined]
-    services.get_node = get_node_patiently
 
 
 @pytest.fixture(scope="session", autouse=True)
