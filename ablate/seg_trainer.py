@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from ablate.seg_data import IGNORE_INDEX, build_seg_splits
 from ablate.seg_metrics import confusion_matrix, scores
 from ablate.seg_zoo import build_upernet
-from ablate.trainer import Distributed, Report, _autocast, amp_dtype, rng_state, seed_everything, set_rng_state
+from ablate.trainer import Distributed, Report, _autocast, amp_dtype, restore, rng_state, seed_everything
 
 AUX_WEIGHT = 0.4  # the auxiliary FCN head's loss weight in the UperNet configs
 
@@ -96,14 +96,7 @@ def train(config: dict[str, Any], report: Report | None = None, device: str | No
     step_model = distributed.wrap_model(model) if distributed is not None else model
     world = distributed.world_size if distributed else 1
 
-    start = 0
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        scaler.load_state_dict(resume["scaler"])
-        set_rng_state(resume["rng"], generator)
-        start = int(resume["epoch"]) + 1
+    start = restore(resume, generator, model, optimizer, scheduler, scaler)
     scheduler.step_update(start * per_eval)
 
     metrics: dict[str, float] = {}

@@ -138,6 +138,24 @@ def load_pretrained(model: nn.Module, weights: str | dict[str, Any]) -> list[str
     return skipped
 
 
+def restore(resume: dict[str, Any] | None, generator: torch.Generator, model: nn.Module,
+            optimizer: torch.optim.Optimizer, scheduler: Any, scaler: torch.amp.GradScaler, ema: Any = None) -> int:
+    """Continue from a checkpoint (``resume``, the state a trainer reports each epoch): the model,
+    optimizer, scheduler, grad scaler, EMA (when both the trainer and the checkpoint have one) and
+    every RNG as they were after its epoch. Returns the epoch to start at: 0 without a checkpoint.
+    One resume path for every trainer (classification and segmentation)."""
+    if resume is None:
+        return 0
+    model.load_state_dict(resume["model"])
+    optimizer.load_state_dict(resume["optimizer"])
+    scheduler.load_state_dict(resume["scheduler"])
+    scaler.load_state_dict(resume["scaler"])
+    if ema is not None and resume.get("ema") is not None:
+        ema.load_state_dict(resume["ema"])
+    set_rng_state(resume["rng"], generator)
+    return int(resume["epoch"]) + 1
+
+
 def train(config: dict[str, Any], report: Report | None = None, device: str | None = None, *,
           resume: dict[str, Any] | None = None, checkpoints: bool = False,
           distributed: Distributed | None = None, init_state: dict[str, Any] | None = None) -> dict[str, float]:
@@ -200,16 +218,7 @@ def train(config: dict[str, Any], report: Report | None = None, device: str | No
     if recipe.get("compile"):
         step_model = torch.compile(step_model)
 
-    start_epoch = 0
-    if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        scaler.load_state_dict(resume["scaler"])
-        if ema is not None and resume.get("ema") is not None:
-            ema.load_state_dict(resume["ema"])
-        set_rng_state(resume["rng"], generator)
-        start_epoch = int(resume["epoch"]) + 1
+    start_epoch = restore(resume, generator, model, optimizer, scheduler, scaler, ema)
 
     metrics: dict[str, float] = {}
     for epoch in range(start_epoch, recipe["epochs"]):

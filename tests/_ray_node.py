@@ -6,29 +6,14 @@ when multi-node clusters are on (Linux), so its servers would listen on every in
 with ``ray start``'s own arguments (``--node-ip-address 127.0.0.1``)."""
 
 import sys
-import time
 
 from ray._private import services
 
+from _ray_patience import patient_ray_start
+
 services.resolve_ip_for_localhost = lambda host: host  # keep loopback as the node's address
 
-_get_node = services.get_node
-
-
-def _get_node_patiently(*args, **kwargs):
-    """Ray gives a starting node 30 s to register with the GCS, and its raylet first waits for the
-    node's dashboard agent (a Python process): on a loaded 2-core machine that can take longer."""
-    deadline = time.monotonic() + 240
-    while True:
-        try:
-            return _get_node(*args, **kwargs)
-        except RuntimeError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-
-
-services.get_node = _get_node_patiently
+patient_ray_start()  # a starting node gets 240 s, not 30 s, to register with the GCS
 
 if __name__ == "__main__":
     from ray.scripts.scripts import main

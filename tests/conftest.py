@@ -7,7 +7,7 @@ import os
 import shutil
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import pytest
 import yaml
@@ -20,6 +20,7 @@ os.environ["ABLATE_ARTIFACTS"] = tempfile.mkdtemp(prefix="ablate-artifacts-")
 # journals and the record of a local Ray head (`ablate ray up`): a head the user keeps up is never joined by tests
 os.environ["ABLATE_STATE_DIR"] = tempfile.mkdtemp(prefix="ablate-state-")
 
+from _ray_patience import patient_ray_start  # noqa: E402
 from _synth import make_image_folder  # noqa: E402,F401  (tests import it from here)
 
 
@@ -44,6 +45,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def shared_local_ray():
     """One local Ray for the whole session, started on first use: ablate's runner joins a running
     Ray instead of starting (and stopping) its own for every study a test runs."""
+    patient_ray_start()  # both pytest-xdist workers run Ray tests: importing Ray here costs nothing
     yield
     import sys
 
@@ -218,6 +220,41 @@ def kill_session(sid: int) -> None:
             pass
 
 
+# A Ray worker's process title while it holds a Tune trial (function trainable): ``ray::ImplicitFunc.train``.
+TRAINER_TITLES = ("_trainable", "ImplicitFunc")
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def trial_workers(pids: Iterable[int]) -> list[int]:
+    """Of ``pids``, the Ray workers holding a trial now."""
+    return [pid for pid in pids if any(t in cmdline(pid) for t in TRAINER_TITLES)]
+
+
+def own_trial_workers() -> list[int]:
+    """The Ray workers holding a trial in this process's own Ray (the session's, which drivers started
+    with ``--address`` join): another pytest-xdist worker, or anything else on the machine, has Ray
+    workers of its own."""
+    import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
+    import psutil
+
+    return trial_workers(c.pid for c in psutil.Process().children(recursive=True))
+
+
+def signal_each(pids: Iterable[int], sig: int) -> None:
+    """Send ``sig`` to each of ``pids`` that is still there."""
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
 def drop_schema(url: str) -> None:
     """Empty a shared (PostgreSQL) test database of ablate's tables, so a test starts fresh."""
     from sqlalchemy import text
@@ -231,8 +268,14 @@ def drop_schema(url: str) -> None:
     engine.dispose()
 
 
-def wait_for_epoch(url: str, log: Path | None = None, timeout: float = 240) -> Any:
-    """The Store at ``url`` once some trial has stored an epoch (a driver is mid-run)."""
+def wait_for_epoch(url: str, log: Path | None = None, timeout: float = 240, *,
+                   freeze_session: int | None = None) -> tuple[Any, list[int]]:
+    """The Store at ``url`` once some trial has stored an epoch (a driver is mid-run), and the trial
+    workers left frozen (SIGSTOP). With ``freeze_session`` (a driver started with start_new_session,
+    with the local Ray it starts), its trial workers are frozen while the database is checked and
+    stay frozen: a trial waits for the driver after each epoch it reports, so it is where the
+    database says (give or take an epoch) however slow the machine. The caller thaws them."""
+    import signal
     import time
 
     from ablate.store import Store
@@ -240,12 +283,15 @@ def wait_for_epoch(url: str, log: Path | None = None, timeout: float = 240) -> A
     store = None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        frozen = trial_workers(session_pids(freeze_session)) if freeze_session is not None else []
+        signal_each(frozen, signal.SIGSTOP)
         try:
             store = store or Store(url, create=False)
             if store.counts()["metrics"] > 0:
-                return store
+                return store, frozen
         except Exception:  # the driver has not created the database yet
             pass
+        signal_each(frozen, signal.SIGCONT)
         time.sleep(0.3)
     raise AssertionError(f"no epoch stored within {timeout:.0f} s" + (f": {log.read_text()[-1500:]}" if log else ""))
 

@@ -6,22 +6,27 @@ a first one killed with SIGKILL. Every case ends with every trial trained once a
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
 
+from ablate.artifacts import ArtifactStore
 from ablate.store import COMPLETED, Store
-from conftest import kill_session, tiny_study, write_study
+from ablate.trial_state import COMPLETE, HISTORY_KEY
+from conftest import kill_session, own_trial_workers, signal_each, tiny_study, write_study
 
 ABLATE = [sys.executable, "-m", "ablate.cli"]
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """A driver's environment: its own state folder and artifact store (trial ids are content hashes, so
+    a study run again under the session's shared ABLATE_ARTIFACTS would find its trials complete there)."""
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-               ABLATE_STATE_DIR=str(tmp_path / "state"), ABLATE_LEASE_S="3")
+               ABLATE_STATE_DIR=str(tmp_path / "state"), ABLATE_LEASE_S="3", ABLATE_ARTIFACTS=str(tmp_path / "art"))
     env.pop("RAY_ADDRESS", None)
     env.update(extra)
     return env
@@ -159,7 +164,6 @@ def _until(what: str, cond, proc: subprocess.Popen, log: Path, timeout: float = 
 def _freeze(proc: subprocess.Popen, db: Path) -> None:
     """SIGSTOP ``proc``, never while it holds SQLite's write lock (a frozen writer would block the
     other driver's writes): if the lock is taken, let it run a moment and try again."""
-    import signal
     import sqlite3
 
     for _ in range(200):
@@ -177,6 +181,32 @@ def _freeze(proc: subprocess.Popen, db: Path) -> None:
     raise AssertionError("the first driver always held the write lock")
 
 
+def _checkpointed(arts: ArtifactStore, study: str, trials) -> dict[str, list[dict[str, float]]]:
+    """Per trial with a checkpoint and not finished, the epochs in its latest checkpoint."""
+    out = {}
+    for tid in trials:
+        ckpt = None if arts.exists(arts.path(study, tid, COMPLETE)) else arts.latest_checkpoint(study, tid)
+        if ckpt is not None:
+            out[tid] = list(ckpt.state[HISTORY_KEY])
+    return out
+
+
+def _frozen_when(what: str, cond, proc: subprocess.Popen, db: Path, log: Path, timeout: float = 240) -> None:
+    """Poll ``cond()`` with ``proc`` frozen (see _freeze) and return it frozen once it holds: the run
+    is where the database says, however slow the machine, not a few trials further."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _freeze(proc, db)
+        try:
+            if cond():
+                return
+        except Exception:  # the study is not there yet
+            pass
+        os.kill(proc.pid, signal.SIGCONT)
+        assert time.monotonic() < deadline and proc.poll() is None, f"{what}: {log.name}: {log.read_text()[-2000:]}"
+        time.sleep(0.2)
+
+
 def test_second_driver_waits_then_takes_over_from_a_killed_first(tmp_path: Path, image_folder: Path,
                                                                  ray_address: str) -> None:
     """Staggered: the second driver starts once the first holds every trial (SQLite here; the claim
@@ -184,7 +214,8 @@ def test_second_driver_waits_then_takes_over_from_a_killed_first(tmp_path: Path,
 
     The first is frozen (SIGSTOP) once it has completed a trial, so that it is certainly mid-run, alive
     and holding its claims however long the second takes to start (its lease outlasts that start-up);
-    then, with the second waiting for it, it is killed with SIGKILL and the second takes over."""
+    then, with the second waiting for it, it is killed with SIGKILL and the second takes over, resuming
+    each unfinished trial from the last checkpoint the first left (not from scratch)."""
     db_url = f"sqlite:///{tmp_path / 'shared.db'}"
     f = _study(tmp_path, image_folder, "takeover", epochs=EPOCHS_TAKEOVER)
     log1, log2 = tmp_path / "first.log", tmp_path / "second.log"
@@ -197,8 +228,15 @@ def test_second_driver_waits_then_takes_over_from_a_killed_first(tmp_path: Path,
         _until("the first claims every trial", lambda: all(st.claimed_by for st in store.trial_states("takeover").values()) and
                len(store.trial_states("takeover")) == 3, first, log1)
         second = _driver(f, db_url, tmp_path, "second.log", ray_address)  # registers while the first trains
-        _until("the first completes a trial", lambda: any(t.status == COMPLETED for t in store.load("takeover").trials), first, log1)
-        _freeze(first, tmp_path / "shared.db")  # alive, holding its leases, training nothing
+        arts = ArtifactStore(str(tmp_path / "art"))  # both drivers' (_env)
+
+        def one_done_one_checkpointed() -> bool:
+            status = {t.trial_id: t.status for t in store.load("takeover").trials}
+            return COMPLETED in status.values() and any(s != COMPLETED and arts.checkpoints("takeover", tid)
+                                                        for tid, s in status.items())
+
+        _frozen_when("the first completes a trial and checkpoints another", one_done_one_checkpointed,
+                     first, tmp_path / "shared.db", log1)  # alive, holding its leases, training nothing
         before = {t.trial_id: (t.status, t.ended_at, t.history) for t in store.load("takeover", history=True).trials}
         assert any(s == COMPLETED for s, _, _ in before.values()) and any(s != COMPLETED for s, _, _ in before.values())
         _until("the second waits for the first", lambda: "running under another driver" in log2.read_text(), second, log2, every=0.2)
@@ -206,6 +244,12 @@ def test_second_driver_waits_then_takes_over_from_a_killed_first(tmp_path: Path,
         assert second.poll() is None and not any(
             st.claimed_by and st.claimed_by.split(":")[1] == str(second.pid)
             for st in store.trial_states("takeover").values()), "the second took trials of a live driver"
+        # the first driver's trial workers go with it, frozen first: what they left is final
+        trainers = own_trial_workers()  # the second holds no trial: they are the first's
+        signal_each(trainers, signal.SIGSTOP)
+        held = _checkpointed(arts, "takeover", before)
+        assert held, "no unfinished trial had a checkpoint to resume from"
+        signal_each(trainers, signal.SIGKILL)
         kill_session(first.pid)
         first.wait(timeout=30)
         second.wait(timeout=420)
@@ -222,3 +266,12 @@ def test_second_driver_waits_then_takes_over_from_a_killed_first(tmp_path: Path,
     for tid, (status, ended, hist) in before.items():
         if status == COMPLETED:  # finished by the first driver: kept exactly, not trained again
             assert after[tid].ended_at == ended and after[tid].history == hist and after[tid].attempts == 1
+        elif tid in held:  # taken over mid-trial: its checkpointed epochs are the first's, not trained again
+            done = held[tid]
+            got = after[tid].history
+            for m in ("train_loss", "epoch_time_s"):  # a wall time: equal only if it is the same run's
+                assert got[m][:len(done)] == [(int(e["epoch"]), e[m]) for e in done], (tid, m, got[m], done)
+            if len(done) < EPOCHS_TAKEOVER:  # ...and training resumed after them
+                assert got.get("resumed_after_epoch") == [(len(done), len(done) - 1.0)], (tid, got)
+            else:  # every epoch was checkpointed: nothing to train again
+                assert "resumed_after_epoch" not in got, (tid, got)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -21,7 +22,8 @@ from typer.testing import CliRunner
 
 from ablate.cli import app
 from ablate.store import COMPLETED, Store
-from conftest import make_image_folder, tiny_study, unprivileged_prefix, write_study, wait_for_epoch
+from ablate.trial_state import COMPLETE
+from conftest import make_image_folder, signal_each, tiny_study, unprivileged_prefix, wait_for_epoch, write_study
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -233,18 +235,26 @@ def _journaled_epochs(state: Path) -> int:
 
 
 def test_postgresql_restarted_mid_run_loses_nothing(own_cluster, tmp_path: Path, image_folder: Path) -> None:
+    """The trial workers are frozen from the first stored epoch until PostgreSQL is down, so epochs are
+    certainly left to train (and be journaled) while it is, however slow the machine."""
     url, ctl = own_cluster
     study = tiny_study("pgdown", image_folder)
     study["recipe"]["epochs"] = 4
     f = write_study(tmp_path / "s.yaml", study)
-    env = dict(os.environ, PYTHONPATH=str(ROOT), ABLATE_STATE_DIR=str(tmp_path / "state"), ABLATE_LEASE_S="30")
+    art = tmp_path / "art"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), ABLATE_STATE_DIR=str(tmp_path / "state"), ABLATE_LEASE_S="30",
+               ABLATE_ARTIFACTS=str(art))
     env.pop("RAY_ADDRESS", None)
     log = tmp_path / "driver.log"
     proc = subprocess.Popen([sys.executable, "-m", "ablate.cli", "run", str(f), "--db", url],
                             stdout=subprocess.PIPE, stderr=open(log, "w"), text=True, env=env, start_new_session=True)
+    frozen: list[int] = []
     try:
-        wait_for_epoch(url, log).close()
+        store, frozen = wait_for_epoch(url, log, freeze_session=proc.pid)
+        store.close()
+        assert frozen and len(list(art.rglob(COMPLETE))) < 2, "both trials had ended before their workers froze"
         ctl("stop")
+        signal_each(frozen, signal.SIGCONT)
         deadline = time.monotonic() + 120
         while not _journaled_epochs(tmp_path / "state"):
             assert time.monotonic() < deadline and proc.poll() is None, log.read_text()[-2500:]
@@ -252,6 +262,7 @@ def test_postgresql_restarted_mid_run_loses_nothing(own_cluster, tmp_path: Path,
         ctl("start")
         out, _ = proc.communicate(timeout=400)
     finally:
+        signal_each(frozen, signal.SIGCONT)
         if proc.poll() is None:
             proc.kill()
     err = log.read_text()

@@ -13,16 +13,16 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-import psutil
 import pytest
 
 from ablate.orchestrate import run_study
 from ablate.store import COMPLETED, Store
-from conftest import kill_session, tiny_study, write_study
+from ablate.trial_state import COMPLETE
+from conftest import kill_session, own_trial_workers, signal_each, tiny_study, write_study
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
-EPOCHS = 6  # enough that a trial cannot finish between a stored epoch and the kill meant to stop it
+EPOCHS = 6  # a trial is frozen at most an epoch or two past those stored (see _drive): it cannot have ended
 COMPARED = ("train_loss", "val_loss", "top1", "top5", "lr")
 
 
@@ -53,35 +53,37 @@ def _epochs(store: Store, name: str) -> dict[str, dict[int, dict[str, float]]]:
     return out
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _drive(f: Path, db: Path, art: Path, until: Callable[[Store], bool], act: Callable[[subprocess.Popen], None],
+def _drive(f: Path, db: Path, art: Path, until: Callable[[Store], bool], act: Callable[[subprocess.Popen, list[int]], None],
            address: str, timeout: float = 240, every: float = 0.3) -> tuple[Store, int | None]:
     """Start `ablate run` as its own process, joined to the session's Ray as to a cluster; wait until
-    ``until(store)``, then ``act`` on it; returns the store and the driver's exit code (None if it
-    had to be killed). The rerun is this process, on the same Ray."""
+    ``until(store)``, then ``act(driver, trial workers)``; returns the store and the driver's exit code
+    (None if it had to be killed). The rerun is this process, on the same Ray.
+
+    The trial's workers are frozen (SIGSTOP) while ``until`` is checked and stay frozen through
+    ``act`` (they are thawed once the driver is gone): a trial reports each epoch and waits for the
+    driver before the next, so it is where the database says (give or take an epoch) when ``act``
+    comes, however slow the machine, instead of finishing between the check and the action."""
     env = dict(os.environ, ABLATE_ARTIFACTS=str(art))
     store = Store(f"sqlite:///{db}")  # the schema first: this test watches the database the driver writes
     proc = subprocess.Popen([sys.executable, "-m", "ablate.cli", "run", str(f), "--db", f"sqlite:///{db}",
                              "--address", address],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, start_new_session=True)
-    code = None
+    code, frozen = None, []
     try:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while True:
+            frozen = own_trial_workers()
+            signal_each(frozen, signal.SIGSTOP)
             if until(store):
                 break
+            signal_each(frozen, signal.SIGCONT)
             if proc.poll() is not None:
                 raise AssertionError(f"driver ended early: {proc.stderr.read().decode()[-2000:]}")
+            assert time.monotonic() < deadline, f"condition not reached within {timeout} s"
             time.sleep(every)
-        else:
-            raise AssertionError(f"condition not reached within {timeout} s")
-        act(proc)
+        assert frozen, "no Ray worker holding the trial was found"
+        assert not list(art.rglob(COMPLETE)), "the trial had ended before its worker was frozen"
+        act(proc, frozen)
         try:
             code = proc.wait(timeout=120)
         except subprocess.TimeoutExpired:
@@ -89,6 +91,7 @@ def _drive(f: Path, db: Path, art: Path, until: Callable[[Store], bool], act: Ca
     finally:
         kill_session(proc.pid)
         proc.wait(timeout=30)
+        signal_each(frozen, signal.SIGCONT)  # Ray ends the workers of a job that is gone
     return store, code
 
 
@@ -118,51 +121,25 @@ def test_kill_9_of_the_driver_mid_epoch_resumes_from_the_last_epoch(tmp_path: Pa
                                                                     reference: dict, ray_address: str) -> None:
     f = write_study(tmp_path / "s.yaml", _study(image_folder, "durable"))
     db, art = tmp_path / "r.db", tmp_path / "art"
-    store, _ = _drive(f, db, art, lambda s: _epochs_stored(s, "durable", 2), lambda p: p.kill(), ray_address)
+    store, _ = _drive(f, db, art, lambda s: _epochs_stored(s, "durable", 2), lambda p, _: p.kill(), ray_address)
     before = store.load("durable", history=True).trials[0]
-    assert before.status != COMPLETED, "killed too late to test anything"
+    assert before.status != COMPLETED
     stored = len(before.history["top1"])
+    assert 2 <= stored < EPOCHS
     run_study(f, store=store, artifacts=str(art))
     _check_resumed(store, "durable", reference)
     resumed_after = store.load("durable", history=True).trials[0].history["resumed_after_epoch"][0][1]
     assert resumed_after >= stored - 1  # the stored epochs were not trained again
 
 
-def _trial_workers() -> list[int]:
-    """The Ray worker processes training a trial now: workers of this test process's own Ray
-    (another pytest-xdist worker, or anything else on the machine, has Ray workers of its own)."""
-    workers = [c.pid for c in psutil.Process().children(recursive=True)
-               if "_trainable" in _cmdline(c.pid) or "ImplicitFunc" in _cmdline(c.pid)]
-    assert workers, "no Ray worker training the trial was found"
-    return workers
-
-
 def test_ctrl_c_marks_interrupted_and_the_rerun_resumes(tmp_path: Path, image_folder: Path, reference: dict,
                                                         ray_address: str) -> None:
-    """The worker is frozen (SIGSTOP) once an epoch is stored, so the trial is certainly unfinished
-    when Ctrl-C arrives however slow the machine; Tune gives up on stopping it gracefully and kills it."""
+    """The worker is frozen when Ctrl-C arrives (see _drive), so the trial is certainly unfinished
+    however slow the machine; Tune gives up on stopping it gracefully and kills it."""
     f = write_study(tmp_path / "s.yaml", _study(image_folder, "durable"))
     db, art = tmp_path / "r.db", tmp_path / "art"
-    frozen: list[int] = []
-
-    def freeze_then_interrupt(p: subprocess.Popen) -> None:
-        frozen.extend(_trial_workers())
-        for pid in frozen:
-            os.kill(pid, signal.SIGSTOP)
-        time.sleep(1)  # a result the worker sent before it froze reaches the database
-        t = Store(f"sqlite:///{db}").load("durable").trials[0]
-        assert t.status != COMPLETED, "froze the worker too late to test anything"
-        p.send_signal(signal.SIGINT)
-
-    try:
-        store, code = _drive(f, db, art, lambda s: _epochs_stored(s, "durable", 1), freeze_then_interrupt,
-                             ray_address, every=0.1)
-    finally:
-        for pid in frozen:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
+    store, code = _drive(f, db, art, lambda s: _epochs_stored(s, "durable", 1),
+                         lambda p, _: p.send_signal(signal.SIGINT), ray_address, every=0.1)
     t = store.load("durable", history=True).trials[0]
     assert t.status == "interrupted", t.status  # its own status, not "failed"
     assert code == 130, code
@@ -176,11 +153,7 @@ def test_kill_9_of_the_worker_is_retried_from_its_checkpoint(tmp_path: Path, ima
                                                              reference: dict, ray_address: str) -> None:
     f = write_study(tmp_path / "s.yaml", _study(image_folder, "durable", retries=1))
     db, art = tmp_path / "r.db", tmp_path / "art"
-
-    def kill_worker(p: subprocess.Popen) -> None:
-        for pid in _trial_workers():
-            os.kill(pid, signal.SIGKILL)
-
-    store, code = _drive(f, db, art, lambda s: _epochs_stored(s, "durable", 1), kill_worker, ray_address)
+    store, code = _drive(f, db, art, lambda s: _epochs_stored(s, "durable", 1),
+                         lambda p, workers: signal_each(workers, signal.SIGKILL), ray_address)
     assert code == 0, "the driver should finish the study itself after Ray's retry"
     _check_resumed(store, "durable", reference)

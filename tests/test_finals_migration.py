@@ -5,31 +5,21 @@ final values as the metric rows did."""
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import command
 
+from _old_schema import old_database
+from ablate.store import Store
 from conftest import drop_schema
-from ablate.store import Store, _alembic_config, make_engine
 
 
 def test_upgrade_fills_finals_from_the_last_epoch_rows(db_url: str) -> None:
-    engine = make_engine(db_url)
-    with engine.begin() as conn:
-        command.upgrade(_alembic_config(conn), "0004")  # the schema as the previous ablate left it
     rows = {1: [(0, "top1", 1.0), (1, "top1", 2.0), (0, "loss", 0.9), (1, "loss", 0.5), (3, "erf", 0.25)],
             2: [(2, "top1", 9.0), (0, "top1", 3.0)],  # written out of order
             3: []}  # no metrics: no finals
-    with engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO studies (id, name, description, spec, created_at, updated_at) "
-                             "VALUES (1, 's', '', '{}', '2026-01-01', '2026-01-01')"))
-        meta = sa.MetaData()
-        trials = sa.Table("trials", meta, autoload_with=conn)
-        metrics = sa.Table("metrics", meta, autoload_with=conn)
-        for pk, ms in rows.items():
-            conn.execute(trials.insert().values(pk=pk, study_id=1, trial_id=f"t{pk}", params={"seed": pk},
-                                                config={"seed": pk}, seed=pk, status="completed", attempts=1))
-            for epoch, name, value in ms:
-                conn.execute(metrics.insert().values(trial_pk=pk, epoch=epoch, name=name, value=value))
-    engine.dispose()
+    old_database(db_url, "0004",  # the schema as the previous ablate left it
+                 [dict(pk=pk, study_id=1, trial_id=f"t{pk}", params={"seed": pk}, config={"seed": pk}, seed=pk,
+                       status="completed", attempts=1) for pk in rows],
+                 [dict(trial_pk=pk, epoch=epoch, name=name, value=value)
+                  for pk, ms in rows.items() for epoch, name, value in ms])
 
     store = Store(db_url)  # migrates to head
     try:

@@ -6,35 +6,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import sqlalchemy as sa
-from alembic import command
-
+from _old_schema import old_database
 from ablate.expand import trial_id
-from ablate.store import Store, _alembic_config, make_engine
+from ablate.store import Store
 
 
 def test_old_ids_are_carried_over_and_speed_only_twins_merge(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
-    engine = make_engine(url)
-    with engine.begin() as conn:
-        command.upgrade(_alembic_config(conn), "0002")  # the schema as the previous ablate left it
     base = {"model": {"name": "mobilenetv2_lk", "kwargs": {"kernel_size": 3}}, "dataset": {"name": "folder"},
             "recipe": {"lr": 0.1, "epochs": 1, "resolution": None}, "seed": 0}
     fast = {**base, "recipe": {**base["recipe"], "workers": 8}}
     slow = {**base, "recipe": {**base["recipe"], "workers": 0}}
     other = {**base, "recipe": {**base["recipe"], "lr": 0.2, "workers": 0}}
-    with engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO studies (id, name, description, spec, created_at, updated_at) "
-                             "VALUES (1, 's', '', '{}', '2026-01-01', '2026-01-01')"))
-        meta = sa.MetaData()
-        trials = sa.Table("trials", meta, autoload_with=conn)
-        metrics = sa.Table("metrics", meta, autoload_with=conn)
-        for pk, (old_id, cfg, status) in enumerate([("aaaaaaaaaaaa", fast, "completed"), ("bbbbbbbbbbbb", slow, "failed"),
-                                                    ("cccccccccccc", other, "completed")], start=1):
-            conn.execute(trials.insert().values(pk=pk, study_id=1, trial_id=old_id, params={}, config=cfg, seed=0,
-                                                status=status, attempts=1))
-            conn.execute(metrics.insert().values(trial_pk=pk, epoch=0, name="top1", value=float(pk)))
-    engine.dispose()
+    rows = [("aaaaaaaaaaaa", fast, "completed"), ("bbbbbbbbbbbb", slow, "failed"), ("cccccccccccc", other, "completed")]
+    old_database(url, "0002",  # the schema as the previous ablate left it
+                 [dict(pk=pk, study_id=1, trial_id=old_id, params={}, config=cfg, seed=0, status=status, attempts=1)
+                  for pk, (old_id, cfg, status) in enumerate(rows, start=1)],
+                 [dict(trial_pk=pk, epoch=0, name="top1", value=float(pk)) for pk in range(1, len(rows) + 1)])
 
     store = Store(url)  # migrates to head
     rec = store.load("s", history=True)

@@ -42,7 +42,7 @@ def test_kill_9_of_the_driver_resumes_the_segmentation_trial(tmp_path: Path, ray
     root = make_seg_folder(tmp_path / "ade", n_train=4, n_val=2, size=(32, 48))
     f = write_study(tmp_path / "s.yaml", _study(root))
     db, art = tmp_path / "r.db", tmp_path / "art"
-    store, _ = _drive(f, db, art, lambda s: _evaluations(s) >= 1, lambda p: p.kill(), ray_address)
+    store, _ = _drive(f, db, art, lambda s: _evaluations(s) >= 1, lambda p, _: p.kill(), ray_address)
     before = store.load("segdurable", history=True).trials[0]
     assert before.status != COMPLETED, "killed too late to test anything"
     stored = len(before.history["miou"])

@@ -133,13 +133,15 @@ def test_claims_lease_renew_release_and_takeover(store: Store) -> None:
     store.register("s", "", {}, _trials(3))
     store.start("s", "t2")
     store.finish("s", "t2")
-    assert store.claim("s", ["t0", "t1", "t2"], "a:1:x", 0.6) == ["t0", "t1"]  # completed: never claimed
-    assert store.claim("s", ["t0", "t1"], "a:1:x", 0.6) == ["t0", "t1"]  # re-claiming one's own is fine
+    # leases long enough to hold however slow the machine, until a's last heartbeat (0.3 s)
+    assert store.claim("s", ["t0", "t1", "t2"], "a:1:x", 60) == ["t0", "t1"]  # completed: never claimed
+    assert store.claim("s", ["t0", "t1"], "a:1:x", 60) == ["t0", "t1"]  # re-claiming one's own is fine
     assert store.claim("s", ["t0", "t1"], "b:2:y", 60) == []
-    assert store.renew("a:1:x", 0.6) == 2 and store.renew("nobody", 1) == 0
+    assert store.renew("a:1:x", 60) == 2 and store.renew("nobody", 1) == 0
     store.start("s", "t0", "a:1:x")
     assert store.start("s", "t1", "b:2:y") is False  # held by a
-    time.sleep(0.8)  # a stops renewing: its leases run out
+    assert store.renew("a:1:x", 0.3) == 2
+    time.sleep(0.5)  # a stops renewing: its leases run out
     assert store.claim("s", ["t0", "t1"], "b:2:y", 60) == ["t0", "t1"]
     assert store.release("a:1:x") == 0  # a no longer holds anything
     states = store.trial_states("s")
