@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from ablate.store import COMPLETED, Store
-from conftest import make_image_folder, session_pids, tiny_study, write_study
+from conftest import make_image_folder, session_pids, signal_each, tiny_study, trial_workers, write_study
 
 HERE = Path(__file__).resolve().parent
 EPOCHS = 5
@@ -223,15 +223,23 @@ def test_gpu_trials_spread_capped_and_resumed_after_node_loss(cluster: Cluster, 
         deadline = time.monotonic() + 300
         while killed is None and time.monotonic() < deadline:
             assert driver.poll() is None, f"driver ended before a node was killed: {log.read_text()[-3000:]}"
-            if store.counts()["metrics"]:
-                rec = {t.trial_id: t for t in store.load("cluster", history=True).trials}
-                for tid, places in _placements(store).items():
-                    done = len(rec[tid].history.get("top1", []))
-                    if places and 1 <= done < EPOCHS - 1 and rec[tid].status != COMPLETED:
-                        node = places[-1]["node_id"]
-                        by_id[node].kill()  # the node is lost mid-trial
-                        killed = (tid, node, done)
-                        break
+            # the trials' workers are frozen while the database is read: a trial waits for the driver
+            # after each epoch it reports, so it is where the database says (give or take an epoch)
+            # when its node is killed, not finished meanwhile on a slow machine
+            frozen = trial_workers(p for w in cluster.workers for p in w.pids())
+            signal_each(frozen, signal.SIGSTOP)
+            try:
+                if store.counts()["metrics"]:
+                    rec = {t.trial_id: t for t in store.load("cluster", history=True).trials}
+                    for tid, places in _placements(store).items():
+                        done = len(rec[tid].history.get("top1", []))
+                        if places and 1 <= done < EPOCHS - 1 and rec[tid].status != COMPLETED:
+                            node = places[-1]["node_id"]
+                            by_id[node].kill()  # the node is lost mid-trial
+                            killed = (tid, node, done)
+                            break
+            finally:
+                signal_each(frozen, signal.SIGCONT)  # the survivors' (the lost node's are gone)
             time.sleep(0.2)
         assert killed is not None, f"no trial was seen mid-run: {log.read_text()[-3000:]}"
         code = driver.wait(timeout=400)
