@@ -32,7 +32,7 @@ test: venv
 	@bash scripts/system-deps.sh $(TEST_DEBS)
 	@ABLATE_TEST_PG="$$(bash scripts/postgres.sh)"; export ABLATE_TEST_PG; \
 	  echo "PostgreSQL for the store tests: $${ABLATE_TEST_PG:-none}"; \
-	  $(BIN)/python -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=25 $(PYTEST_ARGS)
+	  $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25 $(PYTEST_ARGS)
 
 bench: venv
 	@bash scripts/system-deps.sh $(DEMO_DEBS)
