@@ -231,3 +231,28 @@ def _stop(head: Head, proc: subprocess.Popen | None, timeout: float = 30.0) -> N
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=5)
     shutil.rmtree(head.temp_dir, ignore_errors=True)
+
+
+def join(head: Head, **init: object) -> None:
+    """Connect this process to ``head`` as a Ray driver (its token, the loopback node address);
+    ``init``: the rest of ``ray.init``'s arguments."""
+    import ray
+
+    from ablate import _local_ray
+
+    _local_ray.use_token(head.token)
+    with _local_ray.loopback_node() as ip:
+        ray.init(address=head.address, _node_ip_address=ip, **init)
+
+
+def resources(head: Head) -> tuple[dict[str, float], dict[str, float]]:
+    """(total, free now) of the head's resources, read by a short-lived driver."""
+    import logging
+
+    import ray
+
+    join(head, logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        return ray.cluster_resources(), ray.available_resources()
+    finally:
+        ray.shutdown()

@@ -725,19 +725,9 @@ def ray_status() -> None:
         err.print(why or f"no local Ray head (none recorded in {head_dir()}); `ablate ray up` starts one",
                   markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1)
-    import logging
+    from ablate._local_head import resources
 
-    import ray
-
-    from ablate import _local_ray
-
-    _local_ray.use_token(head.token)
-    with _local_ray.loopback_node() as ip:
-        ray.init(address=head.address, _node_ip_address=ip, logging_level=logging.WARNING, log_to_driver=False)
-    try:
-        total, free = ray.cluster_resources(), ray.available_resources()
-    finally:
-        ray.shutdown()
+    total, free = resources(head)
     res = ", ".join(f"{k} {free.get(k, 0):g}/{total[k]:g} free" for k in ("CPU", "GPU") if k in total)
     out.print(f"local Ray head at {head.address} (pid {head.pid}): {res}; log {head.log}",
               markup=False, highlight=False, soft_wrap=True)

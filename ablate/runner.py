@@ -306,7 +306,7 @@ def _join_local_head(common: dict[str, Any]) -> bool:
     head's children, not this process's)."""
     import ray
 
-    from ablate import _local_head, _local_ray
+    from ablate import _local_head
 
     head, why = _local_head.find()
     if head is None:
@@ -317,14 +317,12 @@ def _join_local_head(common: dict[str, Any]) -> bool:
         log.warning("the local Ray head at %s runs in the environment %s, not in this one (%s); starting a Ray "
                     "for this run", head.address, head.prefix, sys.prefix)
         return False
-    _local_ray.use_token(head.token)
     env = {k: v for k, v in os.environ.items() if k.startswith(_HEAD_WORKER_ENV)}
     # the workers import the driver's ablate (a checkout may differ from the head's), then the driver's path
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(
         [str(Path(__file__).resolve().parent.parent), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]))
     try:
-        with _local_ray.loopback_node() as ip:
-            ray.init(address=head.address, _node_ip_address=ip, runtime_env={"env_vars": env}, **common)
+        _local_head.join(head, runtime_env={"env_vars": env}, **common)
     except Exception as e:  # a head that dies or hangs right now: this run still runs
         log.warning("the local Ray head at %s did not accept this run (%s); starting a Ray for this run",
                     head.address, str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__)
