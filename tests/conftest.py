@@ -13,6 +13,11 @@ import pytest
 import yaml
 
 os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
+# One intra-op thread in every test process (pytest's workers, the drivers they start, Ray's workers):
+# `make test` runs two pytest workers and their Ray trials on 2 cores, and torch's second OpenMP thread
+# then spin-waits for a descheduled partner. Measured under load: tests/test_data_trainer.py took 487 s
+# with torch's default (2 threads) and 69 s with one. Trials set their own count (`threads`) anyway.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # trials save their final weights here (ablate.artifacts); keep tests out of the working tree
 import tempfile  # noqa: E402
 
@@ -69,18 +74,6 @@ def ray_address(ray_session: None) -> str:
     import ray
 
     return ray.get_runtime_context().gcs_address
-
-
-@pytest.fixture(scope="module")
-def one_torch_thread():
-    """Tiny tensors: a second intra-op thread mostly spins, which on a shared machine costs more
-    than it saves. Restored after the module."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

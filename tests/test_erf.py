@@ -19,7 +19,6 @@ from ablate.cli import app
 from ablate.study import StudyError, load_study
 from conftest import write_study
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Features(nn.Module):

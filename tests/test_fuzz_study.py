@@ -32,9 +32,9 @@ from ablate.cli import app
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 20240601
 N_CASES = int(os.environ.get("ABLATE_FUZZ_CASES", "1000"))
-CASE_LIMIT_S = 10.0  # one case, on a loaded shared machine; a hostile one must go in under 2 s
-HOSTILE_LIMIT_S = 2.0
-TOTAL_LIMIT_S = 180.0
+# Hang guards, not speed tests (speed is in bench/): a YAML bomb or a runaway expansion takes minutes
+# or all memory, a normal case well under a second; 10 s holds on a loaded shared machine.
+CASE_LIMIT_S = 10.0
 
 
 
@@ -328,13 +328,11 @@ def test_fuzz_plan_on_mutated_study_files(tmp_path: Path, monkeypatch: pytest.Mo
             assert len(lines) == 1 and lines[0].startswith("error: ") and "\x1b" not in r.stderr, f"{label}: {r.stderr!r}"
         if must_fail:
             assert r.exit_code == 2, f"{label}: a certainly-wrong file was accepted\n{content[:3000]}"
-            assert took < HOSTILE_LIMIT_S, f"{label}: refused in {took:.2f}s, over {HOSTILE_LIMIT_S}s"
         assert took < CASE_LIMIT_S, f"{label}: {took:.2f}s"
         outcomes[r.exit_code] += 1
     total = time.perf_counter() - start
     print(f"\nfuzz: {N_CASES} cases in {total:.1f}s: {outcomes[0]} accepted, {outcomes[2]} rejected (exit 2); "
           f"slowest {slowest[0]:.2f}s: {slowest[1]}; max RSS +{_rss_mb() - rss0:.0f} MB")
-    assert total < TOTAL_LIMIT_S
     assert _rss_mb() - rss0 < 1500, "memory must stay bounded"
     assert sorted(p.name for p in cwd.iterdir()) == [], "plan must not write in the working directory"
     assert outcomes[0] > N_CASES // 20 and outcomes[2] > N_CASES // 4, outcomes  # the mix exercises both

@@ -14,7 +14,6 @@ from ablate.analyses.kernels import (KernelAnalysisError, aggregate, analyze, fi
 from ablate.reparam import merge
 from ablate.study import KernelsOptions
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 K = 13
 
 

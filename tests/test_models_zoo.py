@@ -24,7 +24,6 @@ from ablate.layers import LargeKernelDW, ParallelSmallKernel
 from ablate.models import build_model, model_exists
 from ablate.zoo import ZOO, as_printed, build_for_counting, measure_deployed
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _m(name: str, size: int = 224, **kwargs) -> tuple[int, int]:

@@ -21,7 +21,6 @@ from ablate.reparam import (GATE_TOLERANCE, ReparamError, check_equivalence, fus
 
 PROPERTY = settings(max_examples=25, deadline=None, derandomize=True)
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:

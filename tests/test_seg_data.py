@@ -14,7 +14,6 @@ from ablate.seg_data import build_seg_splits, reduce_labels
 from ablate.seg_metrics import confusion_matrix, scores
 from ablate.seg_synth import make_seg_folder
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_confusion_matrix_and_scores_by_hand():

@@ -16,7 +16,6 @@ from ablate.models.upernet import UperNet
 from ablate.seg_zoo import SEG_ZOO, measure_upernet
 from ablate.zoo import as_printed
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY_REPLK = dict(layers=(1, 1, 1, 1), channels=(8, 16, 32, 64), kernel_sizes=(7, 5, 5, 3), small_kernel=3)
 TINY_CONVNEXT = dict(depths=(1, 1, 1, 1), dims=(8, 16, 32, 64), kernel_sizes=(7, 5, 3, 3))

@@ -16,7 +16,6 @@ from ablate.analyses.shape_bias import (ShapeBiasError, analyze, check, figure5,
                                         shape_bias, to_16_classes)
 from ablate.study import ShapeBiasOptions
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # timm's ImageNet defaults, which the analysis uses
 
 

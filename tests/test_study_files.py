@@ -21,7 +21,6 @@ STUDIES = Path(__file__).resolve().parents[1] / "studies"
 NEW = ("kernel_size", "reparam", "convnext_kernels", "replknet_kernels")
 FILES = sorted(STUDIES.glob("*.yaml"))
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from ablate.cli import app
 from ablate.layers import LargeKernelDW
 from ablate.weights import WeightsError, load_weights
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TINY = dict(layers=(2, 2, 2, 2), channels=(8, 8, 8, 8), kernel_sizes=(7, 5, 5, 3), small_kernel=3, num_classes=10)
 
 
