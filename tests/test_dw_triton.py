@@ -86,9 +86,17 @@ def test_triton_equals_native_outputs_and_gradients(case, dtype):
         assert got[0].is_contiguous(memory_format=torch.channels_last)
 
 
-@pytest.mark.parametrize("kernel,size", [((31, 31), (8, 8)), ((13, 13), (10, 12)), ((5, 13), (9, 9))])
-def test_triton_large_kernels_with_replknet_padding(interpret, kernel, size) -> None:
-    """RepLKNet's 31x31 (and 13x13) at padding k // 2, on maps smaller than the kernel as in its last stages."""
+@pytest.mark.parametrize("kernel,size,tile", [((31, 31), (8, 12), None), ((13, 13), (10, 12), 512),
+                                              ((5, 13), (12, 12), None)])
+def test_triton_large_kernels_with_replknet_padding(interpret, monkeypatch, kernel, size, tile) -> None:
+    """RepLKNet's 31x31 (and 13x13) at padding k // 2, on maps smaller than the kernel as in its last
+    stages; pixels in several blocks (the last one partial): 96 in 64 + 32 at 31x31, 120 in 4 x 32 at
+    13x13 with a smaller tile, 144 in 128 + 16 at 5x13."""
+    from ablate.layers import dw_triton
+
+    if tile:
+        monkeypatch.setattr(dw_triton, "TILE", tile)
+    assert dw_triton._blocks(size[0] * size[1], kernel[1])[0] < size[0] * size[1]
     x, w, b = operands(1, 2, size, kernel, True, sum(kernel))
     got, want = run_both(x, w, b, 1, (kernel[0] // 2, kernel[1] // 2), 1, dtype=torch.float32)
     assert_close(got, want, TOL[torch.float32])

@@ -39,7 +39,9 @@ from torch.nn.modules.utils import _pair
 from ablate.layers.large_kernel import triton_interprets
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+# Launch shape, unmeasured guesses (module attributes so bench/depthwise_conv.py --triton-tiles can sweep them):
 TILE = 2048  # elements of a program's [BLOCK_P, BLOCK_K] accumulator (2048 fp32: 16 registers a thread at 4 warps)
+NUM_WARPS = 4
 WEIGHT_PROGRAMS = 1024  # split the batch of grad-weight until (channels x kernel rows x splits) reaches this
 
 
@@ -54,15 +56,16 @@ def _forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, OH, OW,
     p_ok = p < OH * OW
     oh = p // OW
     ow = p % OW
+    ih0 = oh * SH - PH  # input row of kernel row 0
     iw = ow[:, None] * SW - PW + j[None, :] * DW
     col_ok = p_ok[:, None] & (j < KW)[None, :] & (iw >= 0) & (iw < W)
-    x_plane = x_ptr + plane.to(tl.int64) * H * W
+    x_rows = x_ptr + plane.to(tl.int64) * H * W + ih0[:, None] * W + iw  # [BLOCK_P, BLOCK_K] at kernel row 0
     w_row = w_ptr + c * (KH * KW) + j
     acc = tl.zeros((BLOCK_P, BLOCK_K), dtype=ACC)
     for i in range(KH):
-        ih = oh * SH - PH + i * DH
+        ih = ih0 + i * DH
         ok = col_ok & ((ih >= 0) & (ih < H))[:, None]
-        xv = tl.load(x_plane + ih[:, None] * W + iw, mask=ok, other=0.0).to(ACC)
+        xv = tl.load(x_rows + i * (DH * W), mask=ok, other=0.0).to(ACC)
         wv = tl.load(w_row + i * KW, mask=j < KW, other=0.0).to(ACC)
         acc += xv * wv[None, :]
     out = tl.sum(acc, axis=1)
@@ -87,7 +90,7 @@ def _grad_input_kernel(dy_ptr, w_ptr, dx_ptr, C, H, W, OH, OW,
     col_ok = q_ok[:, None] & (j < KW)[None, :] & (nw >= 0) & (ow < OW)
     if SW > 1:
         col_ok = col_ok & (nw % SW == 0)
-    dy_plane = dy_ptr + plane.to(tl.int64) * OH * OW
+    dy_cols = dy_ptr + plane.to(tl.int64) * OH * OW + ow  # [BLOCK_P, BLOCK_K], plus the output row below
     w_row = w_ptr + c * (KH * KW) + j
     acc = tl.zeros((BLOCK_P, BLOCK_K), dtype=ACC)
     for i in range(KH):
@@ -97,7 +100,7 @@ def _grad_input_kernel(dy_ptr, w_ptr, dx_ptr, C, H, W, OH, OW,
         if SH > 1:
             row_ok = row_ok & (nh % SH == 0)
         ok = col_ok & row_ok[:, None]
-        g = tl.load(dy_plane + oh[:, None] * OW + ow, mask=ok, other=0.0).to(ACC)
+        g = tl.load(dy_cols + (oh * OW)[:, None], mask=ok, other=0.0).to(ACC)
         wv = tl.load(w_row + i * KW, mask=j < KW, other=0.0).to(ACC)
         acc += g * wv[None, :]
     out = tl.sum(acc, axis=1)
@@ -114,20 +117,19 @@ def _grad_weight_kernel(x_ptr, dy_ptr, part_ptr, N, C, H, W, OH, OW, SPLIT,
     j = tl.arange(0, BLOCK_K)
     P = OH * OW
     acc = tl.zeros((BLOCK_P, BLOCK_K), dtype=ACC)
-    for n in range(s, N, SPLIT):
-        plane = (n * C + c).to(tl.int64)
-        x_plane = x_ptr + plane * H * W
-        dy_plane = dy_ptr + plane * P
-        for p0 in range(0, P, BLOCK_P):
-            p = p0 + tl.arange(0, BLOCK_P)
-            p_ok = p < P
-            oh = p // OW
-            ow = p % OW
-            ih = oh * SH - PH + i * DH
-            iw = ow[:, None] * SW - PW + j[None, :] * DW
-            ok = (p_ok & (ih >= 0) & (ih < H))[:, None] & (j < KW)[None, :] & (iw >= 0) & (iw < W)
-            xv = tl.load(x_plane + ih[:, None] * W + iw, mask=ok, other=0.0).to(ACC)
-            g = tl.load(dy_plane + p, mask=p_ok, other=0.0).to(ACC)
+    for p0 in range(0, P, BLOCK_P):  # offsets and masks once per pixel block, reused for every image
+        p = p0 + tl.arange(0, BLOCK_P)
+        p_ok = p < P
+        oh = p // OW
+        ow = p % OW
+        ih = oh * SH - PH + i * DH
+        iw = ow[:, None] * SW - PW + j[None, :] * DW
+        ok = (p_ok & (ih >= 0) & (ih < H))[:, None] & (j < KW)[None, :] & (iw >= 0) & (iw < W)
+        x_off = ih[:, None] * W + iw
+        for n in range(s, N, SPLIT):
+            plane = (n * C + c).to(tl.int64)
+            xv = tl.load(x_ptr + plane * H * W + x_off, mask=ok, other=0.0).to(ACC)
+            g = tl.load(dy_ptr + plane * P + p, mask=p_ok, other=0.0).to(ACC)
             acc += xv * g[:, None]
     tl.store(part_ptr + ((s * C + c) * KH + i) * KW + j, tl.sum(acc, axis=0), mask=j < KW)
 
@@ -168,7 +170,7 @@ class _DepthwiseConv2d(torch.autograd.Function):
         acc = tl.float64 if x.dtype == torch.float64 else tl.float32
         fwd[(n * c, triton.cdiv(oh * ow, block_p))](
             x, weight, bias if bias is not None else weight, y, c, h, w, oh, ow, sh, sw, ph, pw, dh, dw, kh, kw,
-            bias is not None, acc, block_p, block_k)
+            bias is not None, acc, block_p, block_k, num_warps=NUM_WARPS)
         ctx.save_for_backward(x, weight)
         ctx.conf = (stride, padding, dilation, channels_last, interpret, bias is not None)
         return y.contiguous(memory_format=torch.channels_last) if channels_last else y
@@ -190,7 +192,8 @@ class _DepthwiseConv2d(torch.autograd.Function):
             dx = torch.empty_like(x)
             block_p, block_k = _blocks(h * w, kw)
             grad_input[(n * c, triton.cdiv(h * w, block_p))](
-                dy, weight, dx, c, h, w, oh, ow, sh, sw, ph, pw, dh, dw, kh, kw, acc, block_p, block_k)
+                dy, weight, dx, c, h, w, oh, ow, sh, sw, ph, pw, dh, dw, kh, kw, acc, block_p, block_k,
+                num_warps=NUM_WARPS)
             if channels_last:
                 dx = dx.contiguous(memory_format=torch.channels_last)
         if ctx.needs_input_grad[1]:
@@ -199,7 +202,8 @@ class _DepthwiseConv2d(torch.autograd.Function):
                                dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
             block_p, block_k = _blocks(oh * ow, kw)
             grad_weight[(c, kh, split)](
-                x, dy, part, n, c, h, w, oh, ow, split, sh, sw, ph, pw, dh, dw, kh, kw, acc, block_p, block_k)
+                x, dy, part, n, c, h, w, oh, ow, split, sh, sw, ph, pw, dh, dw, kh, kw, acc, block_p, block_k,
+                num_warps=NUM_WARPS)
             dw_ = part.sum(0).unsqueeze(1).to(weight.dtype)
         if has_bias and ctx.needs_input_grad[2]:
             db = dy.sum((0, 2, 3), dtype=torch.float64 if dy.dtype == torch.float64 else torch.float32).to(dy.dtype)
