@@ -141,7 +141,7 @@ def _kernels(interpret: bool) -> tuple:
     if interpret:
         from triton.runtime.interpreter import InterpretedFunction as wrap
     else:
-        from triton.runtime.jit import JITFunction as wrap
+        wrap = triton.jit  # (TRITON_INTERPRET is off here, so this compiles)
     return tuple(wrap(fn) for fn in (_forward_kernel, _grad_input_kernel, _grad_weight_kernel))
 
 
