@@ -20,10 +20,11 @@ Tensors are computed in contiguous NCHW (a channels_last input is copied to NCHW
 in the input's memory format: one memory pass, small beside a large kernel's taps). Not
 twice-differentiable. GPU speed: NOT yet measured (bench/gpu_check.sh); ``auto`` does not pick it.
 
-Runs on CUDA (compiled), or on CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1``, read
-at each call: the kernels are wrapped per mode on first use, so the variable need not be set before
-importing triton). Importing this module imports triton; ``ablate.layers`` imports it only when the
-``triton`` implementation runs.
+Runs on CUDA (compiled), or on CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1``). The
+variable must be set before triton is first imported: triton wraps its own library functions
+(``tl.zeros``, ``tl.sum``) for one mode at its import, and timm (so any ablate model) imports
+triton; a late setting is refused with a one-line error. Importing this module imports triton;
+``ablate.layers`` imports it only when the ``triton`` implementation runs.
 """
 
 from __future__ import annotations
@@ -134,14 +135,33 @@ def _grad_weight_kernel(x_ptr, dy_ptr, part_ptr, N, C, H, W, OH, OW, SPLIT,
     tl.store(part_ptr + ((s * C + c) * KH + i) * KW + j, tl.sum(acc, axis=0), mask=j < KW)
 
 
+def _imported_interpreting() -> bool:
+    """Triton's own mode, fixed when triton was first imported: its library functions (``tl.zeros``,
+    ``tl.sum``) were wrapped for the interpreter or the compiler then, and a kernel of the other mode
+    cannot call them."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(tl.zeros, InterpretedFunction)
+
+
+def _mode(x: torch.Tensor) -> bool:
+    """Whether the kernels run interpreted for ``x``; a one-line error where they cannot run."""
+    wanted = triton_interprets(x)  # $TRITON_INTERPRET and the device
+    imported = _imported_interpreting()
+    if wanted and not imported:
+        raise RuntimeError("depthwise conv impl 'triton': TRITON_INTERPRET=1 was set after triton was first "
+                           "imported without it (timm and torch.compile import it): set it before anything imports "
+                           "triton, e.g. in a fresh process")
+    return imported  # (on CUDA, a triton imported under the interpreter interprets, as triton itself does)
+
+
 @functools.cache
 def _kernels(interpret: bool) -> tuple:
-    """The three kernels, interpreted or compiled (wrapped here, not at import, so that the mode follows
-    ``$TRITON_INTERPRET`` at the call rather than at the first ``import triton`` in the process)."""
+    """The three kernels, wrapped at first use for the interpreter or the compiler (never at import)."""
     if interpret:
         from triton.runtime.interpreter import InterpretedFunction as wrap
     else:
-        wrap = triton.jit  # (TRITON_INTERPRET is off here, so this compiles)
+        wrap = triton.jit  # (TRITON_INTERPRET is off here: _mode refused otherwise)
     return tuple(wrap(fn) for fn in (_forward_kernel, _grad_input_kernel, _grad_weight_kernel))
 
 
@@ -162,7 +182,7 @@ class _DepthwiseConv2d(torch.autograd.Function):
             raise RuntimeError(f"input {h}x{w} padded by {ph},{pw} is smaller than the kernel "
                                f"{dh * (kh - 1) + 1}x{dw * (kw - 1) + 1} (dilated)")
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        interpret = triton_interprets(x)
+        interpret = _mode(x)
         fwd, _, _ = _kernels(interpret)
         x, weight = x.contiguous(), weight.contiguous()
         y = torch.empty(n, c, oh, ow, device=x.device, dtype=x.dtype)
