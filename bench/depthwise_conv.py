@@ -141,6 +141,8 @@ def main() -> None:
     ap.add_argument("--stages", action="store_true", help="RepLKNet-31B's stage shapes instead of --kernels")
     ap.add_argument("--triton-configs", default="", help="e.g. 1024x4,2048x4,4096x8: Triton TILE x num_warps sweep")
     ap.add_argument("--nchw", action="store_true", help="contiguous NCHW input instead of channels_last")
+    ap.add_argument("--max-rel-diff", type=float, default=None,
+                    help="exit 1 if any implementation differs from native by more (a correctness gate)")
     a = ap.parse_args()
     a.repeats = a.repeats or (3 if a.device == "cpu" else 10)
     torch.set_num_threads(a.threads)
@@ -165,10 +167,12 @@ def main() -> None:
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     shapes = REPLKNET_31B_STAGES if a.stages else [(a.channels, a.size, int(s)) for s in a.kernels.split(",")]
+    worst = 0.0
     for channels, size, k in shapes:
         x, w, b, grad, out = operands(a, channels, size, k, dtype, fmt)
         outs = {n: results(IMPLS[n], x, w, b, grad, k, a.stride) for n in impls}
         diffs = [rel_diff(outs[n], outs["native"]) for n in others]
+        worst = max([worst, *diffs])
         del outs
         t = measure(a, impls, x, w, b, grad, k)
         row = [f"{channels} ch {size}x{size} k{k}", *(f"{t[n] * scale:.3f}" for n in impls),
@@ -181,6 +185,8 @@ def main() -> None:
         print("| " + " | ".join(row) + " |", flush=True)
     if a.triton_configs:
         sweep(a, shapes, dtype, fmt, a.triton_configs.split(","), unit, scale)
+    if a.max_rel_diff is not None and worst > a.max_rel_diff:
+        raise SystemExit(f"largest relative difference to native {worst:.2e} > --max-rel-diff {a.max_rel_diff:g}")
 
 
 def sweep(a, shapes, dtype, fmt, configs: list[str], unit: str, scale: float) -> None:
