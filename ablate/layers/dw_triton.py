@@ -1,8 +1,9 @@
 """Depthwise conv2d in Triton: forward, grad-input and grad-weight kernels behind one autograd Function.
 
-Why: PyTorch's native depthwise conv is far from a GPU's compute floor at RepLKNet's 13x13..31x31
-kernels (the paper wrote its own CUDA kernel for this, Sec. 3 Guideline 1), and the FFT path pays
-transforms whatever the kernel. This is the direct sum, tiled so every kernel tap is one vector FMA:
+Why: a GPU's stock depthwise conv may be far from its compute floor at RepLKNet's 13x13..31x31
+kernels (the paper needed its own CUDA kernel, Sec. 3 Guideline 1; bench/gpu_check.sh measures how
+far cuDNN is here), and the FFT path pays transforms whatever the kernel. This is the direct sum,
+tiled so every kernel tap is one vector FMA:
 
 * forward: one program per (image, channel) plane and block of output pixels (flattened, so 7x7
   and 56x56 maps both fill a tile); it loops over kernel rows and is vectorised over output pixels x
@@ -16,8 +17,9 @@ transforms whatever the kernel. This is the direct sum, tiled so every kernel ta
 
 Supports any stride, dilation and zero padding (RepLKNet uses stride 1 and k // 2), square or
 rectangular kernels of any size, float32, float16 and bfloat16 (float32 accumulation) and float64.
-Tensors are computed in contiguous NCHW (a channels_last input is copied to NCHW, the output returned
-in the input's memory format: one memory pass, small beside a large kernel's taps). Not
+Tensors are computed in contiguous NCHW (a channels_last input is copied to NCHW, and that copy kept
+for backward; the output is returned in the input's memory format: one memory pass, small beside a
+large kernel's taps). Not
 twice-differentiable. GPU speed: NOT yet measured (bench/gpu_check.sh); ``auto`` does not pick it.
 
 Runs on CUDA (compiled), or on CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1``). The
@@ -40,7 +42,7 @@ from torch.nn.modules.utils import _pair
 from ablate.layers.large_kernel import triton_interprets
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-# Launch shape, unmeasured guesses (module attributes so bench/depthwise_conv.py --triton-tiles can sweep them):
+# Launch shape, unmeasured guesses (module attributes so bench/depthwise_conv.py --triton-configs sweeps them):
 TILE = 2048  # elements of a program's [BLOCK_P, BLOCK_K] accumulator (2048 fp32: 16 registers a thread at 4 warps)
 NUM_WARPS = 4
 WEIGHT_PROGRAMS = 1024  # split the batch of grad-weight until (channels x kernel rows x splits) reaches this
