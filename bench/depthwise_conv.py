@@ -9,8 +9,9 @@ three gradients (input, weight, bias). Defaults are the issue's setting: batch 3
 On CUDA it also measures, in the same process, the FP32 rate of a large SGEMM (TF32 off: the CUDA
 cores a direct depthwise kernel runs on) and the copy bandwidth, and reports each row's floor: the
 larger of its FLOPs (3 x 2 x N x C x OH x OW x kh x kw: forward, grad-input and grad-weight) over
-that rate and its tensor traffic (x, y, dy, dx: 5 passes) over that bandwidth. cuDNN runs at torch's
-defaults (TF32 allowed for convs); the differences are taken against native under IEEE FP32.
+that rate and its tensor traffic (x, y, dy, dx: 5 passes) over that bandwidth (`--floor`: the same on
+a CPU). cuDNN runs at torch's defaults (TF32 allowed for convs); the differences are taken against
+native under IEEE FP32; `--max-rel-diff` makes a larger one exit 1.
 
 Runs: `.venv/bin/python bench/depthwise_conv.py` (CPU: native, fft); on a GPU `python3
 bench/depthwise_conv.py --device cuda` (native, fft, triton), `--stages` for RepLKNet-31B's four
@@ -81,25 +82,27 @@ def full_fp32(device: str):
     return ieee()
 
 
-def gpu_rates() -> tuple[float, float]:
-    """(FP32 FLOP/s of an 8192^3 SGEMM with TF32 off, copy bytes/s read + written) on this GPU."""
-    a = torch.randn(8192, 8192, device="cuda")
-    with full_fp32("cuda"):
+def rates(device: str) -> tuple[float, float]:
+    """(FP32 FLOP/s of a large SGEMM with TF32 off, copy bytes/s read + written) on this device:
+    8192^3 and 1 GiB on a GPU, 1024^3 and 64 MiB on a CPU (at the benchmark's threads)."""
+    n, numel = (8192, 2**28) if device == "cuda" else (1024, 2**24)
+    a = torch.randn(n, n, device=device)
+    with full_fp32(device):
         a @ a
-        sync("cuda")
+        sync(device)
         start = time.perf_counter()
         for _ in range(3):
             a @ a
-        sync("cuda")
-    flops = 3 * 2 * 8192**3 / (time.perf_counter() - start)
-    src = torch.empty(2**28, device="cuda")  # 1 GiB
+        sync(device)
+    flops = 3 * 2 * n**3 / (time.perf_counter() - start)
+    src = torch.ones(numel, device=device)
     dst = torch.empty_like(src)
     dst.copy_(src)
-    sync("cuda")
+    sync(device)
     start = time.perf_counter()
     for _ in range(5):
         dst.copy_(src)
-    sync("cuda")
+    sync(device)
     bandwidth = 5 * 2 * src.numel() * 4 / (time.perf_counter() - start)
     del a, src, dst
     return flops, bandwidth
@@ -141,6 +144,7 @@ def main() -> None:
     ap.add_argument("--stages", action="store_true", help="RepLKNet-31B's stage shapes instead of --kernels")
     ap.add_argument("--triton-configs", default="", help="e.g. 1024x4,2048x4,4096x8: Triton TILE x num_warps sweep")
     ap.add_argument("--nchw", action="store_true", help="contiguous NCHW input instead of channels_last")
+    ap.add_argument("--floor", action="store_true", help="the floor columns on CPU too (always on CUDA)")
     ap.add_argument("--max-rel-diff", type=float, default=None,
                     help="exit 1 if any implementation differs from native by more (a correctness gate)")
     a = ap.parse_args()
@@ -151,17 +155,18 @@ def main() -> None:
     impls = (a.impls or ("native,fft" if a.device == "cpu" else "native,fft,triton")).split(",")
     others = [n for n in impls if n != "native"]
     cuda = a.device == "cuda"
+    floors = cuda or a.floor
     where = torch.cuda.get_device_name() if cuda else f"{a.threads} thread(s)"
     print(f"# {platform.machine()}, torch {torch.__version__}, {a.device} ({where}), batch {a.batch}, stride "
           f"{a.stride}, {a.dtype}, {'NCHW' if a.nchw else 'channels_last'}, median of {a.repeats}")
     flops = bandwidth = None
-    if cuda:
-        flops, bandwidth = gpu_rates()
-        print(f"# floor: FP32 SGEMM (TF32 off) {flops / 1e12:.1f} TFLOP/s, copy {bandwidth / 1e12:.2f} TB/s "
+    if floors:
+        flops, bandwidth = rates(a.device)
+        print(f"# floor: FP32 SGEMM (TF32 off) {flops / 1e9:.0f} GFLOP/s, copy {bandwidth / 1e9:.0f} GB/s "
               f"(read + written), measured here")
     unit, scale = ("ms", 1e3) if cuda else ("s", 1.0)
     head = ["shape", *(f"{n} {unit}" for n in impls), *(f"native / {n}" for n in others)]
-    if cuda:
+    if floors:
         head += [f"floor {unit}", "native / floor", *(f"{n} / floor" for n in others)]
     head += ["auto picks", *(f"max rel diff {n}" for n in others)]
     print("| " + " | ".join(head) + " |")
@@ -177,10 +182,10 @@ def main() -> None:
         t = measure(a, impls, x, w, b, grad, k)
         row = [f"{channels} ch {size}x{size} k{k}", *(f"{t[n] * scale:.3f}" for n in impls),
                *(f"{t['native'] / t[n]:.2f}x" for n in others)]
-        if cuda:
+        if floors:
             floor = max(3 * 2 * a.batch * channels * out * out * k * k / flops,
                         5 * a.batch * channels * size * size * x.element_size() / bandwidth)
-            row += [f"{floor * scale:.3f}", *(f"{t[n] / floor:.1f}" for n in impls)]
+            row += [f"{floor * scale:.3g}", *(f"{t[n] / floor:.1f}" for n in impls)]
         row += [choose_impl("auto", x, (k, k), (1, 1)), *(f"{d:.1e}" for d in diffs)]
         print("| " + " | ".join(row) + " |", flush=True)
     if a.triton_configs:
