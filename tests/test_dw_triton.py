@@ -72,6 +72,7 @@ def test_auto_never_picks_triton_until_a_gpu_measurement_says_so(monkeypatch) ->
     assert choose_impl("triton", x, (3, 3), (1, 1)) == "triton"  # explicit: any size
     monkeypatch.setitem(TRITON_MIN_KERNEL, "cpu", 13)  # the rule a measured crossover switches on
     assert choose_impl(None, x, (13, 13), (1, 1)) == "triton"
-    assert choose_impl(None, x, (7, 7), (2, 2)) == "triton"  # effective size counts, as for the FFT
+    assert choose_impl(None, x, (13, 15), (2, 2)) == "triton"
     assert choose_impl(None, x, (11, 11), (1, 1)) != "triton"
+    assert choose_impl(None, x, (7, 7), (3, 3)) != "triton"  # taps count (a direct sum), not the dilated extent
     assert choose_impl(None, x.double(), (31, 31), (1, 1)) != "triton"  # float64: not what it is tuned for

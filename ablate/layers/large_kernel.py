@@ -37,7 +37,8 @@ FFT_MIN_KERNEL = {"cpu": 13}
 # ... and at least this many taps a side: a sparse 3x3 at dilation 6 (effective 13) is still cheaper natively
 FFT_MIN_TAPS = 5
 FFT_DTYPES = (torch.float32, torch.float64)  # torch.fft on CPU has no half types: those stay native in auto
-# Smallest effective kernel for which ``auto`` takes the Triton kernel, per device type. EMPTY until
+# Smallest kernel (taps a side: a direct sum's cost follows the taps, not the dilated extent as the
+# FFT's does) for which ``auto`` takes the Triton kernel, per device type. EMPTY until
 # measured: bench/gpu_check.sh (bench/depthwise_conv.py --device cuda, fwd + bwd against cuDNN and the
 # FFT) on a GPU gives the crossover, e.g. {"cuda": 13} if Triton beats cuDNN from 13x13 on. It is
 # checked before FFT_MIN_KERNEL, so a device type may name both (Triton up to where the FFT wins is
@@ -67,7 +68,7 @@ def choose_impl(impl: str | None, x: torch.Tensor, kernel_size: tuple[int, int],
     size = min(d * (k - 1) + 1 for k, d in zip(kernel_size, dilation))
     taps = min(kernel_size)
     triton_from = TRITON_MIN_KERNEL.get(x.device.type)
-    if triton_from is not None and size >= triton_from and x.dtype in TRITON_DTYPES:
+    if triton_from is not None and taps >= triton_from and x.dtype in TRITON_DTYPES:
         return "triton"
     crossover = FFT_MIN_KERNEL.get(x.device.type)
     if crossover is None or size < crossover or taps < FFT_MIN_TAPS or x.dtype not in FFT_DTYPES:
