@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
@@ -48,10 +49,11 @@ NUM_WARPS = 4
 WEIGHT_PROGRAMS = 1024  # split the batch of grad-weight until (channels x kernel rows x splits) reaches this
 
 
-def _forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, OH, OW,
-                    SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-                    DH: tl.constexpr, DW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+def _forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, HP, WP, OH, OW,
+                    SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
+                    KH: tl.constexpr, KW: tl.constexpr,
                     HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
+    # x is zero-padded already (HP x WP): no bounds to check per tap, and the mask is loop-invariant
     plane = tl.program_id(0)  # n * C + c
     c = plane % C
     p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -59,16 +61,12 @@ def _forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, H, W, OH, OW,
     p_ok = p < OH * OW
     oh = p // OW
     ow = p % OW
-    ih0 = oh * SH - PH  # input row of kernel row 0
-    iw = ow[:, None] * SW - PW + j[None, :] * DW
-    col_ok = p_ok[:, None] & (j < KW)[None, :] & (iw >= 0) & (iw < W)
-    x_rows = x_ptr + plane.to(tl.int64) * H * W + ih0[:, None] * W + iw  # [BLOCK_P, BLOCK_K] at kernel row 0
+    ok = p_ok[:, None] & (j < KW)[None, :]
+    x_rows = x_ptr + plane.to(tl.int64) * HP * WP + (oh * (SH * WP) + ow * SW)[:, None] + (j * DW)[None, :]
     w_row = w_ptr + c * (KH * KW) + j
     acc = tl.zeros((BLOCK_P, BLOCK_K), dtype=ACC)
     for i in range(KH):
-        ih = ih0 + i * DH
-        ok = col_ok & ((ih >= 0) & (ih < H))[:, None]
-        xv = tl.load(x_rows + i * (DH * W), mask=ok, other=0.0).to(ACC)
+        xv = tl.load(x_rows + i * (DH * WP), mask=ok, other=0.0).to(ACC)
         wv = tl.load(w_row + i * KW, mask=j < KW, other=0.0).to(ACC)
         acc += xv * wv[None, :]
     out = tl.sum(acc, axis=1)
@@ -110,28 +108,27 @@ def _grad_input_kernel(dy_ptr, w_ptr, dx_ptr, C, H, W, OH, OW,
     tl.store(dx_ptr + plane.to(tl.int64) * H * W + q, out.to(dx_ptr.dtype.element_ty), mask=q_ok)
 
 
-def _grad_weight_kernel(x_ptr, dy_ptr, part_ptr, N, C, H, W, OH, OW, SPLIT,
-                        SH: tl.constexpr, SW: tl.constexpr, PH: tl.constexpr, PW: tl.constexpr,
-                        DH: tl.constexpr, DW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+def _grad_weight_kernel(x_ptr, dy_ptr, part_ptr, N, C, HP, WP, OH, OW, SPLIT,
+                        SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
+                        KH: tl.constexpr, KW: tl.constexpr,
                         ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
+    # x zero-padded (HP x WP) as for the forward
     c = tl.program_id(0)
     i = tl.program_id(1)  # kernel row
     s = tl.program_id(2)  # batch split: images s, s + SPLIT, ...
     j = tl.arange(0, BLOCK_K)
     P = OH * OW
     acc = tl.zeros((BLOCK_P, BLOCK_K), dtype=ACC)
-    for p0 in range(0, P, BLOCK_P):  # offsets and masks once per pixel block, reused for every image
+    for p0 in range(0, P, BLOCK_P):  # offsets and mask once per pixel block, reused for every image
         p = p0 + tl.arange(0, BLOCK_P)
         p_ok = p < P
         oh = p // OW
         ow = p % OW
-        ih = oh * SH - PH + i * DH
-        iw = ow[:, None] * SW - PW + j[None, :] * DW
-        ok = (p_ok & (ih >= 0) & (ih < H))[:, None] & (j < KW)[None, :] & (iw >= 0) & (iw < W)
-        x_off = ih[:, None] * W + iw
+        ok = p_ok[:, None] & (j < KW)[None, :]
+        x_off = ((oh * SH + i * DH) * WP + ow * SW)[:, None] + (j * DW)[None, :]
         for n in range(s, N, SPLIT):
             plane = (n * C + c).to(tl.int64)
-            xv = tl.load(x_ptr + plane * H * W + x_off, mask=ok, other=0.0).to(ACC)
+            xv = tl.load(x_ptr + plane * HP * WP + x_off, mask=ok, other=0.0).to(ACC)
             g = tl.load(dy_ptr + plane * P + p, mask=p_ok, other=0.0).to(ACC)
             acc += xv * g[:, None]
     tl.store(part_ptr + ((s * C + c) * KH + i) * KW + j, tl.sum(acc, axis=0), mask=j < KW)
@@ -173,6 +170,23 @@ def _blocks(pixels: int, kw: int) -> tuple[int, int]:
     return block_p, block_k
 
 
+def _acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _forward(kernel, xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, dilation,
+             out: tuple[int, int]) -> torch.Tensor:
+    """The forward kernel on a zero-padded NCHW ``xp``: (N, C, *out)."""
+    n, c, hp, wp = xp.shape
+    kh, kw = weight.shape[-2:]
+    y = torch.empty(n, c, *out, device=xp.device, dtype=xp.dtype)
+    block_p, block_k = _blocks(out[0] * out[1], kw)
+    kernel[(n * c, triton.cdiv(out[0] * out[1], block_p))](
+        xp, weight, bias if bias is not None else weight, y, c, hp, wp, *out, *stride, *dilation, kh, kw,
+        bias is not None, _acc(xp.dtype), block_p, block_k, num_warps=NUM_WARPS)
+    return y
+
+
 class _DepthwiseConv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, stride, padding, dilation):
@@ -185,15 +199,9 @@ class _DepthwiseConv2d(torch.autograd.Function):
                                f"{dh * (kh - 1) + 1}x{dw * (kw - 1) + 1} (dilated)")
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         interpret = _mode(x)
-        fwd, _, _ = _kernels(interpret)
         x, weight = x.contiguous(), weight.contiguous()
-        y = torch.empty(n, c, oh, ow, device=x.device, dtype=x.dtype)
-        block_p, block_k = _blocks(oh * ow, kw)
-        acc = tl.float64 if x.dtype == torch.float64 else tl.float32
-        fwd[(n * c, triton.cdiv(oh * ow, block_p))](
-            x, weight, bias if bias is not None else weight, y, c, h, w, oh, ow, sh, sw, ph, pw, dh, dw, kh, kw,
-            bias is not None, acc, block_p, block_k, num_warps=NUM_WARPS)
-        ctx.save_for_backward(x, weight)
+        y = _forward(_kernels(interpret)[0], F.pad(x, (pw, pw, ph, ph)), weight, bias, stride, dilation, (oh, ow))
+        ctx.save_for_backward(x, weight)  # unpadded: padded again in backward (a memory pass, less memory held)
         ctx.conf = (stride, padding, dilation, channels_last, interpret, bias is not None)
         return y.contiguous(memory_format=torch.channels_last) if channels_last else y
 
@@ -201,30 +209,37 @@ class _DepthwiseConv2d(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy):
         x, weight = ctx.saved_tensors
-        (sh, sw), (ph, pw), (dh, dw) = ctx.conf[:3]
+        stride, (ph, pw), dilation = ctx.conf[:3]
         channels_last, interpret, has_bias = ctx.conf[3:]
-        _, grad_input, grad_weight = _kernels(interpret)
+        forward, grad_input, grad_weight = _kernels(interpret)
+        (sh, sw), (dh, dw) = stride, dilation
         n, c, h, w = x.shape
         kh, kw = weight.shape[-2:]
         oh, ow = dy.shape[-2:]
         dy = dy.contiguous()
-        acc = tl.float64 if x.dtype == torch.float64 else tl.float32
+        acc = _acc(x.dtype)
         dx = dw_ = db = None
         if ctx.needs_input_grad[0]:
-            dx = torch.empty_like(x)
-            block_p, block_k = _blocks(h * w, kw)
-            grad_input[(n * c, triton.cdiv(h * w, block_p))](
-                dy, weight, dx, c, h, w, oh, ow, sh, sw, ph, pw, dh, dw, kh, kw, acc, block_p, block_k,
-                num_warps=NUM_WARPS)
+            qh, qw = dh * (kh - 1) - ph, dw * (kw - 1) - pw
+            if sh == sw == 1 and qh >= 0 and qw >= 0:  # the forward of dy padded by q with the flipped kernel
+                dx = _forward(forward, F.pad(dy, (qw, qw, qh, qh)), weight.flip(-2, -1).contiguous(), None,
+                              stride, dilation, (h, w))
+            else:  # strided (or padded beyond the kernel): the masked gather
+                dx = torch.empty_like(x)
+                block_p, block_k = _blocks(h * w, kw)
+                grad_input[(n * c, triton.cdiv(h * w, block_p))](
+                    dy, weight, dx, c, h, w, oh, ow, sh, sw, ph, pw, dh, dw, kh, kw, acc, block_p, block_k,
+                    num_warps=NUM_WARPS)
             if channels_last:
                 dx = dx.contiguous(memory_format=torch.channels_last)
         if ctx.needs_input_grad[1]:
+            xp = F.pad(x, (pw, pw, ph, ph))
             split = min(n, triton.cdiv(WEIGHT_PROGRAMS, c * kh))
             part = torch.empty(split, c, kh, kw, device=x.device,
                                dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
             block_p, block_k = _blocks(oh * ow, kw)
             grad_weight[(c, kh, split)](
-                x, dy, part, n, c, h, w, oh, ow, split, sh, sw, ph, pw, dh, dw, kh, kw, acc, block_p, block_k,
+                xp, dy, part, n, c, *xp.shape[-2:], oh, ow, split, sh, sw, dh, dw, kh, kw, acc, block_p, block_k,
                 num_warps=NUM_WARPS)
             dw_ = part.sum(0).unsqueeze(1).to(weight.dtype)
         if has_bias and ctx.needs_input_grad[2]:
