@@ -57,6 +57,22 @@ def no_overflow_checks():
     interpreter_builder.options = saved
 
 
+@pytest.fixture(autouse=True)
+def nan_around_the_padded_input(monkeypatch):
+    """The forward and grad-weight kernels load without masks from the zero-padded input: it is placed
+    here inside a NaN-filled buffer, so a read past either end of it would turn the sums into NaN."""
+    from ablate.layers import dw_triton
+
+    padded = dw_triton._padded
+
+    def inside_nans(*args):
+        xp = padded(*args)
+        buffer = torch.full((3 * xp.numel(),), float("nan"), dtype=xp.dtype)
+        return buffer[xp.numel():2 * xp.numel()].view(xp.shape).copy_(xp)
+
+    monkeypatch.setattr(dw_triton, "_padded", inside_nans)
+
+
 def test_ablate_layers_does_not_import_triton_and_a_cpu_tensor_is_refused_before_it_is() -> None:
     assert not LAYERS_IMPORTED_TRITON
     assert CPU_ERROR.startswith("depthwise conv impl 'triton' runs on CUDA, or on CPU under TRITON_INTERPRET=1")

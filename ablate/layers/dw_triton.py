@@ -51,23 +51,25 @@ WEIGHT_PROGRAMS = 1024  # split the batch of grad-weight until (channels x kerne
 
 def _forward_kernel(x_ptr, w_ptr, b_ptr, y_ptr, C, HP, WP, OH, OW,
                     SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
-                    KH: tl.constexpr, KW: tl.constexpr,
-                    HAS_BIAS: tl.constexpr, ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
-    # x is zero-padded already (HP x WP): no bounds to check per tap, and the mask is loop-invariant
+                    KH: tl.constexpr, HAS_BIAS: tl.constexpr, ACC: tl.constexpr,
+                    BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
+    # x zero-padded (HP x WP, including (BLOCK_K - KW) * DW spare columns on the right) and w zero-padded
+    # to BLOCK_K columns: every load is in bounds, so none is masked (pixels past the end re-read the
+    # last one; their sums are not stored)
     plane = tl.program_id(0)  # n * C + c
     c = plane % C
     p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
     j = tl.arange(0, BLOCK_K)
     p_ok = p < OH * OW
-    oh = p // OW
-    ow = p % OW
-    ok = p_ok[:, None] & (j < KW)[None, :]
+    p_in = tl.minimum(p, OH * OW - 1)
+    oh = p_in // OW
+    ow = p_in % OW
     x_rows = x_ptr + plane.to(tl.int64) * HP * WP + (oh * (SH * WP) + ow * SW)[:, None] + (j * DW)[None, :]
-    w_row = w_ptr + c * (KH * KW) + j
+    w_row = w_ptr + c * (KH * BLOCK_K) + j
     acc = tl.zeros((BLOCK_P, BLOCK_K), dtype=ACC)
     for i in range(KH):
-        xv = tl.load(x_rows + i * (DH * WP), mask=ok, other=0.0).to(ACC)
-        wv = tl.load(w_row + i * KW, mask=j < KW, other=0.0).to(ACC)
+        xv = tl.load(x_rows + i * (DH * WP)).to(ACC)
+        wv = tl.load(w_row + i * BLOCK_K).to(ACC)
         acc += xv * wv[None, :]
     out = tl.sum(acc, axis=1)
     if HAS_BIAS:
@@ -112,23 +114,23 @@ def _grad_weight_kernel(x_ptr, dy_ptr, part_ptr, N, C, HP, WP, OH, OW, SPLIT,
                         SH: tl.constexpr, SW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
                         KH: tl.constexpr, KW: tl.constexpr,
                         ACC: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_K: tl.constexpr):
-    # x zero-padded (HP x WP) as for the forward
+    # x zero-padded with spare columns as for the forward: x unmasked, dy masked past the last pixel
     c = tl.program_id(0)
     i = tl.program_id(1)  # kernel row
     s = tl.program_id(2)  # batch split: images s, s + SPLIT, ...
     j = tl.arange(0, BLOCK_K)
     P = OH * OW
     acc = tl.zeros((BLOCK_P, BLOCK_K), dtype=ACC)
-    for p0 in range(0, P, BLOCK_P):  # offsets and mask once per pixel block, reused for every image
+    for p0 in range(0, P, BLOCK_P):  # offsets once per pixel block, reused for every image
         p = p0 + tl.arange(0, BLOCK_P)
         p_ok = p < P
-        oh = p // OW
-        ow = p % OW
-        ok = p_ok[:, None] & (j < KW)[None, :]
+        p_in = tl.minimum(p, P - 1)
+        oh = p_in // OW
+        ow = p_in % OW
         x_off = ((oh * SH + i * DH) * WP + ow * SW)[:, None] + (j * DW)[None, :]
         for n in range(s, N, SPLIT):
             plane = (n * C + c).to(tl.int64)
-            xv = tl.load(x_ptr + plane * HP * WP + x_off, mask=ok, other=0.0).to(ACC)
+            xv = tl.load(x_ptr + plane * HP * WP + x_off).to(ACC)
             g = tl.load(dy_ptr + plane * P + p, mask=p_ok, other=0.0).to(ACC)
             acc += xv * g[:, None]
     tl.store(part_ptr + ((s * C + c) * KH + i) * KW + j, tl.sum(acc, axis=0), mask=j < KW)
@@ -174,16 +176,25 @@ def _acc(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def _forward(kernel, xp: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, dilation,
-             out: tuple[int, int]) -> torch.Tensor:
-    """The forward kernel on a zero-padded NCHW ``xp``: (N, C, *out)."""
-    n, c, hp, wp = xp.shape
+def _padded(x: torch.Tensor, padding, dilation, kw: int, block_k: int) -> torch.Tensor:
+    """x zero-padded by ``padding``, plus the spare columns the forward and grad-weight kernels read past
+    the kernel's last column (up to BLOCK_K), so that no load needs a mask."""
+    (ph, pw), spare = padding, (block_k - kw) * dilation[1]
+    return F.pad(x, (pw, pw + spare, ph, ph))
+
+
+def _forward(kernel, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride, padding,
+             dilation, out: tuple[int, int]) -> torch.Tensor:
+    """The forward kernel on NCHW ``x``: (N, C, *out)."""
+    n, c = x.shape[:2]
     kh, kw = weight.shape[-2:]
-    y = torch.empty(n, c, *out, device=xp.device, dtype=xp.dtype)
     block_p, block_k = _blocks(out[0] * out[1], kw)
+    xp = _padded(x, padding, dilation, kw, block_k)
+    wp = F.pad(weight, (0, block_k - kw)).contiguous()  # (C, 1, kh, BLOCK_K), zero columns
+    y = torch.empty(n, c, *out, device=x.device, dtype=x.dtype)
     kernel[(n * c, triton.cdiv(out[0] * out[1], block_p))](
-        xp, weight, bias if bias is not None else weight, y, c, hp, wp, *out, *stride, *dilation, kh, kw,
-        bias is not None, _acc(xp.dtype), block_p, block_k, num_warps=NUM_WARPS)
+        xp, wp, bias if bias is not None else wp, y, c, *xp.shape[-2:], *out, *stride, *dilation, kh,
+        bias is not None, _acc(x.dtype), block_p, block_k, num_warps=NUM_WARPS)
     return y
 
 
@@ -200,7 +211,7 @@ class _DepthwiseConv2d(torch.autograd.Function):
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         interpret = _mode(x)
         x, weight = x.contiguous(), weight.contiguous()
-        y = _forward(_kernels(interpret)[0], F.pad(x, (pw, pw, ph, ph)), weight, bias, stride, dilation, (oh, ow))
+        y = _forward(_kernels(interpret)[0], x, weight, bias, stride, padding, dilation, (oh, ow))
         ctx.save_for_backward(x, weight)  # unpadded: padded again in backward (a memory pass, less memory held)
         ctx.conf = (stride, padding, dilation, channels_last, interpret, bias is not None)
         return y.contiguous(memory_format=torch.channels_last) if channels_last else y
@@ -222,8 +233,7 @@ class _DepthwiseConv2d(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             qh, qw = dh * (kh - 1) - ph, dw * (kw - 1) - pw
             if sh == sw == 1 and qh >= 0 and qw >= 0:  # the forward of dy padded by q with the flipped kernel
-                dx = _forward(forward, F.pad(dy, (qw, qw, qh, qh)), weight.flip(-2, -1).contiguous(), None,
-                              stride, dilation, (h, w))
+                dx = _forward(forward, dy, weight.flip(-2, -1), None, stride, (qh, qw), dilation, (h, w))
             else:  # strided (or padded beyond the kernel): the masked gather
                 dx = torch.empty_like(x)
                 block_p, block_k = _blocks(h * w, kw)
@@ -233,11 +243,11 @@ class _DepthwiseConv2d(torch.autograd.Function):
             if channels_last:
                 dx = dx.contiguous(memory_format=torch.channels_last)
         if ctx.needs_input_grad[1]:
-            xp = F.pad(x, (pw, pw, ph, ph))
             split = min(n, triton.cdiv(WEIGHT_PROGRAMS, c * kh))
             part = torch.empty(split, c, kh, kw, device=x.device,
                                dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
             block_p, block_k = _blocks(oh * ow, kw)
+            xp = _padded(x, (ph, pw), dilation, kw, block_k)
             grad_weight[(c, kh, split)](
                 xp, dy, part, n, c, *xp.shape[-2:], oh, ow, split, sh, sw, dh, dw, kh, kw, acc, block_p, block_k,
                 num_warps=NUM_WARPS)
