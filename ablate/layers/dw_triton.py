@@ -8,19 +8,21 @@ tiled so every kernel tap is one vector FMA:
 * forward: one program per (image, channel) plane and block of output pixels (flattened, so 7x7
   and 56x56 maps both fill a tile); it loops over kernel rows and is vectorised over output pixels x
   kernel columns ([BLOCK_P, BLOCK_K] gathers of x, one weight row each), summed over columns once at
-  the end, in float32 (float64 for float64).
-* grad-input: the same over input pixels, gathering the output gradient (stride: only the taps where
-  ``(ih + pad - i * dilation) % stride == 0`` contribute, by mask).
+  the end, in float32 (float64 for float64). It reads x zero-padded, with spare columns up to BLOCK_K,
+  and weights zero-padded to BLOCK_K columns, so that no load is masked.
+* grad-input: at stride 1 the forward kernel on the output gradient padded by dilation x (k - 1) -
+  padding, with the flipped kernel; with a stride, a masked gather (only the taps where
+  ``(ih + pad - i * dilation) % stride == 0`` contribute).
 * grad-weight: one program per (channel, kernel row, batch split), reducing over its images and all
-  output pixels into a [BLOCK_P, BLOCK_K] accumulator; the batch splits' partial rows are summed by
-  torch afterwards (a two-pass reduction: deterministic, no atomics). grad-bias is ``dy.sum`` (torch).
+  output pixels of the padded x into a [BLOCK_P, BLOCK_K] accumulator; the batch splits' partial rows
+  are summed by torch afterwards (a two-pass reduction: deterministic, no atomics). grad-bias is
+  ``dy.sum`` (torch).
 
 Supports any stride, dilation and zero padding (RepLKNet uses stride 1 and k // 2), square or
 rectangular kernels of any size, float32, float16 and bfloat16 (float32 accumulation) and float64.
 Tensors are computed in contiguous NCHW (a channels_last input is copied to NCHW, and that copy kept
 for backward; the output is returned in the input's memory format: one memory pass, small beside a
-large kernel's taps). Not
-twice-differentiable. GPU speed: NOT yet measured (bench/gpu_check.sh); ``auto`` does not pick it.
+large kernel's taps). Not twice-differentiable. GPU speed: NOT yet measured (bench/gpu_check.sh); ``auto`` does not pick it.
 
 Runs on CUDA (compiled), or on CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1``). The
 variable must be set before triton is first imported: triton wraps its own library functions
