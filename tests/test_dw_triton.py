@@ -26,7 +26,7 @@ def run(args: list[str], **env: str) -> subprocess.CompletedProcess:
                           cwd=TESTS.parent, timeout=600)
 
 
-def test_triton_equals_native_through_the_interpreter_in_a_fresh_process(tmp_path) -> None:
+def test_triton_equals_native_through_the_interpreter_in_a_fresh_process() -> None:
     out = run(["-m", "pytest", "-q", "--noconftest", "-p", "no:cacheprovider", "-p", "no:xdist",
                str(TESTS / "_dw_triton_interpreted.py")], TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
     assert out.returncode == 0, out.stdout[-6000:] + out.stderr[-2000:]
@@ -37,8 +37,8 @@ def test_the_kernels_compile_for_hopper_without_a_gpu_and_a_late_interpreter_is_
                                                                                         monkeypatch) -> None:
     """What the interpreter lets through but the compiler would not (types, constexpr use): the three
     kernels compiled ahead of time for sm_90 (H100/H200) down to a cubin, with the ptxas in Triton's
-    wheel (a bf16 input summed in fp32; stride 2 and dilation 3: the masked paths). Running them is
-    tests/test_gpu.py's part. Here triton runs compiled (timm imports it without TRITON_INTERPRET), so
+    wheel (a bf16 input summed in fp32; stride 2 and dilation 3: the strided grad-input's masks).
+    Running them is tests/test_gpu.py's part. Here triton runs compiled (timm imports it without TRITON_INTERPRET), so
     setting the variable now is refused with one line instead of failing inside the interpreter."""
     import triton
     import triton.language as tl
