@@ -111,3 +111,41 @@ def test_fft_depthwise_conv_equals_cudnn_and_prints_their_speed(kernel: int) -> 
     print(f"\n{torch.cuda.get_device_name()} depthwise {kernel}x{kernel} fwd+bwd (batch 32, 64 ch, 56x56, float32, "
           f"channels_last): native {times['native'] * 1e3:.2f} ms, fft {times['fft'] * 1e3:.2f} ms, "
           f"native/fft {times['native'] / times['fft']:.2f}x")
+
+
+@pytest.mark.parametrize("batch,channels,size,kernel,stride,dilation,dtype", [
+    (32, 64, 56, 31, 1, 1, torch.float32),  # RepLKNet-31B stage 1 kernel, the issue's setting
+    (32, 512, 14, 13, 1, 1, torch.float32),
+    (32, 128, 28, 31, 1, 1, torch.bfloat16),  # the trainer's bf16 autocast
+    (4, 32, 28, 7, 2, 3, torch.float32),  # strided, dilated (sparse) kernel: the masked paths
+])
+def test_triton_depthwise_conv_equals_cudnn(batch, channels, size, kernel, stride, dilation, dtype) -> None:
+    """The compiled Triton kernels (ablate.layers.dw_triton; tests/test_dw_triton.py checks them on CPU
+    through the interpreter): outputs and gradients equal to cuDNN's conv (IEEE FP32 for both: the
+    half-type input is compared with cuDNN's float32 conv of the same numbers), channels_last in and
+    out. bench/depthwise_conv.py --device cuda times them."""
+    import torch.nn.functional as F
+
+    from ablate.layers.large_kernel import triton_depthwise_conv2d
+    from ablate.reparam import full_fp32
+
+    g = torch.Generator().manual_seed(kernel)
+    x = torch.randn(batch, channels, size, size, generator=g).to("cuda", dtype)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = (torch.randn(channels, 1, kernel, kernel, generator=g) / kernel).to("cuda", dtype).requires_grad_()
+    b = torch.randn(channels, generator=g).to("cuda", dtype).requires_grad_()
+    pad = dilation * (kernel - 1) // 2
+    out = (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+    dy = torch.randn(batch, channels, out, out, generator=g).to("cuda", dtype)
+    ref = [t.detach().float().requires_grad_() for t in (x, w, b)]
+    with full_fp32():
+        y = triton_depthwise_conv2d(x, w, b, stride, pad, dilation)
+        got = [y, *torch.autograd.grad(y, (x, w, b), dy)]
+        y_ref = F.conv2d(*ref, stride, pad, dilation, groups=channels)
+        want = [y_ref, *torch.autograd.grad(y_ref, ref, dy.float())]
+    assert got[0].is_contiguous(memory_format=torch.channels_last) and got[0].dtype == dtype
+    tol = 1e-4 if dtype == torch.float32 else 2e-2
+    for a, e, what in zip(got, want, ("output", "grad input", "grad weight", "grad bias")):
+        assert a.shape == e.shape, what
+        err = ((a.float() - e).abs().max() / e.abs().max().clamp_min(1.0)).item()
+        assert err < tol, f"{what}: {err:.3g}"

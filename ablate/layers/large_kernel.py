@@ -11,7 +11,10 @@ Both run their large depthwise conv through ``depthwise_conv2d``, which computes
 (``F.conv2d``) or through an FFT (``torch.fft``): the cost of the FFT does not grow with the kernel,
 so from a crossover size on it is several times faster (bench/depthwise_conv.py). Parameters, state
 dict keys and the re-parameterized form are the same either way; only the arithmetic differs (by
-float rounding). ``impl`` (module kwarg) or ``$ABLATE_DW_CONV``: ``native``, ``fft`` or ``auto``.
+float rounding). ``impl`` (module kwarg) or ``$ABLATE_DW_CONV``: ``native``, ``fft``, ``triton`` or
+``auto``. ``triton`` (ablate.layers.dw_triton, imported only when it runs) is a direct Triton kernel
+for CUDA, or for CPU tensors under ``TRITON_INTERPRET=1`` (tests); ``auto`` picks it only from a
+measured crossover (``TRITON_MIN_KERNEL``, empty until measured on a GPU: bench/gpu_check.sh).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torch.nn.modules.utils import _pair
 
 from ablate.layers.conv_bn import ConvBN, fuse_conv_bn
 
-IMPLS = ("native", "fft", "auto")
+IMPLS = ("native", "fft", "triton", "auto")
 IMPL_ENV = "ABLATE_DW_CONV"
 # Smallest effective kernel (dilation * (k - 1) + 1) for which ``auto`` takes the FFT, per device
 # type, from bench/depthwise_conv.py (fwd + bwd, float32, channels_last; docs/performance.md). A device
@@ -34,6 +37,14 @@ FFT_MIN_KERNEL = {"cpu": 13}
 # ... and at least this many taps a side: a sparse 3x3 at dilation 6 (effective 13) is still cheaper natively
 FFT_MIN_TAPS = 5
 FFT_DTYPES = (torch.float32, torch.float64)  # torch.fft on CPU has no half types: those stay native in auto
+# Smallest kernel (taps a side: a direct sum's cost follows the taps, not the dilated extent as the
+# FFT's does) for which ``auto`` takes the Triton kernel, per device type. EMPTY until
+# measured: bench/gpu_check.sh (bench/depthwise_conv.py --device cuda, fwd + bwd against cuDNN and the
+# FFT) on a GPU gives the crossover, e.g. {"cuda": 13} if Triton beats cuDNN from 13x13 on. It is
+# checked before FFT_MIN_KERNEL, so a device type may name both (Triton up to where the FFT wins is
+# not expressible here: measure first). Never "cpu": the interpreter is for tests only.
+TRITON_MIN_KERNEL: dict[str, int] = {}
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def default_impl() -> str:
@@ -45,7 +56,8 @@ def default_impl() -> str:
 
 
 def choose_impl(impl: str | None, x: torch.Tensor, kernel_size: tuple[int, int], dilation: tuple[int, int]) -> str:
-    """``native`` or ``fft`` for this input: ``auto`` takes the FFT from the device's measured crossover."""
+    """``native``, ``fft`` or ``triton`` for this input: ``auto`` takes Triton or the FFT from the device's
+    measured crossover (TRITON_MIN_KERNEL, FFT_MIN_KERNEL), else native."""
     impl = impl or default_impl()
     if impl not in IMPLS:
         raise ValueError(f"depthwise conv impl {impl!r}: one of {', '.join(IMPLS)}")
@@ -54,8 +66,11 @@ def choose_impl(impl: str | None, x: torch.Tensor, kernel_size: tuple[int, int],
     if impl != "auto":
         return impl
     size = min(d * (k - 1) + 1 for k, d in zip(kernel_size, dilation))
-    crossover = FFT_MIN_KERNEL.get(x.device.type)
     taps = min(kernel_size)
+    triton_from = TRITON_MIN_KERNEL.get(x.device.type)
+    if triton_from is not None and taps >= triton_from and x.dtype in TRITON_DTYPES:
+        return "triton"
+    crossover = FFT_MIN_KERNEL.get(x.device.type)
     if crossover is None or size < crossover or taps < FFT_MIN_TAPS or x.dtype not in FFT_DTYPES:
         return "native"
     return "fft"
@@ -102,14 +117,40 @@ def fft_depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     return y.contiguous(memory_format=torch.channels_last) if channels_last else y.contiguous()
 
 
+def triton_interprets(x: torch.Tensor) -> bool:
+    """Whether the Triton kernels run through Triton's interpreter for ``x`` (``$TRITON_INTERPRET``,
+    read at each call); False on CUDA; a one-line error on a device where they cannot run."""
+    if os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes"):
+        return True
+    if x.device.type == "cuda":
+        return False
+    raise RuntimeError(f"depthwise conv impl 'triton' runs on CUDA, or on CPU under TRITON_INTERPRET=1 "
+                       f"(Triton's interpreter, slow: for tests); got a {x.device.type} tensor")
+
+
+def triton_depthwise_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                            stride=1, padding=0, dilation=1) -> torch.Tensor:
+    """``ablate.layers.dw_triton.triton_depthwise_conv2d``, imported at the first call (triton is a
+    heavy import and only torch's CUDA wheels bring it); a one-line error where it cannot run."""
+    triton_interprets(x)  # before importing triton: a CPU-only run fails at once
+    try:
+        from ablate.layers.dw_triton import triton_depthwise_conv2d as conv
+    except ImportError as e:
+        raise RuntimeError(f"depthwise conv impl 'triton' needs the triton package: {e}") from e
+    return conv(x, weight, bias, stride, padding, dilation)
+
+
 def depthwise_conv2d(x: torch.Tensor, conv: nn.Conv2d, impl: str | None = None) -> torch.Tensor:
-    """``conv(x)``, through the FFT where ``impl`` (or ``$ABLATE_DW_CONV``, default ``auto``) says so
-    and ``conv`` is a depthwise conv (groups = in = out channels) with zero, numeric padding."""
+    """``conv(x)``, through the FFT or Triton where ``impl`` (or ``$ABLATE_DW_CONV``, default ``auto``)
+    says so and ``conv`` is a depthwise conv (groups = in = out channels) with zero, numeric padding;
+    any other conv runs natively whatever ``impl`` says."""
     depthwise = (conv.groups == conv.in_channels == conv.out_channels and conv.padding_mode == "zeros"
                  and not isinstance(conv.padding, str))
-    if not depthwise or choose_impl(impl, x, conv.kernel_size, conv.dilation) == "native":
+    chosen = choose_impl(impl, x, conv.kernel_size, conv.dilation) if depthwise else "native"
+    if chosen == "native":
         return conv(x)
-    return fft_depthwise_conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation)
+    fn = fft_depthwise_conv2d if chosen == "fft" else triton_depthwise_conv2d
+    return fn(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation)
 
 
 def dilate_kernel(kernel: torch.Tensor, dilation: int | tuple[int, int]) -> torch.Tensor:
