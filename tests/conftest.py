@@ -37,7 +37,7 @@ from _synth import make_image_folder  # noqa: E402,F401  (tests import it from h
 SLOWEST_FILES = ("test_concurrency.py", "test_durable.py", "test_cluster.py", "test_dbfaults.py", "test_run.py",
                  "test_trust.py", "test_local_head.py", "test_dashboard.py", "test_tables_render.py", "test_data_trainer.py",
                  "test_ddp.py", "test_fuzz_study.py", "test_analyze.py", "test_cleanup.py", "test_seg_durable.py",
-                 "test_seg_trial.py", "test_resources.py", "test_cli_imports.py")
+                 "test_seg_trial.py", "test_dw_triton.py", "test_resources.py", "test_cli_imports.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
