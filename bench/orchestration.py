@@ -2,7 +2,10 @@
 
 1. ``ablate run`` (the CLI, a fresh SQLite database and artifact store: everything a user pays for);
    way ``head``: the same against a long-lived local Ray (``ablate ray up`` once before, timed apart,
-   ``ablate ray down`` after), as on a workstation where the head stays up between runs;
+   ``ablate ray down`` after), as on a workstation where the head stays up between runs; the study's model is
+   planned once before (``ablate plan``, untimed), so ``ablate run`` finds its checks and counts in the cache
+   (``ablate.model_costs``); way ``cold``: ``ablate run`` with that cache off (``ABLATE_MODEL_COSTS=0``), what
+   the first run of a new model config pays;
 2. ablate's trainer in a plain Python loop (the same trial configs, no Ray, no database, no files);
 3. a bare Ray Tune ``Tuner`` calling the same trainer with Tune's defaults (Ray started as ablate
    starts it: loopback, token auth).
@@ -155,11 +158,21 @@ def main() -> None:
             up = timed(cli + ["up"], head_env)
             stack.callback(timed, cli + ["down"], head_env)
             print(f"`ablate ray up` (once, not in any way's time) {up:.1f} s", flush=True)
+        # the study's model planned once (`ablate plan`, not in any way's time): its checks and counts are then in
+        # the state folder's cache (ablate.model_costs), as for any run after a plan or a first run; way `cold`
+        # turns the cache off, as the first run of a model config pays
+        if any(w in ways for w in ("ablate", "head")):
+            first = study_file(d, args.n[0], args.epochs, cpus, data)
+            for state_env in (env, head_env):
+                planned = timed([sys.executable, "-m", "ablate.cli", "plan", str(first)], state_env)
+            print(f"`ablate plan` (once per state folder, not in any way's time) {planned:.1f} s", flush=True)
         for rep, n in ((r, n) for r in range(args.repeat) for n in args.n):  # interleaved: the same load for all
             study = study_file(d, n, args.epochs, cpus, data)
             for way in ways:
                 run_env, cwd = env, ROOT
-                if way in ("ablate", "before", "head"):
+                if way == "cold":
+                    run_env = dict(env, ABLATE_MODEL_COSTS="0")
+                if way in ("ablate", "before", "head", "cold"):
                     cmd = [sys.executable, "-m", "ablate.cli", "run", str(study), "--db",
                            f"sqlite:///{d}/{n}{way}{rep}.db", "--artifacts", str(d / f"art{n}{way}{rep}")]
                     if way == "before":
