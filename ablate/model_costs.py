@@ -178,7 +178,11 @@ _SHARED: dict[tuple[Path, bool], ModelCosts] = {}
 def shared() -> ModelCosts:
     """The process's view of the cache file (read once), which the study file's model-name check and
     ``plan.make_plan`` share; ``make_plan`` saves it."""
-    key = (cache_path(), os.environ.get("ABLATE_MODEL_COSTS", "1") != "0")
+    try:
+        path = cache_path()
+    except RuntimeError:  # no home directory to find: no cache
+        path = Path(os.devnull)
+    key = (path, os.environ.get("ABLATE_MODEL_COSTS", "1") != "0" and path != Path(os.devnull))
     if key not in _SHARED:
         _SHARED[key] = ModelCosts(key[0], key[1])
     return _SHARED[key]
