@@ -43,7 +43,7 @@ def dataset_info(spec: dict[str, Any], default_classes: int = 1000) -> tuple[int
     if spec["name"] == "fashion_mnist":
         return 10, 1
     if spec["name"] in SEG_DATASETS:
-        from ablate.seg_data import num_classes
+        from ablate.seg_data_info import num_classes
 
         return num_classes(spec), 3
     root = _root(spec)
@@ -55,7 +55,7 @@ def dataset_info(spec: dict[str, Any], default_classes: int = 1000) -> tuple[int
 def check_dataset(spec: dict[str, Any]) -> None:
     """Fail early, before any trial starts, when the data is not there."""
     if spec["name"] in SEG_DATASETS:
-        from ablate.seg_data import check_seg_dataset
+        from ablate.seg_data_info import check_seg_dataset
 
         return check_seg_dataset(spec)
     if spec["name"] == "fashion_mnist":

@@ -154,3 +154,15 @@ def test_plan_prints_the_same_from_the_cache(state: Path, image_folder: Path, tm
     assert off.output == cold.output == warm[1].output and measured == []
     rows = json.loads(warm[0].output)["trials"]
     assert [(r["trial_id"], r["params"], r["flops"]) for r in rows] == _fresh(f)
+
+
+def test_a_segmentation_config_is_cached_at_its_own_input(state: Path, tmp_path: Path, measured: list) -> None:
+    from ablate.seg_synth import make_seg_folder
+    from test_seg_plan import seg_study
+
+    f = write_study(tmp_path / "seg.yaml", seg_study(make_seg_folder(tmp_path / "ade")))
+    first = _rows(make_plan(f))
+    assert len(measured) == 1 and first == _fresh(f)
+    measured.clear()
+    model_costs._SHARED.clear()
+    assert _rows(make_plan(f)) == first and measured == []
