@@ -52,7 +52,7 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _user_errors():
     """Exceptions that are the user's input, not ablate's bugs."""
-    from ablate.data import DatasetError
+    from ablate.data_info import DatasetError
     from ablate.orchestrate import InitFromError, RerunError
     from ablate.runner import ResourceError
     from ablate.study import StudyError
@@ -76,7 +76,7 @@ def _check_data(p, file: Path, *, segmentation_only: bool = False) -> None:
     """The study's data is there and well formed (before any compute), else one line and exit 2.
     ``plan`` checks segmentation data (ADE20K, seg_folder), whose layout is cheap to read; ``run``
     checks every dataset."""
-    from ablate.data import check_dataset
+    from ablate.data_info import check_dataset
 
     spec = p.study.dataset.model_dump()
     if segmentation_only and spec["name"] not in SEG_DATASETS:
@@ -354,7 +354,7 @@ def _run_analyses(p, store, address: Optional[str], artifacts: Optional[str], *,
     from sqlalchemy.exc import SQLAlchemyError
 
     from ablate.analyses.driver import analyze_study
-    from ablate.data import check_dataset
+    from ablate.data_info import check_dataset
     from ablate.journal import JournalingSink
     from ablate.runner import RunInterrupted
     from ablate.store import DatabaseError, describe_error

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from ablate.artifacts import WEIGHTS, ArtifactStore
-from ablate.data import check_dataset
+from ablate.data_info import check_dataset
 from ablate.expand import get_path
 from ablate.plan import Plan, make_plan
 from ablate.runner import TrialSink, ray_session, run_trials

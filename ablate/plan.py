@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from ablate.analyses.checks import check_analyses
-from ablate.data import dataset_info
+from ablate.data_info import dataset_info
 from ablate.expand import Trial, expand
+from ablate.model_costs import ModelCosts, shared
 from ablate.study import Study, load_study
 from ablate.validate import check_plan, measure_checked
-from ablate.zoo import measure_deployed
 
 
 @dataclass
@@ -54,20 +54,29 @@ def measure(config: dict[str, Any]) -> tuple[int, int]:
         size = int(config["dataset"]["image_size"])
         counts = measure_upernet(model_cfg, classes, chans, (size, 4 * size))
         return counts.params, counts.flops
+    from ablate.zoo import measure_deployed
+
     return measure_deployed(model_cfg, classes, chans, int(config["dataset"]["image_size"]))
 
 
-def make_plan(path: str | Path, profile: str | None = None) -> Plan:
-    """Load, validate and expand a study file, then measure each distinct model once."""
+def make_plan(path: str | Path, profile: str | None = None, known: ModelCosts | None = None) -> Plan:
+    """Load, validate and expand a study file, then measure each distinct model once.
+
+    Models checked and measured before with this code come from ``known`` (default: the cache file of
+    ``ablate.model_costs``), so planning them imports neither torch nor timm; new ones are checked and
+    measured as always, then added to it."""
     study = load_study(path, profile)
     trials = expand(study, path)
-    check_plan(study, [t.config for t in trials], str(path))  # before any compute: names, kwargs, formats
+    known = known if known is not None else shared()
+    check_plan(study, [t.config for t in trials], str(path), known)  # before any compute: names, kwargs, formats
     check_analyses(study, [t.config for t in trials], str(path))
     cache: dict[str, tuple[int, int]] = {}
     planned = []
     for t in trials:
         key = json.dumps([t.config["model"], t.config["dataset"]], sort_keys=True)
         if key not in cache:
-            cache[key] = measure_checked(measure, t.config, str(path))
+            cache[key] = known.model(t.config) or measure_checked(measure, t.config, str(path))
+            known.put_model(t.config, cache[key])
         planned.append(PlannedTrial(t, *cache[key]))
+    known.save()
     return Plan(str(path), study, planned)

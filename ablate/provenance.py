@@ -58,7 +58,7 @@ def environment() -> dict[str, Any]:
 
     env: dict[str, Any] = {
         "host": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
-        "torch": torch.__version__, "torchvision": _version("torchvision"), "timm": _version("timm"),
+        "torch": str(torch.__version__), "torchvision": _version("torchvision"), "timm": _version("timm"),
         "ray": _version("ray"), "numpy": _version("numpy"),
         "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "device_count": torch.cuda.device_count() if torch.cuda.is_available() else 0,

@@ -231,12 +231,12 @@ def migrate(engine: Engine) -> None:
     """Bring the schema to the newest alembic revision (db/versions), safe with any number of
     processes at once: SQLite serializes on BEGIN IMMEDIATE, PostgreSQL on an advisory lock, and
     whoever comes second finds the schema at head and does nothing."""
-    from alembic import command
-
     head = head_revision()
     with engine.connect() as conn:  # read first: a database at head is never written (read-only files)
         if _current_revision(conn) == head:
-            return
+            return  # (nor is alembic imported: a rerun's driver pays nothing for it)
+    from alembic import command
+
     with engine.execution_options(ablate_write=True).begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_LOCK_KEY})  # released at commit

@@ -14,11 +14,14 @@ import difflib
 import signal
 import threading
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from ablate import metrics
 from ablate.study import Study, StudyError
 from ablate.text import format_problem
+
+if TYPE_CHECKING:
+    from ablate.model_costs import ModelCosts
 
 MAX_PARAMS = 10**10  # 10 B parameters: far above the paper's largest model (RepLKNet-XL, 335 M)
 MAX_KWARG = 10**6  # any number in model.kwargs: kernel sizes, depths, widths are far below
@@ -34,7 +37,20 @@ def did_you_mean(name: str, choices: Iterable[str]) -> str:
 
 # -- models ----------------------------------------------------------------------------------------
 def model_name_problem(name: str) -> str | None:
-    """Why timm's registry cannot build ``name`` (``arch`` or ``arch.pretrained_tag``), or None."""
+    """Why timm's registry cannot build ``name`` (``arch`` or ``arch.pretrained_tag``), or None. A name
+    that passed before with this code (``ablate.model_costs``) passes without importing timm."""
+    from ablate.model_costs import shared
+
+    known = shared()
+    if known.passed("name", name):
+        return None
+    problem = _name_problem(name)
+    if problem is None:
+        known.put_passed("name", name)
+    return problem
+
+
+def _name_problem(name: str) -> str | None:
     import timm
     from timm.models import get_pretrained_cfg, split_model_name_tag
 
@@ -159,7 +175,7 @@ def check_model(config: dict[str, Any], file: str, where: str = "") -> None:
     """The trial's model exists in timm's registry and accepts its kwargs (built on the meta device)."""
     import json
 
-    from ablate.data import dataset_info
+    from ablate.data_info import dataset_info
 
     model = config["model"]
     problem = model_name_problem(str(model["name"]))
@@ -343,8 +359,12 @@ def check_table(study: Study, configs: list[dict[str, Any]], file: str) -> None:
 
 
 # -- all -------------------------------------------------------------------------------------------
-def check_plan(study: Study, configs: list[dict[str, Any]], file: str) -> None:
-    """Everything above, over the trials' resolved configs (axes may vary any of these)."""
+def check_plan(study: Study, configs: list[dict[str, Any]], file: str, known: ModelCosts | None = None) -> None:
+    """Everything above, over the trials' resolved configs (axes may vary any of these). ``known``:
+    recipes and models that passed these checks before with this code (``ablate.model_costs``) are
+    not checked again, so a plan of them needs neither torch nor timm; those that pass are added."""
+    from ablate.model_costs import recipe_value
+
     seen: set[str] = set()
     for c in configs:
         key = repr((c["model"], c["dataset"], c["recipe"].get("opt"), c["recipe"].get("sched"),
@@ -352,7 +372,11 @@ def check_plan(study: Study, configs: list[dict[str, Any]], file: str) -> None:
         if key in seen:
             continue
         seen.add(key)
-        check_recipe(c["recipe"], file)
-        check_model(c, file)
+        if known is None or not known.passed("recipe", recipe_value(c["recipe"])):
+            check_recipe(c["recipe"], file)
+            if known is not None:
+                known.put_passed("recipe", recipe_value(c["recipe"]))
+        if known is None or known.model(c) is None:
+            check_model(c, file)
     check_metrics(study, configs, file)
     check_table(study, configs, file)

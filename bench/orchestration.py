@@ -2,7 +2,10 @@
 
 1. ``ablate run`` (the CLI, a fresh SQLite database and artifact store: everything a user pays for);
    way ``head``: the same against a long-lived local Ray (``ablate ray up`` once before, timed apart,
-   ``ablate ray down`` after), as on a workstation where the head stays up between runs;
+   ``ablate ray down`` after), as on a workstation where the head stays up between runs; the study's model is
+   planned once before (``ablate plan``, untimed), so ``ablate run`` finds its checks and counts in the cache
+   (``ablate.model_costs``); way ``cold``: ``ablate run`` with that cache off (``ABLATE_MODEL_COSTS=0``), what
+   the first run of a new model config pays;
 2. ablate's trainer in a plain Python loop (the same trial configs, no Ray, no database, no files);
 3. a bare Ray Tune ``Tuner`` calling the same trainer with Tune's defaults (Ray started as ablate
    starts it: loopback, token auth).
@@ -128,7 +131,8 @@ def main() -> None:
     ap.add_argument("--ways", default="loop,ablate,head,tune")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each way at each N, interleaved; the median counts")
     ap.add_argument("--before", metavar="CHECKOUT",
-                    help="also run `ablate run` from this checkout of an earlier ablate (way 'before')")
+                    help="also run `ablate run` from this checkout of an earlier ablate (way 'before'; with way "
+                         "'head' also on the head: 'before-head')")
     ap.add_argument("--way", help=argparse.SUPPRESS)
     ap.add_argument("study", nargs="?", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -139,7 +143,9 @@ def main() -> None:
     # OpenMP threads that spin while waiting cost a shared machine dearly; the same for all ways
     env = dict(os.environ, BENCH_THREADS=str(cpus), OMP_WAIT_POLICY="PASSIVE",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    ways = args.ways.split(",") + (["before"] if args.before else [])
+    ways = args.ways.split(",")
+    if args.before:  # the earlier checkout's `ablate run`, with its own Ray and, if `head` runs, on the head
+        ways += ["before"] + (["before-head"] if "head" in ways else [])
     times: dict[str, dict[int, float]] = {w: {} for w in ways}  # the median of each way's runs at each N
     runs: dict[str, dict[int, list[float]]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-orch-") as tmp, contextlib.ExitStack() as stack:
@@ -155,24 +161,34 @@ def main() -> None:
             up = timed(cli + ["up"], head_env)
             stack.callback(timed, cli + ["down"], head_env)
             print(f"`ablate ray up` (once, not in any way's time) {up:.1f} s", flush=True)
+        # the study's model planned once (`ablate plan`, not in any way's time): its checks and counts are then in
+        # the state folder's cache (ablate.model_costs), as for any run after a plan or a first run; way `cold`
+        # turns the cache off, as the first run of a model config pays
+        if any(w in ways for w in ("ablate", "head")):
+            first = study_file(d, args.n[0], args.epochs, cpus, data)
+            for state_env in (env, head_env):
+                planned = timed([sys.executable, "-m", "ablate.cli", "plan", str(first)], state_env)
+            print(f"`ablate plan` (once per state folder, not in any way's time) {planned:.1f} s", flush=True)
         for rep, n in ((r, n) for r in range(args.repeat) for n in args.n):  # interleaved: the same load for all
             study = study_file(d, n, args.epochs, cpus, data)
             for way in ways:
                 run_env, cwd = env, ROOT
-                if way in ("ablate", "before", "head"):
+                if way == "cold":
+                    run_env = dict(env, ABLATE_MODEL_COSTS="0")
+                if way in ("ablate", "before", "head", "cold", "before-head"):
                     cmd = [sys.executable, "-m", "ablate.cli", "run", str(study), "--db",
                            f"sqlite:///{d}/{n}{way}{rep}.db", "--artifacts", str(d / f"art{n}{way}{rep}")]
-                    if way == "before":
-                        cwd = Path(args.before).resolve()  # `python -m` imports from the working directory first
-                        run_env = dict(env, PYTHONPATH=str(cwd))
-                    if way == "head":
+                    if way in ("head", "before-head"):
                         run_env = head_env
+                    if way.startswith("before"):
+                        cwd = Path(args.before).resolve()  # `python -m` imports from the working directory first
+                        run_env = dict(run_env, PYTHONPATH=str(cwd))
                 else:
                     cmd = [sys.executable, __file__, "--way", way, str(study)]
-                t = timed(cmd, run_env, cwd, "running on the local Ray head" if way == "head" else "")
+                t = timed(cmd, run_env, cwd, "running on the local Ray head" if way.endswith("head") else "")
                 runs.setdefault(way, {}).setdefault(n, []).append(t)
                 times[way][n] = statistics.median(runs[way][n])
-                print(f"N={n:3d} {way:7s} {t:7.1f} s", flush=True)
+                print(f"N={n:3d} {way:11s} {t:7.1f} s", flush=True)
     print(f"\n{platform.machine()}, {cpus} cores, {args.epochs} epochs per trial; seconds"
           + (f" (median of {args.repeat})" if args.repeat > 1 else ""))
     fitted = " | per trial | fixed | per trial beyond loop | fixed beyond loop" if len(args.n) == 2 else ""
@@ -195,6 +211,11 @@ def main() -> None:
             print(f"{w} / ablate: median of medians {times[w][n] / times['ablate'][n]:.2f}; run by run: ratio "
                   f"{statistics.median(a / b for a, b in pairs):.2f}, difference "
                   f"{statistics.median(a - b for a, b in pairs):+.1f} s (median of {len(pairs)})")
+    if len(args.n) == 1 and "loop" in times:  # one N: beyond the loop, run by run (the fixed cost, at N = 1)
+        n = args.n[0]
+        for w in (w for w in ways if w != "loop"):
+            print(f"{w} beyond the loop: {statistics.median(a - b for a, b in zip(runs[w][n], runs['loop'][n])):+.1f} s "
+                  f"(median of {len(runs[w][n])} run-by-run differences)")
     print(json.dumps(result))
 
 

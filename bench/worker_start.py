@@ -91,6 +91,9 @@ def run(d: Path, study: Path) -> None:
     from ablate.orchestrate import run_study
     from ablate.store import Store
 
+    from ablate.plan import make_plan
+
+    make_plan(study)  # as `ablate plan` before the run: the run finds the model's checks and counts cached
     store = Store(f"sqlite:///{d / 'r.db'}")
     sink = TimedSink(JournalingSink(store))
     t_call = time.time()

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from ablate import _local_head
+from ablate import _local_head, model_costs
+from ablate.plan import make_plan
 from ablate.store import COMPLETED, Store
 from conftest import kill_session, make_image_folder, session_pids, tiny_study, write_study
 from test_cluster import _is_loopback_hex, _listening_ports
@@ -25,9 +26,15 @@ ROOT = Path(__file__).resolve().parent.parent
 JOINED = "running on the local Ray head at"
 
 
-def _cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ablate.cli", *args], env=env, cwd=ROOT, capture_output=True,
+def _cli(args: list[str], env: dict[str, str], timeout: float = 300, flags: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *flags, "-m", "ablate.cli", *args], env=env, cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def _imported(importtime: str, packages: tuple[str, ...]) -> list[str]:
+    """The modules of ``packages`` in a ``-X importtime`` log."""
+    names = (line.rsplit("|", 1)[-1].strip() for line in importtime.splitlines() if line.startswith("import time:"))
+    return sorted({n for n in names if n.split(".")[0] in packages})
 
 
 def _live(sid: int) -> list[int]:
@@ -40,7 +47,7 @@ def _live(sid: int) -> list[int]:
     return [p for p in session_pids(sid) if running(p)]
 
 
-def test_head_up_runs_join_it_status_and_down(tmp_path: Path) -> None:
+def test_head_up_runs_join_it_status_and_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     state = tmp_path / "state"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(ABLATE_STATE_DIR=str(state), PYTHONPATH=str(ROOT), ABLATE_ARTIFACTS=str(tmp_path / "art"))
@@ -60,8 +67,15 @@ def test_head_up_runs_join_it_status_and_down(tmp_path: Path) -> None:
                            "kwargs": {"width_mult": 0.1, "kernel_size": 3}})
         f = write_study(tmp_path / "s.yaml", study)
         db = f"sqlite:///{tmp_path / 'r.db'}"
-        run = _cli(["run", str(f), "--db", db], env)
+        # the study's model was planned before (its checks and counts are in the state folder's cache), so
+        # the driver imports neither torch, timm nor torchvision: only the trial's worker does
+        monkeypatch.setenv("ABLATE_STATE_DIR", str(state))
+        monkeypatch.setattr(model_costs, "_SHARED", {})
+        make_plan(f)
+        run = _cli(["run", str(f), "--db", db], env, flags=("-X", "importtime"))
         assert run.returncode == 0, run.stderr[-3000:]
+        assert _imported(run.stderr, ("torch", "timm", "torchvision")) == []
+        assert _imported(run.stderr, ("ray",))  # (the log is the driver's)
         assert f"{JOINED} {head['address']}" in run.stderr, run.stderr[-2000:]
         assert [t.status for t in Store(db).load("headrun").trials] == [COMPLETED]
         assert _local_head.process_alive(_local_head.Head(**head))  # the run left the head up for the next
