@@ -62,6 +62,8 @@ class TrialRecord:
     error_kind: str | None = None
     past_attempts: list[dict[str, Any]] = field(default_factory=list)  # replaced by rerun, oldest first
     profile: str | None = None  # the profile that registered it ("": the base; None: unknown)
+    # arm_key(params) where the reader computed it once per arm (light summaries); None: compute it
+    _arm: str | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(slots=True)

@@ -29,7 +29,7 @@ def load_study(store: Reader, name: str) -> StudyRecord:
     for t in summaries:
         rec = TrialRecord(t.trial_id, t.params, configs.get(t.trial_id, {}), t.seed, t.status, t.n_params, t.flops,
                           t.error, t.started_at, t.ended_at, provenance=t.provenance, attempts=t.attempts,
-                          error_kind=t.error_kind, profile=t.profile)
+                          error_kind=t.error_kind, profile=t.profile, _arm=t.arm)
         rec.final = {m: v for m, (_, v) in finals.get(t.trial_id, {}).items()}
         trials.append(rec)
     # a table arm whose first trial is not its arm's first (another profile or seed first): read when built

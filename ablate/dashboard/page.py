@@ -101,11 +101,12 @@ def curve_ids(view: StudyView) -> list[str]:
     return [t.trial_id for a in curve_arms(view) for t in a.arm.trials]
 
 
-def table_json(record: StudyRecord) -> dict[str, Any]:
-    """The study's table (the same as ``ablate table``), as plain cells the page renders."""
+def table_json(view: StudyView) -> dict[str, Any]:
+    """The study's table (the same as ``ablate table``), as plain cells the page renders, from the
+    arms the view already grouped."""
     from ablate.tables import build_table
 
-    t = build_table(record)
+    t = build_table(view.record, raw=False, arms=view.table_arms)
     return {"title": strip_controls(t.title), "headers": [strip_controls(h) for h in t.headers], "groups": t.groups,
             "rows": [[strip_controls(c) for c in r] for r in t.rows],
             "bold": [[i, j] for i, r in enumerate(t.bold) for j, b in enumerate(r) if b],
@@ -137,7 +138,7 @@ def study_blob(view: StudyView, history: dict[str, dict[str, list[tuple[int, flo
         "name": view.name, "description": strip_controls(view.record.description or ""),
         "metric": view.metric, "metricLabel": pretty(view.metric), "mode": view.mode,
         "counts": {s: counts.get(s, 0) for s in list(STATUSES) + sorted(set(counts) - set(STATUSES))},
-        "figs": _clean(figs), "table": table_json(view.record), "analysisTables": _clean(tables),
+        "figs": _clean(figs), "table": table_json(view), "analysisTables": _clean(tables),
         "arms": [a.label for a in view.arms + view.extra], "baseline": view.baseline.index if view.baseline else None,
         "curveArms": [a.index for a in curves],
         "trials": trials_json(view), "details": _clean(details or {}),
