@@ -533,6 +533,8 @@ class Reader:
                                                      line, provenance, profile; no metric rows
       table_trials(study, metrics) -> list[TableTrial]  what a table reads of every trial (no config:
                                                      the table asks ``configs`` for its arms')
+      light_trials(study) -> list[TrialRecord]       what the dashboard reads of every trial: the light
+                                                     summary and every final value, no config
       configs(study, trial_ids) -> {trial_id: config}  full configs of some trials (one query)
       final_values(study, metrics=None, trial_ids=None) -> {trial_id: {metric: (epoch, value)}}
                                                      each metric's row at the trial's last epoch
@@ -684,6 +686,38 @@ class Reader:
                     final = {n: v for n, v in zip(names, r[10:]) if v is not None}
                 append(TableTrial(r[0], arm[0], arm[1], r[1], r[2], r[3], r[4], r[5], r[6], final, code, {}))
             del rows
+        return out
+
+    def light_trials(self, study: str) -> list[TrialRecord]:
+        """Every trial of ``study`` in insertion order as the dashboard reads it, in two queries and
+        one pass: what ``trial_summaries(light=True)`` reads (no config, error, times or attempts; of
+        the provenance only its code fields; the arm key computed once per arm, kept on the record)
+        and the final value of every metric the study has, in name order, by primary key from
+        ``trial_finals`` (one correlated lookup per metric, as ``table_trials``): no summary records
+        and no per-trial dict of final values keyed by trial id in between."""
+        d = self.dialect
+        with paused_gc(), self._sql.snapshot() as q:
+            sid = self._study_id(q, study)
+            names = sorted(r[0] for r in q("SELECT DISTINCT name FROM trial_finals WHERE trial_pk IN "
+                                           "(SELECT pk FROM trials WHERE study_id = :sid)", {"sid": sid}))
+            cols = (f"trial_id, params, seed, status, n_params, flops, error_kind, profile, {_code_json(d)}, "
+                    f"{_arm_text(d)}, " + ("json_extract(params, '$.seed')" if d == "sqlite" else "NULL")
+                    + "".join(f", (SELECT value FROM trial_finals WHERE trial_pk = trials.pk AND name = :m{i})"
+                              for i in range(len(names))))
+            rows = q(f"SELECT {cols} FROM trials WHERE study_id = :sid ORDER BY pk",
+                     {"sid": sid, **{f"m{i}": n for i, n in enumerate(names)}})
+            arms: dict[Any, tuple[dict[str, Any] | None, str]] = {}
+            codes: dict[Any, dict[str, Any]] = {}
+            out: list[TrialRecord] = []
+            append = out.append
+            for r in rows:
+                code = codes.get(r[8])  # most trials share their code: one dict built per kind
+                if code is None:
+                    code = codes[r[8]] = _code_fields(r[8])
+                p, arm = _light_params(r[1], r[9], r[10], arms)
+                final = {n: v for n, v in zip(names, r[11:]) if v is not None}
+                append(TrialRecord(r[0], p, {}, r[2], r[3], r[4], r[5], None, None, None, final, {}, dict(code), 0,
+                                   r[6], [], r[7], arm))
         return out
 
     def configs(self, study: str, trial_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
