@@ -208,6 +208,7 @@ def significant(p_adjusted: "np.ndarray", alpha: float = ALPHA) -> "np.ndarray":
 
 
 _RECENT: dict[Any, list[Paired]] = {}  # the last comparisons made, by their inputs (see below)
+RECENT_COMPARISONS = 64  # a dashboard builds every study's view before their tables
 
 
 def compare_with_baseline(baseline: Mapping[int, float], arms: Sequence[Mapping[int, float]],
@@ -222,8 +223,8 @@ def compare_with_baseline(baseline: Mapping[int, float], arms: Sequence[Mapping[
     done = _RECENT.get(key)
     if done is None:
         done = _compare(baseline, arms, alpha)
-        if len(_RECENT) >= 4:
-            _RECENT.clear()
+        if len(_RECENT) >= RECENT_COMPARISONS:  # the oldest goes (dicts keep insertion order)
+            _RECENT.pop(next(iter(_RECENT)), None)
         _RECENT[key] = done
     return list(done)
 
