@@ -224,6 +224,12 @@ def export(store: Reader, path: str | Path, fmt: str | None = None, *, studies: 
     fmt = resolve_format(path, fmt)
     names = None if studies is None else list(studies)
     ids = None if trial_ids is None else list(trial_ids)
+    with store.kept():  # a read per chunk: one connection
+        return _export(store, path, fmt, names, ids, final, chunk)
+
+
+def _export(store: Reader, path: Path, fmt: str, names: list[str] | None, ids: list[str] | None, final: bool,
+            chunk: int) -> int:
     params = _param_types(store, names, ids)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")  # a failed export leaves no half-written file under the name

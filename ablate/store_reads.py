@@ -306,10 +306,11 @@ Query = Callable[..., list[Any]]  # q(sql, params) -> rows (tuples)
 class _SqliteSQL:
     """SQL text on an SQLite file through the standard library: one read transaction per snapshot,
     on a connection of the calling thread (safe from any thread: the served dashboard answers
-    requests on several). A thread's connection is kept for its next snapshot: opening one (and
-    SQLite reading the schema again on its first query) cost more than the queries of a
-    10,000-trial dashboard's ~80 small reads. It is closed by ``close``, or when the thread or the
-    reader goes away (SQLite then removes its ``-wal``/``-shm`` files)."""
+    requests on several). Inside ``kept()`` a thread's connection is kept for its next snapshot:
+    opening one (and SQLite reading the schema again on its first query) cost more than the
+    queries of a 10,000-trial dashboard's ~80 small reads. Outside, each snapshot closes its
+    connection, so that nothing holds the file between reads (SQLite then removes its
+    ``-wal``/``-shm`` files, and a database file replaced at the path is not shadowed by a stale WAL)."""
 
     dialect = "sqlite"
 
@@ -317,7 +318,8 @@ class _SqliteSQL:
         import threading
 
         self.url = url
-        self._idle = threading.local()  # .con: this thread's connection between snapshots
+        self.path = path
+        self._idle = threading.local()  # .con, .ident, .depth: this thread's kept connection, its file, kept()s
         if not os.access(path.parent, os.W_OK) and not Path(f"{path}-wal").exists():
             # a folder nobody can write: no process can be writing the file, and SQLite could not
             # create the -shm file it needs to read a WAL database, so read it as immutable
@@ -325,26 +327,39 @@ class _SqliteSQL:
         else:
             self.uri = f"file:{path}?mode=rw"  # never creates the file; query_only refuses writes
 
-    def _connect(self) -> Any:
+    def _connect(self) -> tuple[Any, tuple[int, int] | None]:
+        """(a connection, the identity of the file it opened): this thread's kept one if the file at
+        the path is still the one it opened, else a new one."""
         import sqlite3
 
         con = getattr(self._idle, "con", None)
         if con is not None:  # taken: a snapshot opened inside this one gets a connection of its own
             self._idle.con = None
-            return con
+            ident = self._ident()
+            if ident is not None and self._idle.ident == ident:
+                return con, ident
+            con.close()  # the file was replaced (or removed) since: read the one at the path now
+        ident = self._ident()  # before connecting: a file replaced in between is seen at the next read
         try:
             con = sqlite3.connect(self.uri, uri=True, timeout=SQLITE_BUSY_MS / 1000, isolation_level=None,
                                   check_same_thread=False)
             con.execute("PRAGMA query_only=1")
         except sqlite3.Error as e:
             raise DatabaseError(describe_error(e, self.url)) from None
-        return con
+        return con, ident
+
+    def _ident(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
 
     @contextmanager
     def snapshot(self) -> Iterator[Query]:
         import sqlite3
 
-        con = self._connect()
+        con, ident = self._connect()
         ok = False
         try:
             con.execute("BEGIN")  # every query of one read sees the same snapshot
@@ -361,13 +376,24 @@ class _SqliteSQL:
         except sqlite3.Error as e:
             raise DatabaseError(describe_error(e, self.url)) from None
         finally:
-            if ok and getattr(self._idle, "con", None) is None:
-                self._idle.con = con
+            if ok and getattr(self._idle, "depth", 0) and getattr(self._idle, "con", None) is None:
+                self._idle.con, self._idle.ident = con, ident
             else:
                 con.close()  # ends the read transaction
 
+    @contextmanager
+    def kept(self) -> Iterator[None]:
+        """Keep this thread's connection between the snapshots of the block (see the class doc)."""
+        self._idle.depth = getattr(self._idle, "depth", 0) + 1
+        try:
+            yield
+        finally:
+            self._idle.depth -= 1
+            if not self._idle.depth:
+                self.close()
+
     def close(self) -> None:
-        """Close this thread's kept connection (others close with their threads)."""
+        """Close this thread's kept connection."""
         con = getattr(self._idle, "con", None)
         self._idle.con = None
         if con is not None:
@@ -565,10 +591,18 @@ class Reader:
         self._sql = sql
 
     def close(self) -> None:
-        """Close the connection kept between reads (SQLite files: see ``_SqliteSQL``)."""
-        close = getattr(self._sql, "close", None)
-        if close is not None:
-            close()
+        """Nothing is held between reads (outside ``kept``)."""
+
+    @contextmanager
+    def kept(self) -> Iterator[None]:
+        """Many reads in a row (a dashboard, an export): on an SQLite file this thread's connection
+        is kept between them, each still its own read transaction; elsewhere the engine's pool does it."""
+        kept = getattr(self._sql, "kept", None)
+        if kept is None:
+            yield
+            return
+        with kept():
+            yield
 
     @property
     def dialect(self) -> str:

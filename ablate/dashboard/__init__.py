@@ -47,7 +47,7 @@ def build(store: Reader, *, names: Iterable[str] | None = None, refresh: int = 0
     """(the page, each study's view by name) of ``store``'s studies (all, or ``names``). The cyclic
     garbage collector is paused meanwhile (``store_reads.paused_gc``): the build makes ~10^5 objects
     per 10^4 trials and no cycles, and each collection walked them all (a quarter of the build)."""
-    with paused_gc():
+    with paused_gc(), store.kept():  # ~8 reads a study: one connection
         return _build(store, names, refresh, served, artifacts)
 
 
