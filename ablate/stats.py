@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from ablate import tdist
 
@@ -207,10 +207,29 @@ def significant(p_adjusted: "np.ndarray", alpha: float = ALPHA) -> "np.ndarray":
     return np.asarray(p_adjusted) <= alpha
 
 
+_RECENT: dict[Any, list[Paired]] = {}  # the last comparisons made, by their inputs (see below)
+RECENT_COMPARISONS = 64  # a dashboard builds every study's view before their tables
+
+
 def compare_with_baseline(baseline: Mapping[int, float], arms: Sequence[Mapping[int, float]],
                           alpha: float = ALPHA) -> list[Paired]:
     """Compare every arm (each {seed: value}) with ``baseline``, pairing by seed; the arms with
-    at least ``MIN_PAIRS`` pairs are tested and Holm-adjusted together (see the module doc)."""
+    at least ``MIN_PAIRS`` pairs are tested and Holm-adjusted together (see the module doc).
+
+    The last few results are kept by their inputs: the dashboard's view of a study and its table
+    compare the same arms with the same baseline, and at 10^4 trials the tests are a tenth of the
+    page's build. (The results are immutable; a copy of the list is returned.)"""
+    key = (alpha, tuple(baseline.items()), tuple([tuple(a.items()) for a in arms]))
+    done = _RECENT.get(key)
+    if done is None:
+        done = _compare(baseline, arms, alpha)
+        if len(_RECENT) >= RECENT_COMPARISONS:  # the oldest goes (dicts keep insertion order)
+            _RECENT.pop(next(iter(_RECENT)), None)
+        _RECENT[key] = done
+    return list(done)
+
+
+def _compare(baseline: Mapping[int, float], arms: Sequence[Mapping[int, float]], alpha: float) -> list[Paired]:
     paired = [pair_by_seed(baseline, arm) for arm in arms]
     tests = {i: paired_t(pairs, alpha) for i, pairs in enumerate(paired) if len(pairs) >= MIN_PAIRS}
     adjusted = holm_adjust([tests[i][2] if i in tests else math.nan for i in range(len(arms))])

@@ -62,6 +62,8 @@ class TrialRecord:
     error_kind: str | None = None
     past_attempts: list[dict[str, Any]] = field(default_factory=list)  # replaced by rerun, oldest first
     profile: str | None = None  # the profile that registered it ("": the base; None: unknown)
+    # arm_key(params) where the reader computed it once per arm (light summaries); None: compute it
+    _arm: str | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(slots=True)
@@ -302,13 +304,22 @@ Query = Callable[..., list[Any]]  # q(sql, params) -> rows (tuples)
 
 
 class _SqliteSQL:
-    """SQL text on an SQLite file through the standard library: one connection per snapshot (safe
-    from any thread: the served dashboard answers requests on several), one read transaction each."""
+    """SQL text on an SQLite file through the standard library: one read transaction per snapshot,
+    on a connection of the calling thread (safe from any thread: the served dashboard answers
+    requests on several). Inside ``kept()`` a thread's connection is kept for its next snapshot:
+    opening one (and SQLite reading the schema again on its first query) cost more than the
+    queries of a 10,000-trial dashboard's ~80 small reads. Outside, each snapshot closes its
+    connection, so that nothing holds the file between reads (SQLite then removes its
+    ``-wal``/``-shm`` files, and a database file replaced at the path is not shadowed by a stale WAL)."""
 
     dialect = "sqlite"
 
     def __init__(self, path: Path, url: str):
+        import threading
+
         self.url = url
+        self.path = path
+        self._idle = threading.local()  # .con, .ident, .depth: this thread's kept connection, its file, kept()s
         if not os.access(path.parent, os.W_OK) and not Path(f"{path}-wal").exists():
             # a folder nobody can write: no process can be writing the file, and SQLite could not
             # create the -shm file it needs to read a WAL database, so read it as immutable
@@ -316,17 +327,41 @@ class _SqliteSQL:
         else:
             self.uri = f"file:{path}?mode=rw"  # never creates the file; query_only refuses writes
 
+    def _connect(self) -> tuple[Any, tuple[int, int] | None]:
+        """(a connection, the identity of the file it opened): this thread's kept one if the file at
+        the path is still the one it opened, else a new one."""
+        import sqlite3
+
+        con = getattr(self._idle, "con", None)
+        if con is not None:  # taken: a snapshot opened inside this one gets a connection of its own
+            self._idle.con = None
+            ident = self._ident()
+            if ident is not None and self._idle.ident == ident:
+                return con, ident
+            con.close()  # the file was replaced (or removed) since: read the one at the path now
+        ident = self._ident()  # before connecting: a file replaced in between is seen at the next read
+        try:
+            con = sqlite3.connect(self.uri, uri=True, timeout=SQLITE_BUSY_MS / 1000, isolation_level=None,
+                                  check_same_thread=False)
+            con.execute("PRAGMA query_only=1")
+        except sqlite3.Error as e:
+            raise DatabaseError(describe_error(e, self.url)) from None
+        return con, ident
+
+    def _ident(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
     @contextmanager
     def snapshot(self) -> Iterator[Query]:
         import sqlite3
 
+        con, ident = self._connect()
+        ok = False
         try:
-            con = sqlite3.connect(self.uri, uri=True, timeout=SQLITE_BUSY_MS / 1000, isolation_level=None,
-                                  check_same_thread=False)
-        except sqlite3.Error as e:
-            raise DatabaseError(describe_error(e, self.url)) from None
-        try:
-            con.execute("PRAGMA query_only=1")
             con.execute("BEGIN")  # every query of one read sees the same snapshot
 
             def q(sql: str, params: dict[str, Any] | None = None) -> list[Any]:
@@ -336,8 +371,33 @@ class _SqliteSQL:
                 yield q
             except sqlite3.Error as e:
                 raise DatabaseError(describe_error(e, self.url)) from None
+            con.execute("COMMIT")  # ends the read transaction: the next snapshot sees newer writes
+            ok = True
+        except sqlite3.Error as e:
+            raise DatabaseError(describe_error(e, self.url)) from None
         finally:
-            con.close()  # ends the read transaction
+            if ok and getattr(self._idle, "depth", 0) and getattr(self._idle, "con", None) is None:
+                self._idle.con, self._idle.ident = con, ident
+            else:
+                con.close()  # ends the read transaction
+
+    @contextmanager
+    def kept(self) -> Iterator[None]:
+        """Keep this thread's connection between the snapshots of the block (see the class doc)."""
+        self._idle.depth = getattr(self._idle, "depth", 0) + 1
+        try:
+            yield
+        finally:
+            self._idle.depth -= 1
+            if not self._idle.depth:
+                self.close()
+
+    def close(self) -> None:
+        """Close this thread's kept connection."""
+        con = getattr(self._idle, "con", None)
+        self._idle.con = None
+        if con is not None:
+            con.close()
 
 
 class _EngineSQL:
@@ -499,6 +559,8 @@ class Reader:
                                                      line, provenance, profile; no metric rows
       table_trials(study, metrics) -> list[TableTrial]  what a table reads of every trial (no config:
                                                      the table asks ``configs`` for its arms')
+      light_trials(study) -> list[TrialRecord]       what the dashboard reads of every trial: the light
+                                                     summary and every final value, no config
       configs(study, trial_ids) -> {trial_id: config}  full configs of some trials (one query)
       final_values(study, metrics=None, trial_ids=None) -> {trial_id: {metric: (epoch, value)}}
                                                      each metric's row at the trial's last epoch
@@ -508,7 +570,10 @@ class Reader:
                                                      per-epoch rows, only for the trials asked
       last_epochs(study) -> {trial_id: last epoch stored}
       iter_trial_chunks(studies=None, trial_ids=None, *, metrics="all"|"final"|"none",
-                        chunk=1000) -> Iterator[(study, [TrialRecord])]   bounded memory, for export
+                        chunk=1000) -> Iterator[(study, [TrialRecord])]   bounded memory
+      export_chunks(studies=None, trial_ids=None, *, final=False, chunk=1000)
+                        -> Iterator[(study, trial rows, metric rows)]   the same as plain rows, for export
+      distinct_params(studies=None, trial_ids=None) -> [params without the seed]   one per arm
       studies(), find_trial(id or prefix), load(study), load_many(), trial_errors(study, ids),
       trial_states(study), results_version(), counts(), attempt_count()
 
@@ -526,7 +591,18 @@ class Reader:
         self._sql = sql
 
     def close(self) -> None:
-        """Nothing is held between reads (one connection per read)."""
+        """Nothing is held between reads (outside ``kept``)."""
+
+    @contextmanager
+    def kept(self) -> Iterator[None]:
+        """Many reads in a row (a dashboard, an export): on an SQLite file this thread's connection
+        is kept between them, each still its own read transaction; elsewhere the engine's pool does it."""
+        kept = getattr(self._sql, "kept", None)
+        if kept is None:
+            yield
+            return
+        with kept():
+            yield
 
     @property
     def dialect(self) -> str:
@@ -644,6 +720,38 @@ class Reader:
                     final = {n: v for n, v in zip(names, r[10:]) if v is not None}
                 append(TableTrial(r[0], arm[0], arm[1], r[1], r[2], r[3], r[4], r[5], r[6], final, code, {}))
             del rows
+        return out
+
+    def light_trials(self, study: str) -> list[TrialRecord]:
+        """Every trial of ``study`` in insertion order as the dashboard reads it, in two queries and
+        one pass: what ``trial_summaries(light=True)`` reads (no config, error, times or attempts; of
+        the provenance only its code fields; the arm key computed once per arm, kept on the record)
+        and the final value of every metric the study has, in name order, by primary key from
+        ``trial_finals`` (one correlated lookup per metric, as ``table_trials``): no summary records
+        and no per-trial dict of final values keyed by trial id in between."""
+        d = self.dialect
+        with paused_gc(), self._sql.snapshot() as q:
+            sid = self._study_id(q, study)
+            names = sorted(r[0] for r in q("SELECT DISTINCT name FROM trial_finals WHERE trial_pk IN "
+                                           "(SELECT pk FROM trials WHERE study_id = :sid)", {"sid": sid}))
+            cols = (f"trial_id, params, seed, status, n_params, flops, error_kind, profile, {_code_json(d)}, "
+                    f"{_arm_text(d)}, " + ("json_extract(params, '$.seed')" if d == "sqlite" else "NULL")
+                    + "".join(f", (SELECT value FROM trial_finals WHERE trial_pk = trials.pk AND name = :m{i})"
+                              for i in range(len(names))))
+            rows = q(f"SELECT {cols} FROM trials WHERE study_id = :sid ORDER BY pk",
+                     {"sid": sid, **{f"m{i}": n for i, n in enumerate(names)}})
+            arms: dict[Any, tuple[dict[str, Any] | None, str]] = {}
+            codes: dict[Any, dict[str, Any]] = {}
+            out: list[TrialRecord] = []
+            append = out.append
+            for r in rows:
+                code = codes.get(r[8])  # most trials share their code: one dict built per kind
+                if code is None:
+                    code = codes[r[8]] = _code_fields(r[8])
+                p, arm = _light_params(r[1], r[9], r[10], arms)
+                final = {n: v for n, v in zip(names, r[11:]) if v is not None}
+                append(TrialRecord(r[0], p, {}, r[2], r[3], r[4], r[5], None, None, None, final, {}, dict(code), 0,
+                                   r[6], [], r[7], arm))
         return out
 
     def configs(self, study: str, trial_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -795,15 +903,7 @@ class Reader:
         ids = None if trial_ids is None else sorted(set(trial_ids))
         split = (f"{_arm_text(self.dialect)}, " +  # params parsed once per arm of a chunk (``_light_params``)
                  ("json_extract(params, '$.seed')" if self.dialect == "sqlite" else "NULL"))
-        with self._sql.snapshot() as q:
-            found = [(sid, name) for sid, name in q("SELECT id, name FROM studies ORDER BY name")]
-        if studies is not None:
-            wanted = list(dict.fromkeys(studies))
-            known = {name: sid for sid, name in found}
-            missing = [n for n in wanted if n not in known]
-            if missing:
-                raise KeyError(missing[0])
-            found = [(known[n], n) for n in wanted]
+        found = self._studies_named(studies)
         for sid, name in found:
             for where, params in _id_chunks(ids):
                 last = -1
@@ -834,6 +934,79 @@ class Reader:
                                 rec.history[metric] = [(epoch, value)]
                                 rec.final[metric] = value
                     yield name, list(by_pk.values())
+                    if len(rows) < chunk:
+                        break
+
+    def _studies_named(self, studies: Iterable[str] | None) -> list[tuple[int, str]]:
+        """(id, name) of ``studies`` in the order given (all, by name, when None); KeyError for the
+        first name the database does not hold."""
+        with self._sql.snapshot() as q:
+            found = [(sid, name) for sid, name in q("SELECT id, name FROM studies ORDER BY name")]
+        if studies is None:
+            return found
+        known = {name: sid for sid, name in found}
+        wanted = list(dict.fromkeys(studies))
+        missing = [n for n in wanted if n not in known]
+        if missing:
+            raise KeyError(missing[0])
+        return [(known[n], n) for n in wanted]
+
+    def distinct_params(self, studies: Iterable[str] | None = None,
+                        trial_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """Each distinct set of axis values (the params without the seed) of the trials of
+        ``studies`` (all when None), optionally only ``trial_ids``: what an export's columns and
+        their types are made of, in one query that parses one JSON text per arm instead of one per
+        trial (on SQLite the database removes the seed; elsewhere the params' text is parsed per
+        distinct text). KeyError for a study the database does not hold."""
+        sids = [sid for sid, _ in self._studies_named(studies)]
+        ids = None if trial_ids is None else sorted(set(trial_ids))
+        col = _arm_text(self.dialect) if self.dialect == "sqlite" else "CAST(params AS text)"
+        texts: set[Any] = set()
+        with self._sql.snapshot() as q:
+            where, param = _in_list(self.dialect, "study_id", "sids", sids)
+            for id_sql, params in _id_chunks(ids):
+                texts.update(r[0] for r in q(f"SELECT DISTINCT {col} FROM trials WHERE {where}{id_sql}",
+                                             {**param, **params}))
+        out = []
+        for text in texts:
+            p = _json(text)
+            out.append({k: v for k, v in p.items() if k != "seed"})
+        return out
+
+    def export_chunks(self, studies: Iterable[str] | None = None, trial_ids: Iterable[str] | None = None, *,
+                      final: bool = False, chunk: int = 1000) -> Iterator[tuple[str, list[tuple], list[tuple]]]:
+        """What ``ablate export`` writes, ``chunk`` trials at a time as plain rows (no records: at
+        10^4 trials the export's Python objects cost more than its SQL): (study, trials, points) with
+        trials (pk, trial_id, params, seed, status, n_params, flops, error, started_at, ended_at) in
+        insertion order and points (trial pk, epoch, metric, value) ordered by trial, metric and
+        epoch, every epoch or (``final``) only each metric's last, and (pk, None, None, None) for a
+        trial without metric rows. Keyset pagination on the trial's key, as ``iter_trial_chunks``:
+        memory is the chunk's. KeyError for a study the database does not hold."""
+        found = self._studies_named(studies)
+        ids = None if trial_ids is None else sorted(set(trial_ids))
+        split = (f"{_arm_text(self.dialect)}, " +  # params parsed once per arm of a chunk (``_light_params``)
+                 ("json_extract(params, '$.seed')" if self.dialect == "sqlite" else "NULL"))
+        source = ("LEFT JOIN trial_finals m ON m.trial_pk = t.pk" if final else
+                  "LEFT JOIN metrics m ON m.trial_pk = t.pk")
+        for sid, name in found:
+            for where, params in _id_chunks(ids):
+                last = -1
+                while True:
+                    with self._sql.snapshot() as q:
+                        rows = q("SELECT pk, trial_id, params, seed, status, n_params, flops, error, started_at, "
+                                 f"ended_at, {split} FROM trials WHERE study_id = :sid AND pk > :last{where} "
+                                 "ORDER BY pk LIMIT :chunk", {"sid": sid, "last": last, "chunk": chunk, **params})
+                        if not rows:
+                            break
+                        span = {"sid": sid, "last": last, "hi": rows[-1][0], **params}
+                        last = rows[-1][0]
+                        points = q(f"SELECT t.pk, m.epoch, m.name, m.value FROM trials t {source} "
+                                   f"WHERE t.study_id = :sid AND t.pk > :last AND t.pk <= :hi"
+                                   f"{where.replace('trial_id', 't.trial_id')} ORDER BY t.pk, m.name, m.epoch", span)
+                    arms: dict[Any, Any] = {}  # per chunk: memory stays bounded by the chunk
+                    trials = [(r[0], r[1], _light_params(r[2], r[10], r[11], arms)[0], r[3], r[4], r[5], r[6], r[7],
+                               _time(r[8]), _time(r[9])) for r in rows]
+                    yield name, trials, points
                     if len(rows) < chunk:
                         break
 

@@ -185,9 +185,10 @@ def table_arms(record: StudyRecord, all_arms: bool = False) -> list[Arm]:
 def _arm_keys(trials: list[Any]) -> list[str]:
     """Each trial's arm key (``_arm_of``), in one pass where the records carry theirs."""
     try:
-        return [t._arm for t in trials]
+        keys = [t._arm for t in trials]
     except AttributeError:
         return [_arm_of(t) for t in trials]
+    return keys if None not in keys else [_arm_of(t) for t in trials]
 
 
 def _arm_params(t: Any) -> dict[str, Any]:
@@ -436,19 +437,23 @@ def _config_value(arm: Arm, src: str) -> Any:
         return None
 
 
-def build_table(record: StudyRecord, alpha: float = ALPHA, *, all_arms: bool = False, raw: bool = True) -> TableData:
+def build_table(record: StudyRecord, alpha: float = ALPHA, *, all_arms: bool = False, raw: bool = True,
+                arms: list[Arm] | None = None) -> TableData:
     """The table of ``record`` (see the module doc); ``all_arms`` adds what the file no longer declares.
-    ``raw=False`` leaves ``TableData.raw`` empty: only the CSV reads it, and at 10^4 arms it costs."""
+    ``raw=False`` leaves ``TableData.raw`` empty: only the CSV reads it, and at 10^4 arms it costs.
+    ``arms``: ``table_arms(record, all_arms)`` when the caller has them already (the dashboard)."""
     with paused_gc():  # at 10^5 trials: 10^4 arms' cells and dicts, no cycles (see ``paused_gc``)
-        return _build_table(record, alpha, all_arms, raw)
+        return _build_table(record, alpha, all_arms, raw, arms)
 
 
-def _build_table(record: StudyRecord, alpha: float, all_arms: bool, want_raw: bool) -> TableData:
+def _build_table(record: StudyRecord, alpha: float, all_arms: bool, want_raw: bool,
+                 arms: list[Arm] | None = None) -> TableData:
     spec = (record.spec.get("table") or {})
     main = (record.spec.get("metric") or {}).get("name", "top1")
     main_mode = (record.spec.get("metric") or {}).get("mode", "max")
     columns = spec.get("columns") or default_columns(record.spec, record)
-    arms = table_arms(record, all_arms)
+    if arms is None:
+        arms = table_arms(record, all_arms)
     dones = [arm.done for arm in arms]  # each arm's completed trials, once (10^5 trials: every pass counts)
     in_file = [t for a in arms if a.declared for t in a.trials]
     baseline = find_baseline(spec, arms)

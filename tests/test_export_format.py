@@ -92,8 +92,23 @@ def _old_columns(study: str, trials: list[TrialRecord], params: dict[str, str]) 
     return cols
 
 
+def _old_param_types(store: Store, chunk: int) -> dict[str, str]:
+    """The export's former first pass (every trial's params), kept here as the reference."""
+    kinds: dict[str, set[str]] = {}
+    for _, trials in store.iter_trial_chunks(None, None, metrics="none", chunk=chunk):
+        for t in trials:
+            for k, v in t.params.items():
+                if k != "seed" and v is not None:
+                    kinds.setdefault(k, set()).add("bool" if isinstance(v, bool) else "int" if isinstance(v, int)
+                                                   else "float" if isinstance(v, float) else
+                                                   "string" if isinstance(v, str) else "json")
+    return {k: (ks.pop() if len(ks) == 1 and "json" not in ks else "float" if ks == {"int", "float"} else "json")
+            for k, ks in sorted(kinds.items())}
+
+
 def _old_export(store: Store, path: Path, fmt: str, final: bool, chunk: int) -> None:
-    params = ex._param_types(store, None, None, chunk)
+    params = _old_param_types(store, chunk)
+    assert ex._param_types(store, None, None) == params
     schema = ex._schema(params)
     writer = pa_csv.CSVWriter(str(path), schema) if fmt == "csv" else pq.ParquetWriter(str(path), schema)
     for study, trials in store.iter_trial_chunks(None, None, metrics="final" if final else "all", chunk=chunk):
@@ -101,21 +116,28 @@ def _old_export(store: Store, path: Path, fmt: str, final: bool, chunk: int) -> 
     writer.close()
 
 
+def _fill(s: Store, portable: bool = False) -> None:
+    """The studies below; ``portable``: without what SQLite and PostgreSQL store differently (an aware
+    time of another zone: SQLite keeps its wall time, PostgreSQL converts it; -0.0: SQLite keeps 0)."""
+    tz = timezone.utc if portable else timezone(timedelta(hours=2))
+    odd = [trial("odd", {"model.kwargs.kernel_size": [31, 29, 27, 13], "recipe.lr": 0.1, "tag": 'a "b", c\nd',
+                         "flag": True}, 0, history={"top1": [(0, -math.inf), (1, 1e-7)], "loss": [(0, math.inf)]}),
+           trial("odd", {"model.kwargs.kernel_size": 5, "recipe.lr": 1, "tag": "", "flag": False}, 1,
+                 history={"top1": [(0, 0.0 if portable else -0.0), (1, 1234567890123.0)]}, error="x,\"y\"\n", status=FAILED,
+                 n_params=None, flops=None),
+           trial("odd", {"model.kwargs.kernel_size": 7, "recipe.lr": 2.5e-5, "tag": None}, 2, status=PENDING)]
+    odd[2] = TrialRecord(**{**odd[2].__dict__, "started_at": None, "ended_at": None})
+    odd[0] = TrialRecord(**{**odd[0].__dict__, "started_at": datetime(2024, 5, 6, 7, 8, 9, 123, tzinfo=tz)})
+    s.import_records(big_studies(n_trials=120, n_studies=2, seeds=3, epochs=4, failed_every=7)
+                     + [StudyRecord("odd", "odd values", {"name": "odd"}, odd)])
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     """Synthetic studies plus one with every awkward value: lists and mixed int/float axes, text
     with quotes, commas and newlines, infinite metrics (SQLite keeps no nan), a trial without metrics, no timestamps."""
     s = Store(f"sqlite:///{tmp_path_factory.mktemp('export') / 'e.db'}")
-    odd = [trial("odd", {"model.kwargs.kernel_size": [31, 29, 27, 13], "recipe.lr": 0.1, "tag": 'a "b", c\nd',
-                         "flag": True}, 0, history={"top1": [(0, -math.inf), (1, 1e-7)], "loss": [(0, math.inf)]}),
-           trial("odd", {"model.kwargs.kernel_size": 5, "recipe.lr": 1, "tag": "", "flag": False}, 1,
-                 history={"top1": [(0, -0.0), (1, 1234567890123.0)]}, error="x,\"y\"\n", status=FAILED,
-                 n_params=None, flops=None),
-           trial("odd", {"model.kwargs.kernel_size": 7, "recipe.lr": 2.5e-5, "tag": None}, 2, status=PENDING)]
-    odd[2] = TrialRecord(**{**odd[2].__dict__, "started_at": None, "ended_at": None})
-    odd[0] = TrialRecord(**{**odd[0].__dict__, "started_at": datetime(2024, 5, 6, 7, 8, 9, 123, tzinfo=timezone(timedelta(hours=2)))})
-    s.import_records(big_studies(n_trials=120, n_studies=2, seeds=3, epochs=4, failed_every=7)
-                     + [StudyRecord("odd", "odd values", {"name": "odd"}, odd)])
+    _fill(s)
     yield s
     s.close()
 
@@ -140,3 +162,25 @@ def test_parquet_holds_what_it_held(store: Store, tmp_path: Path, final: bool) -
     assert a.equals(b)  # nan == nan here: Arrow compares values, not IEEE
     assert pq.ParquetFile(new).metadata.num_row_groups == pq.ParquetFile(old).metadata.num_row_groups
     assert new.read_bytes() == old.read_bytes()
+
+
+@pytest.mark.parametrize("final", [False, True])
+def test_postgresql_exports_the_same_bytes_as_sqlite(pg_url: str, tmp_path: Path, final: bool) -> None:
+    """The same studies in PostgreSQL: the same CSV, byte for byte (one SQL text serves both), for
+    every study, some studies, and some trials."""
+    from conftest import drop_schema
+
+    drop_schema(pg_url)
+    pg, store = Store(pg_url), Store(f"sqlite:///{tmp_path / 'e.db'}")
+    try:
+        _fill(pg, portable=True)
+        _fill(store, portable=True)
+        some = [t.trial_id for t in store.load("odd").trials][:2] + [t.trial_id for t in store.load("synthetic_01").trials][5:9]
+        for kw in ({}, {"studies": ["odd", "synthetic_01"]}, {"trial_ids": some + ["no-such-trial"]}):
+            a, b = tmp_path / "sqlite.csv", tmp_path / "pg.csv"
+            n = ex.export(store, a, final=final, chunk=13, **kw)
+            assert ex.export(pg, b, final=final, chunk=13, **kw) == n > 0
+            assert a.read_bytes() == b.read_bytes(), kw
+    finally:
+        pg.close()
+        store.close()

@@ -337,6 +337,34 @@ def test_read_only_commands_on_sqlite_load_no_sqlalchemy_and_create_nothing(ro_d
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(a.rsplit("/", 1)[1] for a in args if "/" in a)
 
 
+def test_a_kept_connection_sees_new_writes_and_holds_nothing_after(tmp_path: Path) -> None:
+    """Inside ``Reader.kept()`` an SQLite reader keeps its thread's connection between reads (one
+    read transaction each): a later read sees what was written since. After it nothing is held: no
+    -wal/-shm stay behind, and a file replaced at the path is read anew."""
+    def make(path: Path, names: list[str]) -> None:
+        s = Store(f"sqlite:///{path}")
+        s.import_records([scale_record(n, 4, epochs=2, seeds=2) for n in names])
+        s.close()
+
+    db = tmp_path / "r.db"
+    make(db, ["a"])
+    reader = open_reader(f"sqlite:///{db}")
+    assert type(reader) is Reader
+    with reader.kept():
+        assert [n for n, _, _ in reader.studies()] == ["a"]
+        kept = reader._sql._idle.con
+        writer = Store(f"sqlite:///{db}")
+        writer.import_records([scale_record("b", 4, epochs=2, seeds=2)])
+        writer.close()
+        assert [n for n, _, _ in reader.studies()] == ["a", "b"]  # the same connection, a new snapshot
+        assert reader._sql._idle.con is kept
+    assert reader._sql._idle.con is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.db"]
+    make(tmp_path / "other.db", ["c"])
+    os.replace(tmp_path / "other.db", db)
+    assert [n for n, _, _ in reader.studies()] == ["c"]
+
+
 def test_open_reader_errors_and_creates_nothing(tmp_path: Path) -> None:
     missing = tmp_path / "missing.db"
     with pytest.raises(DatabaseError, match="no such file"):

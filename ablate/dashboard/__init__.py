@@ -20,7 +20,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Iterable
 
-from ablate.store_reads import Reader, StudyRecord
+from ablate.store_reads import Reader, StudyRecord, paused_gc
 
 from ablate.dashboard.data import History, detail, load_details, load_history, load_studies, version
 from ablate.dashboard.figures import overview_figure, study_figures
@@ -44,7 +44,15 @@ def _with_details(view: StudyView, history: History, ids: list[str],
 
 def build(store: Reader, *, names: Iterable[str] | None = None, refresh: int = 0, served: bool = False,
           artifacts: Path | str | None = None) -> tuple[str, dict[str, StudyView]]:
-    """(the page, each study's view by name) of ``store``'s studies (all, or ``names``)."""
+    """(the page, each study's view by name) of ``store``'s studies (all, or ``names``). The cyclic
+    garbage collector is paused meanwhile (``store_reads.paused_gc``): the build makes ~10^5 objects
+    per 10^4 trials and no cycles, and each collection walked them all (a quarter of the build)."""
+    with paused_gc(), store.kept():  # ~8 reads a study: one connection
+        return _build(store, names, refresh, served, artifacts)
+
+
+def _build(store: Reader, names: Iterable[str] | None, refresh: int, served: bool,
+           artifacts: Path | str | None) -> tuple[str, dict[str, StudyView]]:
     stamp = version(store) if served else ""
     records = load_studies(store, names)
     views = {r.name: study_view(r) for r in records}

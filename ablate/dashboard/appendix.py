@@ -49,9 +49,15 @@ def _declared(record: StudyRecord, name: str) -> bool:
     return ((record.spec or {}).get("analyses") or {}).get(name) is not None
 
 
-def _has(record: StudyRecord, metric: str | re.Pattern) -> bool:
-    test = metric.match if isinstance(metric, re.Pattern) else (lambda m: m == metric)
-    return any(t.status == COMPLETED and any(test(m) for m in t.final) for t in record.trials)
+def completed_metrics(record: StudyRecord) -> set[str]:
+    """The metric names any completed trial of ``record`` has: one pass over the trials (a study's
+    appendix checks several names; at 10^4 trials a pass each was a tenth of the page's build)."""
+    return set().union(*[t.final for t in record.trials if t.status == COMPLETED])
+
+
+def _has(record: StudyRecord, metric: str | re.Pattern, names: set[str] | None = None) -> bool:
+    names = completed_metrics(record) if names is None else names
+    return any(metric.match(m) for m in names) if isinstance(metric, re.Pattern) else metric in names
 
 
 def _local_store(root: Path | str | None) -> tuple[Any, str | None]:
@@ -329,26 +335,28 @@ def shape_parts(view: StudyView) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 
 
 # -- all of one study ------------------------------------------------------------------------------------------
-def has_erf_table(record: StudyRecord) -> bool:
-    """Whether the page shows Table 10 (then the plain r heatmap of ``figures.erf_figure`` is left out)."""
-    return _declared(record, "erf") and _has(record, ERF_R)
+def has_erf_table(record: StudyRecord, names: set[str] | None = None) -> bool:
+    """Whether the page shows Table 10 (then the plain r heatmap of ``figures.erf_figure`` is left out);
+    ``names``: ``completed_metrics(record)`` when the caller has them."""
+    return _declared(record, "erf") and _has(record, ERF_R, names)
 
 
 def appendix_parts(view: StudyView, artifacts: Path | str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(figures by key, tables) of the appendix analyses ``view``'s study has: nothing (and no import
     of numpy or the artifact store) for a study without them."""
     record = view.record
+    names = completed_metrics(record)
     figs: dict[str, Any] = {}
     tables: list[dict[str, Any]] = []
-    if has_erf_table(record):
+    if has_erf_table(record, names):
         f, t = erf_parts(record, artifacts)
         figs |= f
         tables += t
-    if _has(record, "kernel_center3_share"):
+    if _has(record, "kernel_center3_share", names):
         f, t = kernel_parts(view, artifacts)
         figs |= f
         tables += t
-    if _has(record, "shape_bias"):
+    if _has(record, "shape_bias", names):
         f, t = shape_parts(view)
         figs |= f
         tables += t

@@ -12,26 +12,18 @@ History = dict[str, dict[str, list[tuple[int, float]]]]  # trial id -> metric ->
 
 
 def load_study(store: Reader, name: str) -> StudyRecord:
-    """One study with its trials and their final values (``Store.final_values``, an aggregate
-    query), each arm's first trial with its config (what tables and plots read of a config), the
-    other trials without one, no errors or times (``load_details`` reads them for the trials shown
-    whole): no per-epoch row is read."""
-    from ablate.store_reads import TrialRecord
-
+    """One study with its trials and their final values (``Reader.light_trials``: final values by
+    primary key, no per-epoch row), each arm's first trial with its config (what tables and plots
+    read of a config), the other trials without one, no errors or times (``load_details`` reads
+    them for the trials shown whole)."""
     info = store.study_info(name)
-    summaries = store.trial_summaries(name, light=True)  # provenance: code fields only; no error, times
-    firsts: dict[str, str] = {}
-    for t in summaries:
-        firsts.setdefault(t.arm, t.trial_id)
-    configs = store.configs(name, list(firsts.values()))
-    finals = store.final_values(name)
-    trials = []
-    for t in summaries:
-        rec = TrialRecord(t.trial_id, t.params, configs.get(t.trial_id, {}), t.seed, t.status, t.n_params, t.flops,
-                          t.error, t.started_at, t.ended_at, provenance=t.provenance, attempts=t.attempts,
-                          error_kind=t.error_kind, profile=t.profile)
-        rec.final = {m: v for m, (_, v) in finals.get(t.trial_id, {}).items()}
-        trials.append(rec)
+    trials = store.light_trials(name)  # provenance: code fields only; no error, times
+    firsts: dict[str, TrialRecord] = {}
+    for t in trials:
+        firsts.setdefault(t._arm, t)  # type: ignore[arg-type]
+    configs = store.configs(name, [t.trial_id for t in firsts.values()])
+    for t in firsts.values():
+        t.config = configs.get(t.trial_id, {})
     # a table arm whose first trial is not its arm's first (another profile or seed first): read when built
     return StudyRecord(info.name, info.description, info.spec, trials, configs=lambda ids: store.configs(name, ids))
 

@@ -47,6 +47,13 @@ def message_first(error: str) -> str:
 def _clean(obj: Any) -> Any:
     """NaN/inf are not JSON: they become null (Plotly leaves a gap); other floats keep 6
     significant digits (more than any plot or table shows; 0.1 + 0.2 is written 0.3)."""
+    kind = type(obj)  # the exact types first (a page holds ~10^5 values); subclasses (numpy's) below
+    if kind is str or kind is int or obj is None or kind is bool:
+        return obj
+    if kind is list:
+        return [_clean(v) for v in obj]
+    if kind is dict:
+        return {k: _clean(v) for k, v in obj.items()}
     if isinstance(obj, float):
         if not math.isfinite(obj):
             return None
@@ -101,11 +108,12 @@ def curve_ids(view: StudyView) -> list[str]:
     return [t.trial_id for a in curve_arms(view) for t in a.arm.trials]
 
 
-def table_json(record: StudyRecord) -> dict[str, Any]:
-    """The study's table (the same as ``ablate table``), as plain cells the page renders."""
+def table_json(view: StudyView) -> dict[str, Any]:
+    """The study's table (the same as ``ablate table``), as plain cells the page renders, from the
+    arms the view already grouped."""
     from ablate.tables import build_table
 
-    t = build_table(record)
+    t = build_table(view.record, raw=False, arms=view.table_arms)
     return {"title": strip_controls(t.title), "headers": [strip_controls(h) for h in t.headers], "groups": t.groups,
             "rows": [[strip_controls(c) for c in r] for r in t.rows],
             "bold": [[i, j] for i, r in enumerate(t.bold) for j, b in enumerate(r) if b],
@@ -137,7 +145,7 @@ def study_blob(view: StudyView, history: dict[str, dict[str, list[tuple[int, flo
         "name": view.name, "description": strip_controls(view.record.description or ""),
         "metric": view.metric, "metricLabel": pretty(view.metric), "mode": view.mode,
         "counts": {s: counts.get(s, 0) for s in list(STATUSES) + sorted(set(counts) - set(STATUSES))},
-        "figs": _clean(figs), "table": table_json(view.record), "analysisTables": _clean(tables),
+        "figs": _clean(figs), "table": table_json(view), "analysisTables": _clean(tables),
         "arms": [a.label for a in view.arms + view.extra], "baseline": view.baseline.index if view.baseline else None,
         "curveArms": [a.index for a in curves],
         "trials": trials_json(view), "details": _clean(details or {}),
@@ -152,30 +160,33 @@ def plotly_js() -> tuple[str, str]:
     """(source, description) of the plotly.js inlined into the page: the vendored cartesian bundle
     (scatter, bar, heatmap: all the page draws; a third of the full size, so a cold browser opens
     the page twice as fast) when its version matches plotly's own bundle, else plotly's full bundle."""
-    full = plotly_bundle()
-    m = _VERSION_RE.search(full[:300])
+    m = _VERSION_RE.search(plotly_bundle(head=300))  # the version only: the full bundle is 4.6 MB
     for f in sorted(STATIC.glob("plotly-cartesian-*.min.js")):
         small = f.read_text(encoding="utf-8")
         s = _VERSION_RE.search(small[:300])
         if m and s and s.group(1) == m.group(1):
             return small, f"plotly.js {s.group(1)} (cartesian)"
+    full = plotly_bundle()
+    m = _VERSION_RE.search(full[:300])
     return full, f"plotly.js {m.group(1) if m else '?'}"
 
 
-def plotly_bundle() -> str:
-    """plotly's own plotly.min.js, as ``plotly.offline.get_plotlyjs`` returns it, read from the
-    package's data without importing plotly (whose import reads package metadata: ~0.1 s of every
-    ``dashboard --out``); through plotly itself where the file is not on disk (a zipped install)."""
+def plotly_bundle(head: int | None = None) -> str:
+    """plotly's own plotly.min.js, as ``plotly.offline.get_plotlyjs`` returns it (or its first
+    ``head`` characters), read from the package's data without importing plotly (whose import reads
+    package metadata: ~0.1 s of every ``dashboard --out``); through plotly itself where the file is
+    not on disk (a zipped install)."""
     from importlib.util import find_spec
 
     spec = find_spec("plotly")
     for folder in (spec.submodule_search_locations or []) if spec else []:
         f = Path(folder) / "package_data" / "plotly.min.js"
         if f.is_file():
-            return f.read_text(encoding="utf-8")
+            with f.open(encoding="utf-8") as text:
+                return text.read() if head is None else text.read(head)
     from plotly.offline import get_plotlyjs
 
-    return get_plotlyjs()
+    return get_plotlyjs()[:head]
 
 
 def _static(name: str) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 from ablate.stats import ALPHA, Paired, compare_with_baseline, summarize
 from ablate.store_reads import StudyRecord
-from ablate.tables import Arm, find_baseline, group_arms
+from ablate.tables import Arm, find_baseline, table_arms
 
 
 def study_metric(spec: dict[str, Any]) -> tuple[str, str]:
@@ -101,6 +101,7 @@ class StudyView:
     names: dict[str, str] = field(default_factory=dict)  # axis path -> short name
     alpha: float = ALPHA
     extra: list[ArmView] = field(default_factory=list)  # arms in the database the file no longer declares
+    table_arms: list[Arm] = field(default_factory=list)  # the table's arms (``tables.table_arms``), run or not
     _values: dict[str, list[Any]] = field(default_factory=dict, repr=False)
 
     @property
@@ -135,7 +136,8 @@ def escape(s: str) -> str:
 
 def study_view(record: StudyRecord, alpha: float = ALPHA) -> StudyView:
     metric, mode = study_metric(record.spec)
-    every = group_arms(record, all_arms=True)
+    listed = table_arms(record, all_arms=True)  # once: the table's rows are its declared part (``table_json``)
+    every = [a for a in listed if a.trials]
     arms = [a for a in every if a.declared]
     present = {k for a in arms for k in a.params}
     axes = [k for k in declared_axes(record.spec) if k in present]
@@ -163,4 +165,5 @@ def study_view(record: StudyRecord, alpha: float = ALPHA) -> StudyView:
         others = [v for v in views if not v.is_baseline and v.seeds]
         for v, p in zip(others, compare_with_baseline(baseline.seeds, [v.seeds for v in others], alpha)):
             v.compare = p
-    return StudyView(record, metric, mode, views, axes, varying, baseline, names, alpha, extra)
+    return StudyView(record, metric, mode, views, axes, varying, baseline, names, alpha, extra,
+                     [a for a in listed if a.declared])

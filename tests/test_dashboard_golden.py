@@ -1,0 +1,104 @@
+"""Issue 12.4: the data of ``ablate dashboard --out``, byte for byte, on every backend.
+
+tests/data/dashboard/blobs.json holds each study's JSON blob (what the page parses and draws: the
+figures, the table, every trial in columns, the embedded trial details) as the dashboard code wrote
+it before its reads were reworked to answer at 10^4 trials in under half a second (the commit that
+added this file), for the golden tables' four studies (``test_tables_golden.fill``: a baseline grid
+with failures, a baseline-only table, no table section, a profile with undeclared arms, seeds and
+other code) and two kernel x dilation x lr studies with failed and pending trials
+(``_synth.big_studies``). A change that alters one byte of what the page shows, read from SQLite
+through sqlite3 or SQLAlchemy or from PostgreSQL, fails here.
+
+Regenerate (only when the page is meant to change): ``python tests/test_dashboard_golden.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _synth import big_studies  # noqa: E402
+from test_tables_golden import fill as fill_tables  # noqa: E402
+
+GOLDEN = Path(__file__).resolve().parent / "data" / "dashboard" / "blobs.json"
+# the code running now, as the stale marks and details compare trials with it (not this checkout's commit)
+NOW = {"ablate_version": "0.2.0", "git_commit": "fedcba9876543210", "git_dirty": False, "python": "3.11",
+       "driver_host": "here"}
+
+
+def fill(store) -> None:
+    fill_tables(store)
+    store.import_records(big_studies(n_trials=240, n_studies=2, seeds=4, epochs=3, failed_every=11))
+
+
+def blobs(reader, artifacts: Path) -> dict[str, str]:
+    """{study: its blob as the page embeds it (``page.to_json``)} of the static page."""
+    from ablate.dashboard import build
+    from ablate.dashboard.page import to_json
+
+    page, views = build(reader, artifacts=artifacts)
+    got = {}
+    for name in views:
+        from ablate.dashboard.page import dom_id
+
+        start = page.index(f'<script type="application/json" id="study-{dom_id(name)}">')
+        text = page[page.index(">", start) + 1:page.index("</script>", start)]
+        got[name] = to_json(json.loads(text.replace("<\\/", "</").replace("<\\!--", "<!--")))
+    return got
+
+
+@pytest.fixture(params=["sqlite3", "sqlalchemy", "postgresql"], scope="module")
+def reader(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    from ablate.store import Store
+    from ablate.store_reads import Reader, open_reader
+
+    if request.param == "postgresql":
+        from conftest import drop_schema
+
+        url = request.getfixturevalue("pg_url")
+        drop_schema(url)
+    else:
+        url = f"sqlite:///{tmp_path_factory.mktemp('dash-golden') / 'g.db'}"
+    store = Store(url)
+    fill(store)
+    if request.param == "sqlite3":
+        store.close()
+        store = open_reader(url)
+        assert type(store) is Reader
+    yield store
+    store.close()
+
+
+def test_dashboard_data_is_byte_identical_to_the_expected(reader, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("ablate.provenance.code", lambda: dict(NOW))
+    want = json.loads(GOLDEN.read_text())
+    got = blobs(reader, tmp_path / "no-artifacts")
+    assert sorted(got) == sorted(want)
+    for name, text in got.items():
+        assert text == want[name], name
+
+
+if __name__ == "__main__":  # write the expected blobs (SQLite through sqlite3)
+    import tempfile
+
+    import ablate.provenance
+    from ablate.store import Store
+    from ablate.store_reads import open_reader
+
+    ablate.provenance.code = lambda: dict(NOW)
+    with tempfile.TemporaryDirectory() as d:
+        url = f"sqlite:///{d}/g.db"
+        s = Store(url)
+        fill(s)
+        s.close()
+        r = open_reader(url)
+        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+        out = blobs(r, Path(d) / "no-artifacts")
+        GOLDEN.write_text(json.dumps(out, indent=0, sort_keys=True) + "\n")
+        print(f"wrote {len(out)} studies' blobs to {GOLDEN} ({GOLDEN.stat().st_size} bytes)")
