@@ -92,13 +92,17 @@ def test_read_only_commands_import_neither_torch_timm_nor_ray(db: tuple[str, str
 
 
 def test_plan_and_models_may_import_torch_but_not_ray(tmp_path: Path, image_folder: Path) -> None:
-    """Also shows the check above can fail: the same runner sees torch and timm where they load."""
-    env = dict(os.environ, ABLATE_DB=f"sqlite:///{tmp_path / 'none.db'}")
+    """Also shows the check above can fail: the same runner sees torch and timm where they load. A
+    first plan builds the models (torch); a second one finds them in the model-cost cache (its own
+    state folder here: the session's may hold this study already) and imports no torch."""
+    env = dict(os.environ, ABLATE_DB=f"sqlite:///{tmp_path / 'none.db'}", ABLATE_STATE_DIR=str(tmp_path / "state"))
     study = tmp_path / "tiny.yaml"
     study.write_text(yaml.safe_dump(tiny_study("tiny", image_folder)))
     loaded = run_cli(tmp_path, "plan", str(study), env=env)
     assert "torch" in loaded and "ray" not in loaded and "alembic" not in loaded
     assert not (tmp_path / "none.db").exists()
+    loaded = run_cli(tmp_path, "plan", str(study), env=env)
+    assert "ablate" in loaded and not loaded & {"torch", "timm", "torchvision", "ray"}, sorted(loaded)
     loaded = run_cli(tmp_path, "models", "--all", "mobilenetv2_lk*", env=env)
     assert "timm" in loaded and "ray" not in loaded
 
