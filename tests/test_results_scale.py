@@ -6,8 +6,9 @@ live progress display's work per event does not grow with the number of trials."
 from __future__ import annotations
 
 import io
+import os
+import subprocess
 import sys
-import tracemalloc
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -115,19 +116,34 @@ def test_streamed_export_equals_every_row(db: Store, tmp_path: Path, fmt: str) -
     assert set(read(out)["study"]) == {"big", "other"}
 
 
-def _peak_export(tmp_path: Path, n_trials: int) -> int:
-    from ablate.export import export
+_PEAK_EXPORT = """
+import sys, tracemalloc
+from pathlib import Path
+from _synth import scale_record
+from ablate.export import export
+from ablate.store import Store
+tmp, n = Path(sys.argv[1]), int(sys.argv[2])
+store = Store(f"sqlite:///{tmp / f'm{n}.db'}")
+store.import_records([scale_record("m", n, epochs=4, seeds=5)])
+export(store, tmp / "warm.parquet", chunk=50)  # first-use costs (imports, caches) are not the export's
+tracemalloc.start()
+export(store, tmp / f"m{n}.parquet", chunk=50)
+peak = tracemalloc.get_traced_memory()[1]
+tracemalloc.stop()
+store.close()
+print(peak)
+"""
 
-    store = Store(f"sqlite:///{tmp_path / f'm{n_trials}.db'}")
-    store.import_records([scale_record("m", n_trials, epochs=4, seeds=5)])
-    export(store, tmp_path / "warm.parquet", chunk=50)  # first-use costs (imports, caches) are not the export's
-    tracemalloc.start()
-    try:
-        export(store, tmp_path / f"m{n_trials}.parquet", chunk=50)
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-        store.close()
+
+def _peak_export(tmp_path: Path, n_trials: int) -> int:
+    """The peak of Python allocations of one export, in a process of its own: tracemalloc counts every
+    thread's allocations, and a pytest worker that has joined Ray runs Ray's threads beside it (a crash
+    was seen once there, in the store's close, with Ray's threads alive: 2026-11-26)."""
+    r = subprocess.run([sys.executable, "-c", _PEAK_EXPORT, str(tmp_path), str(n_trials)], capture_output=True,
+                       text=True, timeout=300, cwd=Path(__file__).parent,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return int(r.stdout.split()[-1])
 
 
 def test_export_memory_stays_bounded(tmp_path: Path) -> None:
