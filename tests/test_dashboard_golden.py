@@ -23,7 +23,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _synth import big_studies  # noqa: E402
-from test_tables_golden import fill as fill_tables  # noqa: E402
+from test_tables_golden import fill as fill_tables, filled_reader  # noqa: E402
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "dashboard" / "blobs.json"
 # the code running now, as the stale marks and details compare trials with it (not this checkout's commit)
@@ -54,24 +54,7 @@ def blobs(reader, artifacts: Path) -> dict[str, str]:
 
 @pytest.fixture(params=["sqlite3", "sqlalchemy", "postgresql"], scope="module")
 def reader(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    from ablate.store import Store
-    from ablate.store_reads import Reader, open_reader
-
-    if request.param == "postgresql":
-        from conftest import drop_schema
-
-        url = request.getfixturevalue("pg_url")
-        drop_schema(url)
-    else:
-        url = f"sqlite:///{tmp_path_factory.mktemp('dash-golden') / 'g.db'}"
-    store = Store(url)
-    fill(store)
-    if request.param == "sqlite3":
-        store.close()
-        store = open_reader(url)
-        assert type(store) is Reader
-    yield store
-    store.close()
+    yield from filled_reader(request, tmp_path_factory, fill, "dash-golden")
 
 
 def test_dashboard_data_is_byte_identical_to_the_expected(reader, tmp_path: Path,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -108,8 +109,10 @@ def rendered(reader, read: str = "table") -> dict[str, str]:
     return out
 
 
-@pytest.fixture(params=["sqlite3", "sqlalchemy", "postgresql"], scope="module")
-def reader(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+def filled_reader(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
+                  fill: Callable[[Any], None], folder: str) -> Iterator[Any]:
+    """A golden test's database, filled by ``fill``, read through the backend ``request.param`` names:
+    sqlite3 (a read-only ``Reader``), SQLAlchemy on SQLite (a ``Store``) or PostgreSQL."""
     from ablate.store import Store
     from ablate.store_reads import Reader, open_reader
 
@@ -119,7 +122,7 @@ def reader(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         url = request.getfixturevalue("pg_url")
         drop_schema(url)
     else:
-        url = f"sqlite:///{tmp_path_factory.mktemp('golden') / 'g.db'}"
+        url = f"sqlite:///{tmp_path_factory.mktemp(folder) / 'g.db'}"
     store = Store(url)
     fill(store)
     if request.param == "sqlite3":
@@ -128,6 +131,11 @@ def reader(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
         assert type(store) is Reader
     yield store
     store.close()
+
+
+@pytest.fixture(params=["sqlite3", "sqlalchemy", "postgresql"], scope="module")
+def reader(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    yield from filled_reader(request, tmp_path_factory, fill, "golden")
 
 
 @pytest.mark.parametrize("read", ["table", "whole", "dashboard"])
