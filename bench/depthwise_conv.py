@@ -145,11 +145,14 @@ def main() -> None:
     ap.add_argument("--triton-configs", default="", help="e.g. 1024x4,2048x4,4096x8: Triton TILE x num_warps sweep")
     ap.add_argument("--nchw", action="store_true", help="contiguous NCHW input instead of channels_last")
     ap.add_argument("--floor", action="store_true", help="the floor columns on CPU too (always on CUDA)")
+    ap.add_argument("--cudnn-benchmark", action="store_true",
+                    help="torch.backends.cudnn.benchmark = True (as ablate's trainer sets on CUDA): cuDNN times its algorithms")
     ap.add_argument("--max-rel-diff", type=float, default=None,
                     help="exit 1 if any implementation differs from native by more (a correctness gate)")
     a = ap.parse_args()
     a.repeats = a.repeats or (3 if a.device == "cpu" else 10)
     torch.set_num_threads(a.threads)
+    torch.backends.cudnn.benchmark = a.cudnn_benchmark
     dtype = getattr(torch, a.dtype)
     fmt = torch.contiguous_format if a.nchw else torch.channels_last
     impls = (a.impls or ("native,fft" if a.device == "cpu" else "native,fft,triton")).split(",")
@@ -158,7 +161,8 @@ def main() -> None:
     floors = cuda or a.floor
     where = torch.cuda.get_device_name() if cuda else f"{a.threads} thread(s)"
     print(f"# {platform.machine()}, torch {torch.__version__}, {a.device} ({where}), batch {a.batch}, stride "
-          f"{a.stride}, {a.dtype}, {'NCHW' if a.nchw else 'channels_last'}, median of {a.repeats}")
+          f"{a.stride}, {a.dtype}, {'NCHW' if a.nchw else 'channels_last'}, median of {a.repeats}"
+          f"{', cudnn.benchmark' if a.cudnn_benchmark else ''}")
     flops = bandwidth = None
     if floors:
         flops, bandwidth = rates(a.device)

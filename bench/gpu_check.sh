@@ -8,6 +8,7 @@
 # From the lead's session (its checkout is what travels; .whl holds pydantic and timm for the
 # trainer tests, see docs/performance.md): the device tool's run with
 #   command: bash bench/gpu_check.sh    carry: [".whl"]    timeout_s: 540
+# `bash bench/gpu_check.sh auto` runs only the last group (auto's crossover, a whole RepLKNet-31B step: ~7 min).
 # Each step has its own time limit, so a slow step costs its slot, not the rest.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
@@ -40,6 +41,7 @@ step() {  # step NAME SECONDS COMMAND...: output to $OUT/NAME, status line to th
 } >"$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
+if [ "${1:-all}" = all ]; then
 # correctness first: Triton and the FFT against cuDNN, the trainer on the GPU (-s: the FFT test prints its speed)
 step gpu_tests.txt 150 $PY -m pytest tests/test_gpu.py -q -s -p no:cacheprovider --noconftest -p gpu_pytest_plugin
 # the issue's setting (batch 32, 64 ch, 56x56, fp32, channels_last): kernels 3..31, ratios and floor
@@ -49,3 +51,13 @@ step bench_stages.md 120 $BENCH --stages --triton-configs 1024x4,2048x8,4096x8 -
 # the trainer's bf16 autocast, and NCHW (the layout the Triton tiles are written for)
 step bench_bf16.md 60 $BENCH --dtype bfloat16 --kernels 7,13,31 --max-rel-diff 3e-2
 step bench_nchw.md 60 $BENCH --nchw --kernels 7,13,31 --max-rel-diff 1e-4
+fi
+if [ "${1:-all}" = all ] || [ "$1" = auto ]; then
+# `auto`'s CUDA crossover (FFT_MIN_KERNEL['cuda']) under the trainer's settings: the FFT tests, cuDNN
+# allowed to time its algorithms (cudnn.benchmark, as the trainer sets), and a whole RepLKNet-31B step
+step auto_tests.txt 90 $PY -m pytest tests/test_gpu.py -q -s -p no:cacheprovider --noconftest -p gpu_pytest_plugin -k "fft or auto"
+step bench_fp32_cudnnbench.md 60 $BENCH --cudnn-benchmark --impls native,fft --kernels 7,9,13,31 --max-rel-diff 1e-4
+step bench_bf16_cudnnbench.md 50 $BENCH --cudnn-benchmark --impls native,fft --dtype bfloat16 --kernels 7,9,13,31 --max-rel-diff 3e-2
+step replknet_bf16.md 110 $PY bench/replknet_step.py --device cuda --impls native,auto,triton
+step replknet_fp32.md 80 $PY bench/replknet_step.py --device cuda --amp none --impls native,auto --repeats 2
+fi

@@ -149,3 +149,37 @@ def test_triton_depthwise_conv_equals_cudnn(batch, channels, size, kernel, strid
         assert a.shape == e.shape, what
         err = ((a.float() - e).abs().max() / e.abs().max().clamp_min(1.0)).item()
         assert err < tol, f"{what}: {err:.3g}"
+
+
+def test_auto_runs_replknet_blocks_through_the_fft_under_bf16_autocast(monkeypatch) -> None:
+    """The trainer's GPU setting (bf16 autocast, channels_last): ``auto`` sends a 31x31 depthwise conv to
+    the FFT (FFT_MIN_KERNEL['cuda'], FFT_AUTO_DTYPES) and the 5x5 small kernel to cuDNN, and the block's
+    output and gradients stay those of the native block within bf16 rounding."""
+    from ablate.layers import large_kernel
+    from ablate.layers.large_kernel import LargeKernelDW
+
+    calls: list[tuple[int, ...]] = []
+    real = large_kernel.fft_depthwise_conv2d
+
+    def counting(x, w, *args):
+        calls.append(tuple(w.shape[-2:]))
+        return real(x, w, *args)
+
+    monkeypatch.setattr(large_kernel, "fft_depthwise_conv2d", counting)
+    torch.manual_seed(0)
+    block = LargeKernelDW(64, 31, small_kernel=5).cuda().to(memory_format=torch.channels_last).train()
+    # bf16 in, as a block inside an autocast network receives it (the previous conv's output)
+    x = torch.randn(8, 64, 28, 28, device="cuda").bfloat16().contiguous(memory_format=torch.channels_last)
+    outs = {}
+    for impl in ("native", "auto"):
+        monkeypatch.setenv(large_kernel.IMPL_ENV, impl)
+        block.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            y = block(xi)
+        y.float().square().mean().backward()
+        outs[impl] = [y.float(), xi.grad.float(), block.lk.conv.weight.grad.float()]
+    assert calls == [(31, 31)]
+    for a, e, what in zip(outs["auto"], outs["native"], ("output", "grad input", "grad weight")):
+        err = ((a - e).abs().max() / e.abs().max()).item()
+        assert err < 3e-2, f"{what}: {err:.3g}"

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from ablate.flops import count_macs
-from ablate.layers.large_kernel import (FFT_MIN_KERNEL, FFT_MIN_TAPS, IMPL_ENV, LargeKernelDW, ParallelSmallKernel,
+from ablate.layers.large_kernel import (FFT_MIN_KERNEL, auto_impl, FFT_MIN_TAPS, IMPL_ENV, LargeKernelDW, ParallelSmallKernel,
                                         choose_impl, depthwise_conv2d, fft_depthwise_conv2d)
 from ablate.reparam import gate
 
@@ -105,6 +105,22 @@ def test_auto_picks_fft_from_the_measured_crossover_only_on_cpu_float(monkeypatc
         choose_impl(None, x, (31, 31), (1, 1))
     with pytest.raises(ValueError, match="impl"):
         LargeKernelDW(4, 13, impl="fast")
+
+
+def test_auto_on_cuda_is_the_crossover_measured_on_an_h100() -> None:
+    """docs/performance.md, "Large depthwise convs on a GPU" (bench/gpu_check.sh, H100, cuDNN 9.19): the
+    FFT was faster than cuDNN from 13x13 in float32 (channels_last 6.4x, NCHW 2.0x) and in bfloat16
+    (3.5x), slower at 7x7 in bfloat16 (0.25x) and NCHW (0.86x). So on CUDA ``auto`` takes the FFT from
+    13, for half types too (autocast's activations; computed in float32), and never Triton, which the
+    FFT beat at every size from 9 on."""
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        assert auto_impl("cuda", dtype, (13, 13), (1, 1)) == "fft"
+        assert auto_impl("cuda", dtype, (31, 31), (1, 1)) == "fft"
+        assert auto_impl("cuda", dtype, (7, 7), (1, 1)) == "native"
+        assert auto_impl("cuda", dtype, (3, 3), (1, 1)) == "native"  # RepLKNet's small kernel, MobileNetV2's 3x3
+        assert auto_impl("cuda", dtype, (3, 3), (6, 6)) == "native"  # sparse: 3 taps, effective 13
+    assert auto_impl("cpu", torch.bfloat16, (31, 31), (1, 1)) == "native"  # no half FFT on CPU
+    assert auto_impl("mps", torch.float32, (31, 31), (1, 1)) == "native"  # never measured there
 
 
 def test_a_grouped_or_non_depthwise_conv_stays_native() -> None:

@@ -22,7 +22,9 @@ Supports any stride, dilation and zero padding (RepLKNet uses stride 1 and k // 
 rectangular kernels of any size, float32, float16 and bfloat16 (float32 accumulation) and float64.
 Tensors are computed in contiguous NCHW (a channels_last input is copied to NCHW, and that copy kept
 for backward; the output is returned in the input's memory format: one memory pass, small beside a
-large kernel's taps). Not twice-differentiable. GPU speed: NOT yet measured (bench/gpu_check.sh); ``auto`` does not pick it.
+large kernel's taps). Not twice-differentiable. GPU speed (H100, docs/performance.md): faster than
+cuDNN from 7x7 (1.5x) to 31x31 (9x), slower at 3x3 and 5x5, and slower than the FFT from 9x9 on, so
+``auto`` does not pick it.
 
 Runs on CUDA (compiled), or on CPU tensors under Triton's interpreter (``TRITON_INTERPRET=1``). The
 variable must be set before triton is first imported: triton wraps its own library functions

@@ -14,7 +14,8 @@ dict keys and the re-parameterized form are the same either way; only the arithm
 float rounding). ``impl`` (module kwarg) or ``$ABLATE_DW_CONV``: ``native``, ``fft``, ``triton`` or
 ``auto``. ``triton`` (ablate.layers.dw_triton, imported only when it runs) is a direct Triton kernel
 for CUDA, or for CPU tensors under ``TRITON_INTERPRET=1`` (tests); ``auto`` picks it only from a
-measured crossover (``TRITON_MIN_KERNEL``, empty until measured on a GPU: bench/gpu_check.sh).
+measured crossover (``TRITON_MIN_KERNEL``: empty, since on an H100 and an H200 the FFT beat it at
+every size where either beat cuDNN; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -31,18 +32,23 @@ from ablate.layers.conv_bn import ConvBN, fuse_conv_bn
 IMPLS = ("native", "fft", "triton", "auto")
 IMPL_ENV = "ABLATE_DW_CONV"
 # Smallest effective kernel (dilation * (k - 1) + 1) for which ``auto`` takes the FFT, per device
-# type, from bench/depthwise_conv.py (fwd + bwd, float32, channels_last; docs/performance.md). A device
-# type missing here (CUDA: not yet measured; meta: FLOP counting, which counts native convs) is native.
-FFT_MIN_KERNEL = {"cpu": 13}
+# type, from bench/depthwise_conv.py (fwd + bwd; docs/performance.md). CPU: float32 channels_last, 1
+# thread. CUDA (H100, cuDNN 9.19, bench/gpu_check.sh): the FFT wins from 13 in every layout and dtype
+# measured (float32 channels_last 6.4x at 13 and 51x at 31; bfloat16 3.5x / 17x; float32 NCHW 2.0x /
+# 8.7x), while at 7 bfloat16 is 4x faster natively. A device type missing here (meta: FLOP counting,
+# which counts native convs) is native.
+FFT_MIN_KERNEL = {"cpu": 13, "cuda": 13}
 # ... and at least this many taps a side: a sparse 3x3 at dilation 6 (effective 13) is still cheaper natively
 FFT_MIN_TAPS = 5
 FFT_DTYPES = (torch.float32, torch.float64)  # torch.fft on CPU has no half types: those stay native in auto
+# ... on CUDA half types too (autocast's bf16/fp16 activations): the FFT computes them in float32 and
+# casts back, and was still 3.5x (13x13) to 17x (31x31) faster than cuDNN's bfloat16 conv
+FFT_AUTO_DTYPES = {"cpu": FFT_DTYPES, "cuda": (torch.float16, torch.bfloat16, *FFT_DTYPES)}
 # Smallest kernel (taps a side: a direct sum's cost follows the taps, not the dilated extent as the
-# FFT's does) for which ``auto`` takes the Triton kernel, per device type. EMPTY until
-# measured: bench/gpu_check.sh (bench/depthwise_conv.py --device cuda, fwd + bwd against cuDNN and the
-# FFT) on a GPU gives the crossover, e.g. {"cuda": 13} if Triton beats cuDNN from 13x13 on. It is
-# checked before FFT_MIN_KERNEL, so a device type may name both (Triton up to where the FFT wins is
-# not expressible here: measure first). Never "cpu": the interpreter is for tests only.
+# FFT's does) for which ``auto`` takes the Triton kernel, per device type. Empty: bench/gpu_check.sh on
+# an H100 found the FFT faster than Triton from 9x9 on (31x31: 1.7 ms against 9.6 ms), and Triton's
+# wins below 13 small (1.5x over cuDNN at 7x7 fp32). Checked before FFT_MIN_KERNEL, so a device
+# type naming both would take Triton. Never "cpu": the interpreter is for tests only.
 TRITON_MIN_KERNEL: dict[str, int] = {}
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -65,13 +71,21 @@ def choose_impl(impl: str | None, x: torch.Tensor, kernel_size: tuple[int, int],
         return "native"  # torch.fx tracing (re-param's BN fusion), FLOP counting: they see the conv itself
     if impl != "auto":
         return impl
+    return auto_impl(x.device.type, x.dtype, kernel_size, dilation)
+
+
+def auto_impl(device_type: str, dtype: torch.dtype, kernel_size: tuple[int, int], dilation: tuple[int, int]) -> str:
+    """What ``auto`` runs for a depthwise conv of this kernel on this device type and dtype: Triton or the
+    FFT from the measured crossovers (TRITON_MIN_KERNEL, FFT_MIN_KERNEL, FFT_AUTO_DTYPES), else native.
+    Apart from ``choose_impl`` so the policy of every device type can be checked on any machine."""
     size = min(d * (k - 1) + 1 for k, d in zip(kernel_size, dilation))
     taps = min(kernel_size)
-    triton_from = TRITON_MIN_KERNEL.get(x.device.type)
-    if triton_from is not None and taps >= triton_from and x.dtype in TRITON_DTYPES:
+    triton_from = TRITON_MIN_KERNEL.get(device_type)
+    if triton_from is not None and taps >= triton_from and dtype in TRITON_DTYPES:
         return "triton"
-    crossover = FFT_MIN_KERNEL.get(x.device.type)
-    if crossover is None or size < crossover or taps < FFT_MIN_TAPS or x.dtype not in FFT_DTYPES:
+    crossover = FFT_MIN_KERNEL.get(device_type)
+    dtypes = FFT_AUTO_DTYPES.get(device_type, FFT_DTYPES)
+    if crossover is None or size < crossover or taps < FFT_MIN_TAPS or dtype not in dtypes:
         return "native"
     return "fft"
 
