@@ -48,6 +48,11 @@ def _clean(obj: Any) -> Any:
     """NaN/inf are not JSON: they become null (Plotly leaves a gap); other floats keep 6
     significant digits (more than any plot or table shows; 0.1 + 0.2 is written 0.3)."""
     kind = type(obj)  # the exact types first (a page holds ~10^5 values); subclasses (numpy's) below
+    if kind is float:
+        if not math.isfinite(obj):
+            return None
+        v = float(f"{obj:.6g}")
+        return int(v) if v.is_integer() and abs(v) < 1e15 else v
     if kind is str or kind is int or obj is None or kind is bool:
         return obj
     if kind is list:
