@@ -525,13 +525,22 @@ def _light_params(raw: Any, arm_text: Any, seed: Any,
     return p, entry[1]
 
 
-def _seedless(raw: Any, seed: Any, arms: dict[Any, tuple[dict[str, Any], str]]) -> tuple[dict[str, Any], str]:
+def _seedless(raw: Any, seed: Any, arms: dict[Any, tuple[dict[str, Any], str]],
+              key: Any = None) -> tuple[dict[str, Any], str]:
     """(a trial's params without its seed, its arm key) from the params text SQLite stores and the
     trial's seed, parsing JSON once per arm: the text of a trial written by ablate ends with its
     seed (``, "seed": 4}``), and what comes before it is the same for every trial of its arm, so it
     is the cache key (the database's ``json_remove`` of the seed costs more, at 10^4 trials, than
-    this and the rest of the trial's read together). Any other text is parsed whole. The dict is
-    shared by the arm's trials: read-only."""
+    this and the rest of the trial's read together). Any other text is parsed whole. ``key``: the
+    database's own text of the params without the seed (``_arm_text``: PostgreSQL, whose driver
+    hands over parsed params), the cache key instead. The dict is shared by the arm's trials:
+    read-only."""
+    if key is not None:
+        entry = arms.get(key)
+        if entry is None:
+            a = {k: v for k, v in _json(raw).items() if k != "seed"}
+            entry = arms[key] = (a, arm_key(a))
+        return entry
     if type(seed) is int and type(raw) is str:
         for tail in (f', "seed": {seed}}}', f',"seed":{seed}}}'):
             if raw.endswith(tail):
@@ -719,9 +728,9 @@ class Reader:
 
     def _table_trials(self, q: Query, sid: int, names: list[str]) -> list[TableTrial]:
         d = self.dialect
-        cols = (f"trial_id, seed, status, n_params, flops, error_kind, profile, {_code_json(d)}, "
-                + ("params, NULL" if d == "sqlite" else f"{_arm_text(d)}, params")  # PostgreSQL's arm text is
-                # jsonb's (keys reordered): the key of the arm's cache only, the params parsed once per arm
+        cols = (f"trial_id, seed, status, n_params, flops, error_kind, profile, {_code_json(d)}, params, "
+                + ("NULL" if d == "sqlite" else _arm_text(d))  # PostgreSQL's arm text is jsonb's (keys
+                # reordered): the key of the arm's cache only (``_seedless``), the params parsed once per arm
                 + "".join(f", (SELECT value FROM trial_finals WHERE trial_pk = trials.pk AND name = :m{i})"
                           for i in range(len(names))))
         out: list[TableTrial] = []
@@ -731,15 +740,8 @@ class Reader:
         rows = q(f"SELECT {cols} FROM trials WHERE study_id = :sid ORDER BY pk",
                  {"sid": sid, **{f"m{i}": n for i, n in enumerate(names)}})
         append = out.append
-        sqlite = d == "sqlite"
         for r in rows:
-            if sqlite:
-                arm = _seedless(r[8], r[1], arms)
-            else:
-                arm = arms.get(r[8])
-                if arm is None:
-                    p = {k: v for k, v in _json(r[9]).items() if k != "seed"}
-                    arm = arms[r[8]] = (p, arm_key(p))
+            arm = _seedless(r[8], r[1], arms, r[9])
             code = codes.get(r[7])
             if code is None:
                 code = codes[r[7]] = _code_fields(r[7])
@@ -984,15 +986,15 @@ class Reader:
                       final: bool = False, chunk: int = 1000) -> Iterator[tuple[str, list[tuple], list[tuple]]]:
         """What ``ablate export`` writes, ``chunk`` trials at a time as plain rows (no records: at
         10^4 trials the export's Python objects cost more than its SQL): (study, trials, points) with
-        trials (pk, trial_id, params, seed, status, n_params, flops, error, started_at, ended_at) in
+        trials (pk, trial_id, params without the seed (shared by the trials of an arm: read-only), seed,
+        status, n_params, flops, error, started_at, ended_at) in
         insertion order and points (trial pk, epoch, metric, value) ordered by trial, metric and
         epoch, every epoch or (``final``) only each metric's last, and (pk, None, None, None) for a
         trial without metric rows. Keyset pagination on the trial's key, as ``iter_trial_chunks``:
         memory is the chunk's. KeyError for a study the database does not hold."""
         found = self._studies_named(studies)
         ids = None if trial_ids is None else sorted(set(trial_ids))
-        split = (f"{_arm_text(self.dialect)}, " +  # params parsed once per arm of a chunk (``_light_params``)
-                 ("json_extract(params, '$.seed')" if self.dialect == "sqlite" else "NULL"))
+        split = "NULL" if self.dialect == "sqlite" else _arm_text(self.dialect)  # ``_seedless``: one parse per arm
         source = ("LEFT JOIN trial_finals m ON m.trial_pk = t.pk" if final else
                   "LEFT JOIN metrics m ON m.trial_pk = t.pk")
         for sid, name in found:
@@ -1011,7 +1013,7 @@ class Reader:
                                    f"WHERE t.study_id = :sid AND t.pk > :last AND t.pk <= :hi"
                                    f"{where.replace('trial_id', 't.trial_id')} ORDER BY t.pk, m.name, m.epoch", span)
                     arms: dict[Any, Any] = {}  # per chunk: memory stays bounded by the chunk
-                    trials = [(r[0], r[1], _light_params(r[2], r[10], r[11], arms)[0], r[3], r[4], r[5], r[6], r[7],
+                    trials = [(r[0], r[1], _seedless(r[2], r[3], arms, r[10])[0], r[3], r[4], r[5], r[6], r[7],
                                _time(r[8]), _time(r[9])) for r in rows]
                     yield name, trials, points
                     if len(rows) < chunk:
