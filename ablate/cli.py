@@ -536,7 +536,10 @@ def dashboard(
         finally:
             server.server_close()
         return
-    dash.write_report(store, out_file, artifacts=artifacts)
+    import os
+
+    # two processes build the page where there are two cores (the same page: ``dashboard.report``)
+    dash.write_report(store, out_file, artifacts=artifacts, workers=min(2, os.cpu_count() or 1))
     err.print(f"wrote {out_file}")
 
 
