@@ -536,10 +536,8 @@ def dashboard(
         finally:
             server.server_close()
         return
-    import os
-
-    # two processes build the page where there are two cores (the same page: ``dashboard.report``)
-    dash.write_report(store, out_file, artifacts=artifacts, workers=min(2, os.cpu_count() or 1))
+    # two processes build the page where a second core is free (the same page: ``dashboard.report``)
+    dash.write_report(store, out_file, artifacts=artifacts, workers=dash.page_workers())
     err.print(f"wrote {out_file}")
 
 

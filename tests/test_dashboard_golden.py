@@ -124,6 +124,19 @@ def test_a_page_built_by_two_processes_is_the_page(reader, tmp_path: Path, monke
     assert len(built) == 5 and len(set(built[:2])) == 2  # two processes, then the fork and this one twice
 
 
+@pytest.mark.parametrize("cpus, load, workers", [(2, 0.7, 2), (2, 1.0, 2), (2, 1.6, 1), (1, 0.0, 1), (16, 9.0, 2),
+                                                  (None, 0.0, 1)])
+def test_the_page_is_built_in_two_processes_only_where_a_core_is_free(monkeypatch: pytest.MonkeyPatch, cpus,
+                                                                        load: float, workers: int) -> None:
+    """Two processes cost more CPU in all: ``dashboard --out`` forks only where the load average
+    leaves a second core idle."""
+    from ablate.dashboard import page_workers
+
+    monkeypatch.setattr("os.cpu_count", lambda: cpus)
+    monkeypatch.setattr("os.getloadavg", lambda: (load, load, load))
+    assert page_workers() == workers
+
+
 if __name__ == "__main__":  # write the expected blobs (SQLite through sqlite3)
     import tempfile
 
