@@ -747,8 +747,10 @@ class Reader:
                 code = codes[r[7]] = _code_fields(r[7])
             if one is not None:
                 final = {} if r[10] is None else {one: r[10]}
-            else:  # NULL: no such metric stored
-                final = {n: v for n, v in zip(names, r[10:]) if v is not None}
+            else:  # NULL: no such metric stored (most trials have every one: one dict(zip()), no comprehension)
+                values = r[10:]
+                final = (dict(zip(names, values)) if None not in values else
+                         {n: v for n, v in zip(names, values) if v is not None})
             append(TableTrial(r[0], arm[0], arm[1], r[1], r[2], r[3], r[4], r[5], r[6], final, code, {}))
         return out
 
