@@ -52,12 +52,13 @@ def load_details(store: Reader, study: str, trials: list[Any], history: History)
     out = []
     for t in trials:
         s = full.get(t.trial_id)
+        # a summary read whole gives what the record lacks; without one (gone since), what the record has
+        src: Any = s if s is not None else t
         out.append(TrialRecord(
-            t.trial_id, s.params if s else t.params, configs.get(t.trial_id, t.config), t.seed, t.status, t.n_params,
-            t.flops, errors.get(t.trial_id, getattr(t, "error", None)), s.started_at if s else getattr(t, "started_at", None),
-            s.ended_at if s else getattr(t, "ended_at", None), dict(t.final), history.get(t.trial_id, {}),
-            s.provenance if s else dict(t.provenance), s.attempts if s else getattr(t, "attempts", 0), t.error_kind,
-            list(getattr(t, "past_attempts", [])), t.profile))
+            t.trial_id, src.params, configs.get(t.trial_id, t.config), t.seed, t.status, t.n_params, t.flops,
+            errors.get(t.trial_id, getattr(t, "error", None)), getattr(src, "started_at", None),
+            getattr(src, "ended_at", None), dict(t.final), history.get(t.trial_id, {}), dict(src.provenance),
+            getattr(src, "attempts", 0), t.error_kind, list(getattr(t, "past_attempts", [])), t.profile))
     return out
 
 
