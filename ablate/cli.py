@@ -536,7 +536,8 @@ def dashboard(
         finally:
             server.server_close()
         return
-    dash.write_report(store, out_file, artifacts=artifacts)
+    # two processes build the page where a second core is free (the same page: ``dashboard.report``)
+    dash.write_report(store, out_file, artifacts=artifacts, workers=dash.page_workers())
     err.print(f"wrote {out_file}")
 
 

@@ -525,6 +525,38 @@ def _light_params(raw: Any, arm_text: Any, seed: Any,
     return p, entry[1]
 
 
+def _seedless(raw: Any, seed: Any, arms: dict[Any, tuple[dict[str, Any], str]],
+              key: Any = None) -> tuple[dict[str, Any], str]:
+    """(a trial's params without its seed, its arm key) from the params text SQLite stores and the
+    trial's seed, parsing JSON once per arm: the text of a trial written by ablate ends with its
+    seed (``, "seed": 4}``), and what comes before it is the same for every trial of its arm, so it
+    is the cache key (the database's ``json_remove`` of the seed costs more, at 10^4 trials, than
+    this and the rest of the trial's read together). Any other text is parsed whole. ``key``: the
+    database's own text of the params without the seed (``_arm_text``: PostgreSQL, whose driver
+    hands over parsed params), the cache key instead. The dict is shared by the arm's trials:
+    read-only."""
+    if key is not None:
+        entry = arms.get(key)
+        if entry is None:
+            a = {k: v for k, v in _json(raw).items() if k != "seed"}
+            entry = arms[key] = (a, arm_key(a))
+        return entry
+    if type(seed) is int and type(raw) is str:
+        for tail in (f', "seed": {seed}}}', f',"seed":{seed}}}'):
+            if raw.endswith(tail):
+                head = raw[:len(raw) - len(tail)]
+                entry = arms.get(head)
+                if entry is None:
+                    try:
+                        a = json.loads(head + "}")
+                    except ValueError:
+                        break
+                    entry = arms[head] = (a, arm_key(a))
+                return entry
+    a = {k: v for k, v in _json(raw).items() if k != "seed"}
+    return a, arm_key(a)
+
+
 # the scope of a study's trials (optionally some ids): what the metric queries aggregate over
 _SCOPE = "SELECT pk FROM trials WHERE study_id = :sid{ids}"
 _FINAL = ("SELECT t.trial_id, f.name, f.epoch, f.value FROM trial_finals f JOIN trials t ON t.pk = f.trial_pk "
@@ -559,8 +591,8 @@ class Reader:
                                                      line, provenance, profile; no metric rows
       table_trials(study, metrics) -> list[TableTrial]  what a table reads of every trial (no config:
                                                      the table asks ``configs`` for its arms')
-      light_trials(study) -> list[TrialRecord]       what the dashboard reads of every trial: the light
-                                                     summary and every final value, no config
+      light_trials(study) -> list[TableTrial]        what the dashboard reads of every trial: table_trials
+                                                     of every metric the study has
       configs(study, trial_ids) -> {trial_id: config}  full configs of some trials (one query)
       final_values(study, metrics=None, trial_ids=None) -> {trial_id: {metric: (epoch, value)}}
                                                      each metric's row at the trial's last epoch
@@ -684,75 +716,54 @@ class Reader:
     def table_trials(self, study: str, metrics: Iterable[str]) -> list[TableTrial]:
         """What a study's table reads, in one query, as ``TableTrial``s (at 10^5 trials building the
         records costs more than the SQL, so each is what the table needs and no more): every trial
-        in insertion order with its arm (parsed once per arm: on SQLite the database hands over the
-        params without the seed, which every trial of the arm shares), seed, status, params/FLOPs,
-        error kind, the code fields of its provenance (one dict per distinct code), profile, and the
-        final value of each of ``metrics``: one correlated subquery per metric, a lookup by primary
-        key in ``trial_finals`` (0005), which the writes keep equal to the metric row at the last
-        epoch. No per-epoch row, error, time or config (``configs`` reads the few a table needs)."""
+        in insertion order with its arm (parsed once per arm: ``_seedless`` on SQLite; on PostgreSQL
+        the database hands over the params without the seed, which every trial of the arm shares),
+        seed, status, params/FLOPs, error kind, the code fields of its provenance (one dict per
+        distinct code), profile, and the final value of each of ``metrics``: one correlated subquery
+        per metric, a lookup by primary key in ``trial_finals`` (0005), which the writes keep equal
+        to the metric row at the last epoch. No per-epoch row, error, time or config (``configs``
+        reads the few a table needs)."""
+        with paused_gc(), self._sql.snapshot() as q:
+            return self._table_trials(q, self._study_id(q, study), list(dict.fromkeys(metrics)))
+
+    def _table_trials(self, q: Query, sid: int, names: list[str]) -> list[TableTrial]:
         d = self.dialect
-        names = list(dict.fromkeys(metrics))
-        cols = (f"trial_id, seed, status, n_params, flops, error_kind, profile, {_code_json(d)}, {_arm_text(d)}, "
-                + ("NULL" if d == "sqlite" else "params")  # PostgreSQL's arm text is jsonb's: keys reordered
+        cols = (f"trial_id, seed, status, n_params, flops, error_kind, profile, {_code_json(d)}, params, "
+                + ("NULL" if d == "sqlite" else _arm_text(d))  # PostgreSQL's arm text is jsonb's (keys
+                # reordered): the key of the arm's cache only (``_seedless``), the params parsed once per arm
                 + "".join(f", (SELECT value FROM trial_finals WHERE trial_pk = trials.pk AND name = :m{i})"
                           for i in range(len(names))))
         out: list[TableTrial] = []
         arms: dict[Any, tuple[dict[str, Any], str]] = {}
         codes: dict[Any, dict[str, Any]] = {}
         one = names[0] if len(names) == 1 else None
-        with paused_gc(), self._sql.snapshot() as q:
-            sid = self._study_id(q, study)
-            rows = q(f"SELECT {cols} FROM trials WHERE study_id = :sid ORDER BY pk",
-                     {"sid": sid, **{f"m{i}": n for i, n in enumerate(names)}})
-            append = out.append
-            for r in rows:
-                arm = arms.get(r[8])
-                if arm is None:
-                    p = json.loads(r[8]) if r[9] is None else _json(r[9])
-                    p = {k: v for k, v in p.items() if k != "seed"}
-                    arm = arms[r[8]] = (p, arm_key(p))
-                code = codes.get(r[7])
-                if code is None:
-                    code = codes[r[7]] = _code_fields(r[7])
-                if one is not None:
-                    final = {} if r[10] is None else {one: r[10]}
-                else:  # NULL: no such metric stored
-                    final = {n: v for n, v in zip(names, r[10:]) if v is not None}
-                append(TableTrial(r[0], arm[0], arm[1], r[1], r[2], r[3], r[4], r[5], r[6], final, code, {}))
-            del rows
+        rows = q(f"SELECT {cols} FROM trials WHERE study_id = :sid ORDER BY pk",
+                 {"sid": sid, **{f"m{i}": n for i, n in enumerate(names)}})
+        append = out.append
+        for r in rows:
+            arm = _seedless(r[8], r[1], arms, r[9])
+            code = codes.get(r[7])
+            if code is None:
+                code = codes[r[7]] = _code_fields(r[7])
+            if one is not None:
+                final = {} if r[10] is None else {one: r[10]}
+            else:  # NULL: no such metric stored (most trials have every one: one dict(zip()), no comprehension)
+                values = r[10:]
+                final = (dict(zip(names, values)) if None not in values else
+                         {n: v for n, v in zip(names, values) if v is not None})
+            append(TableTrial(r[0], arm[0], arm[1], r[1], r[2], r[3], r[4], r[5], r[6], final, code, {}))
         return out
 
-    def light_trials(self, study: str) -> list[TrialRecord]:
-        """Every trial of ``study`` in insertion order as the dashboard reads it, in two queries and
-        one pass: what ``trial_summaries(light=True)`` reads (no config, error, times or attempts; of
-        the provenance only its code fields; the arm key computed once per arm, kept on the record)
-        and the final value of every metric the study has, in name order, by primary key from
-        ``trial_finals`` (one correlated lookup per metric, as ``table_trials``): no summary records
-        and no per-trial dict of final values keyed by trial id in between."""
-        d = self.dialect
+    def light_trials(self, study: str) -> list[TableTrial]:
+        """Every trial of ``study`` in insertion order as the dashboard reads it: ``table_trials`` of
+        every metric the study has (in name order), so that the table and the plots read one record
+        type (no config, error, times, attempts or per-epoch rows; ``load_details`` reads those for
+        the trials shown whole)."""
         with paused_gc(), self._sql.snapshot() as q:
             sid = self._study_id(q, study)
             names = sorted(r[0] for r in q("SELECT DISTINCT name FROM trial_finals WHERE trial_pk IN "
                                            "(SELECT pk FROM trials WHERE study_id = :sid)", {"sid": sid}))
-            cols = (f"trial_id, params, seed, status, n_params, flops, error_kind, profile, {_code_json(d)}, "
-                    f"{_arm_text(d)}, " + ("json_extract(params, '$.seed')" if d == "sqlite" else "NULL")
-                    + "".join(f", (SELECT value FROM trial_finals WHERE trial_pk = trials.pk AND name = :m{i})"
-                              for i in range(len(names))))
-            rows = q(f"SELECT {cols} FROM trials WHERE study_id = :sid ORDER BY pk",
-                     {"sid": sid, **{f"m{i}": n for i, n in enumerate(names)}})
-            arms: dict[Any, tuple[dict[str, Any] | None, str]] = {}
-            codes: dict[Any, dict[str, Any]] = {}
-            out: list[TrialRecord] = []
-            append = out.append
-            for r in rows:
-                code = codes.get(r[8])  # most trials share their code: one dict built per kind
-                if code is None:
-                    code = codes[r[8]] = _code_fields(r[8])
-                p, arm = _light_params(r[1], r[9], r[10], arms)
-                final = {n: v for n, v in zip(names, r[11:]) if v is not None}
-                append(TrialRecord(r[0], p, {}, r[2], r[3], r[4], r[5], None, None, None, final, {}, dict(code), 0,
-                                   r[6], [], r[7], arm))
-        return out
+            return self._table_trials(q, sid, names)
 
     def configs(self, study: str, trial_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """The full configs of ``trial_ids`` of ``study``: one query with the ids as one parameter
@@ -977,15 +988,15 @@ class Reader:
                       final: bool = False, chunk: int = 1000) -> Iterator[tuple[str, list[tuple], list[tuple]]]:
         """What ``ablate export`` writes, ``chunk`` trials at a time as plain rows (no records: at
         10^4 trials the export's Python objects cost more than its SQL): (study, trials, points) with
-        trials (pk, trial_id, params, seed, status, n_params, flops, error, started_at, ended_at) in
+        trials (pk, trial_id, params without the seed (shared by the trials of an arm: read-only), seed,
+        status, n_params, flops, error, started_at, ended_at) in
         insertion order and points (trial pk, epoch, metric, value) ordered by trial, metric and
         epoch, every epoch or (``final``) only each metric's last, and (pk, None, None, None) for a
         trial without metric rows. Keyset pagination on the trial's key, as ``iter_trial_chunks``:
         memory is the chunk's. KeyError for a study the database does not hold."""
         found = self._studies_named(studies)
         ids = None if trial_ids is None else sorted(set(trial_ids))
-        split = (f"{_arm_text(self.dialect)}, " +  # params parsed once per arm of a chunk (``_light_params``)
-                 ("json_extract(params, '$.seed')" if self.dialect == "sqlite" else "NULL"))
+        split = "NULL" if self.dialect == "sqlite" else _arm_text(self.dialect)  # ``_seedless``: one parse per arm
         source = ("LEFT JOIN trial_finals m ON m.trial_pk = t.pk" if final else
                   "LEFT JOIN metrics m ON m.trial_pk = t.pk")
         for sid, name in found:
@@ -1004,7 +1015,7 @@ class Reader:
                                    f"WHERE t.study_id = :sid AND t.pk > :last AND t.pk <= :hi"
                                    f"{where.replace('trial_id', 't.trial_id')} ORDER BY t.pk, m.name, m.epoch", span)
                     arms: dict[Any, Any] = {}  # per chunk: memory stays bounded by the chunk
-                    trials = [(r[0], r[1], _light_params(r[2], r[10], r[11], arms)[0], r[3], r[4], r[5], r[6], r[7],
+                    trials = [(r[0], r[1], _seedless(r[2], r[3], arms, r[10])[0], r[3], r[4], r[5], r[6], r[7],
                                _time(r[8]), _time(r[9])) for r in rows]
                     yield name, trials, points
                     if len(rows) < chunk:

@@ -54,6 +54,7 @@ UNTESTED = f" (n<{MIN_PAIRS})"  # too few shared seeds to test
 MISSING = "–"
 NOT_IN_FILE = "‡"  # an arm (or seeds, or a profile) the study file no longer declares (--all)
 STALE = "§"  # results made by other code (provenance)
+MARKS = {True: SIGNIFICANT, False: DAGGER, None: UNTESTED}  # Paired.significant -> the mark after its Δ
 
 
 def max_rf(config: dict[str, Any]) -> int:
@@ -463,6 +464,7 @@ def _build_table(record: StudyRecord, alpha: float, all_arms: bool, want_raw: bo
     resolution = _resolution(arms)
 
     cols: list[_Column] = []
+    blank = (lambda: [{} for _ in arms]) if want_raw else list  # each arm's raw CSV values (none unless wanted)
     marks_used: set[str] = set()
     tested: list[Paired] = []
     for col in columns:
@@ -470,7 +472,7 @@ def _build_table(record: StudyRecord, alpha: float, all_arms: bool, want_raw: bo
         if src == "flops" and resolution is not None and "@" not in head:
             head = f"{head} @{resolution}"  # FLOPs depend on the input size: say which
         key = (snake(group) + "_" if group else "") + snake(head)
-        c = _Column(head, group, [], [{} for _ in arms])
+        c = _Column(head, group, [], blank())
         cols.append(c)
         if src.startswith("metric:"):
             name = src.split(":", 1)[1]
@@ -478,29 +480,30 @@ def _build_table(record: StudyRecord, alpha: float, all_arms: bool, want_raw: bo
             want_delta = col.get("delta") if col.get("delta") is not None else name == main
             base_seeds = baseline.by_seed(name) if baseline else {}
             base_mean = summarize(base_seeds.values()).mean
-            d = _Column(f"Δ {head}", group, [], [{} for _ in arms]) if (want_delta and baseline) else None
-            test = _Column("p (Holm)", group, [], [{} for _ in arms]) if (d is not None and col.get("test")) else None
+            d = _Column(f"Δ {head}", group, [], blank()) if (want_delta and baseline) else None
+            test = _Column("p (Holm)", group, [], blank()) if (d is not None and col.get("test")) else None
             per_seed: list[dict[int, float]] = []
             k_mean, k_std, k_n, k_trials = f"{key}_mean", f"{key}_std", f"{key}_n", f"{key}_trials"
             for i, done in enumerate(dones):
-                with_value = [t for t in done if name in t.final]
-                seeds = {t.seed: t.final[name] for t in with_value}  # = Arm.by_seed(name)
+                seeds = {t.seed: f[name] for t in done if name in (f := t.final)}  # = Arm.by_seed(name)
                 per_seed.append(seeds)
                 st = summarize(seeds.values())
                 c.cells.append(_fmt_metric(st, col))
                 c.numbers.append(st.mean)
                 if want_raw:
                     c.raw[i].update({k_mean: st.mean, k_std: st.std, k_n: st.n,
-                                     k_trials: " ".join([t.trial_id for t in with_value])})
+                                     k_trials: " ".join([t.trial_id for t in done if name in t.final])})
             if d is None:
                 continue
             # the arms of the file compared with the baseline in this column are one family (Holm)
             compared = [i for i, arm in enumerate(arms) if arm.declared
                         and arm is not baseline and c.numbers[i] is not None and base_mean is not None]
             results = dict(zip(compared, compare_with_baseline(base_seeds, [per_seed[i] for i in compared], alpha)))
+            no_test = dict.fromkeys(f"delta_{key}{x}" for x in ("", "_test", "_pairs", "_p", "_p_holm", "_ci_low",
+                                                                "_ci_high", "_significant"))
             for i, arm in enumerate(arms):
-                d.raw[i].update(dict.fromkeys(f"delta_{key}{x}" for x in ("", "_test", "_pairs", "_p", "_p_holm",
-                                                                        "_ci_low", "_ci_high", "_significant")))
+                if want_raw:
+                    d.raw[i].update(no_test)
                 if arm is baseline:
                     d.cells.append("baseline")
                     if test is not None:
@@ -513,17 +516,18 @@ def _build_table(record: StudyRecord, alpha: float, all_arms: bool, want_raw: bo
                     continue
                 p: Paired = results[i]
                 delta = c.numbers[i] - base_mean
-                mark = {True: SIGNIFICANT, False: DAGGER, None: UNTESTED}[p.significant]
+                mark = MARKS[p.significant]
                 marks_used.add(mark)
                 if p.method != "none":
                     tested.append(p)
                 d.cells.append(f"{delta:+.2f}{mark}")
                 if test is not None:
                     test.cells.append(f"n<{MIN_PAIRS}" if p.p_adjusted is None else f"{p.p_adjusted:.3g}")
-                d.raw[i].update({f"delta_{key}": delta, f"delta_{key}_test": p.method, f"delta_{key}_pairs": p.n,
-                                 f"delta_{key}_p": p.p_value, f"delta_{key}_p_holm": p.p_adjusted,
-                                 f"delta_{key}_ci_low": p.low, f"delta_{key}_ci_high": p.high,
-                                 f"delta_{key}_significant": p.significant})
+                if want_raw:
+                    d.raw[i].update({f"delta_{key}": delta, f"delta_{key}_test": p.method, f"delta_{key}_pairs": p.n,
+                                     f"delta_{key}_p": p.p_value, f"delta_{key}_p_holm": p.p_adjusted,
+                                     f"delta_{key}_ci_low": p.low, f"delta_{key}_ci_high": p.high,
+                                     f"delta_{key}_significant": p.significant})
             cols.append(d)
             if test is not None:
                 cols.append(test)
@@ -537,8 +541,9 @@ def _build_table(record: StudyRecord, alpha: float, all_arms: bool, want_raw: bo
                     text = fmt(v) if v else MISSING
                 elif src.startswith("derived:"):
                     fn = DERIVED.get(src.split(":", 1)[1])
+                    config = arm.config
                     try:
-                        v = fn(arm.config) if fn and arm.config else None
+                        v = fn(config) if fn and config else None
                     except (KeyError, TypeError, ValueError):
                         v = None
                     text = _fmt(v, col)
@@ -559,19 +564,24 @@ def _build_table(record: StudyRecord, alpha: float, all_arms: bool, want_raw: bo
     headers = [c.header for c in cols] + ["Seeds"] + [f"Paper {k}" for k in paper_keys]
     groups = [c.group for c in cols] + [""] * (1 + len(paper_keys))
     bests = [_best([v for i, v in enumerate(c.numbers) if v is not None and arms[i].declared], c.best) for c in cols]
+    ranked = [(j, c.numbers, b) for j, (c, b) in enumerate(zip(cols, bests)) if b is not None and c.numbers]
+    width = len(cols) + 1 + len(paper_keys)
     rows, bold, raw = [], [], []
     for i, arm in enumerate(arms):
         cells = [c.cells[i] for c in cols]
         tags = ("" if arm.declared else NOT_IN_FILE) + (STALE if i in stale else "")
         if tags and cells:
             cells[0] = f"{cells[0]} {tags}"
-        marks = [bool(c.numbers) and arm.declared and _is_best(c.numbers[i], b) for c, b in zip(cols, bests)]
+        marks = [False] * width  # bold: the best value of a column with one, among the file's arms
+        if arm.declared:
+            for j, numbers, b in ranked:
+                if _is_best(numbers[i], b):
+                    marks[j] = True
         n_done = len({t.seed for t in dones[i]})
         n_seeds = arm.seeds_declared if arm.seeds_declared is not None else len({t.seed for t in arm.trials})
         cells.append(f"{n_done}/{n_seeds}")  # = Arm.seeds_cell()
-        paper = _paper_row(spec, arm) or {}
+        paper = (_paper_row(spec, arm) or {}) if paper_keys else {}
         cells += [str(paper.get(k, MISSING)) for k in paper_keys]
-        marks += [False] * (1 + len(paper_keys))
         rows.append(cells)
         bold.append(marks)
         if not want_raw:

@@ -67,6 +67,82 @@ def test_dashboard_data_is_byte_identical_to_the_expected(reader, tmp_path: Path
         assert text == want[name], name
 
 
+FORKED = """
+import json, os, sys
+import ablate.provenance
+ablate.provenance.code = lambda: json.loads(sys.argv[2])
+import ablate.dashboard as D
+from ablate.store_reads import open_reader
+
+reader, artifacts, pids = open_reader(sys.argv[1]), sys.argv[3], sys.argv[4]
+assert D._can_fork(reader)
+real, parent = D._blobs, os.getpid()
+
+def recorded(store, names, artifacts, fail=False):
+    with open(pids, "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    if fail and os.getpid() != parent:
+        raise RuntimeError("the fork fails")
+    return real(store, names, artifacts)
+
+D._blobs = recorded
+pages = [D.report(reader, artifacts=artifacts, workers=2)]
+D._blobs = lambda *a: recorded(*a, fail=True)  # the fork fails: this process builds its share itself
+pages.append(D.report(reader, artifacts=artifacts, workers=2))
+D._blobs = recorded
+pages.append(D.report(reader, artifacts=artifacts, workers=2,
+                      names=["plain", "synthetic_01", "nope", "big", "synthetic_00"]))
+print(json.dumps(pages))
+"""
+
+
+def test_a_page_built_by_two_processes_is_the_page(reader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ablate dashboard --out`` builds half of the studies in a fork where there are two cores
+    (``dashboard._forked_page``): the page is byte for byte the one built in one process (but for
+    the time it says it was made), also when the fork fails. Only a one-thread process reading an
+    SQLite file forks (run here in a fresh interpreter: pytest's may have threads); a Store (an
+    engine's pool: SQLAlchemy, PostgreSQL) never does."""
+    import re
+    import subprocess
+
+    from ablate.dashboard import _can_fork, report
+    from ablate.store_reads import Reader
+
+    monkeypatch.setattr("ablate.provenance.code", lambda: dict(NOW))
+    art = tmp_path / "no-artifacts"
+    one = report(reader, artifacts=art)
+    stamp = re.compile(r"generated \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC")
+    if type(reader) is not Reader:
+        assert not _can_fork(reader)
+        assert stamp.sub("", report(reader, artifacts=art, workers=2)) == stamp.sub("", one)
+        return
+    pids = tmp_path / "pids"
+    r = subprocess.run([sys.executable, "-c", FORKED, reader.url, json.dumps(NOW), str(art), str(pids)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    pages = json.loads(r.stdout)
+    assert len(pages) == 3
+    for page in pages[:2]:
+        assert stamp.sub("", page) == stamp.sub("", one)
+    some = ["plain", "synthetic_01", "nope", "big", "synthetic_00"]  # = ``names``' order, not the database's
+    assert stamp.sub("", pages[2]) == stamp.sub("", report(reader, artifacts=art, names=some))
+    built = pids.read_text().split()
+    assert len(built) == 7 and len(set(built[:2])) == 2  # two processes, the fork and this one twice, two
+
+
+@pytest.mark.parametrize("cpus, load, workers", [(2, 0.7, 2), (2, 1.4, 2), (2, 1.5, 1), (2, 3.0, 1), (1, 0.0, 1),
+                                                  (16, 9.0, 2), (None, 0.0, 1)])
+def test_the_page_is_built_in_two_processes_only_where_a_core_is_free(monkeypatch: pytest.MonkeyPatch, cpus,
+                                                                        load: float, workers: int) -> None:
+    """Two processes cost more CPU in all: ``dashboard --out`` forks only where the load average
+    leaves a second core idle."""
+    from ablate.dashboard import page_workers
+
+    monkeypatch.setattr("os.cpu_count", lambda: cpus)
+    monkeypatch.setattr("os.getloadavg", lambda: (load, load, load))
+    assert page_workers() == workers
+
+
 if __name__ == "__main__":  # write the expected blobs (SQLite through sqlite3)
     import tempfile
 

@@ -443,6 +443,26 @@ def test_light_params_parse_once_per_arm_and_equal_the_stored_json() -> None:
     assert len(arms) == 2  # the first four share one arm
 
 
+def test_seedless_params_parse_once_per_arm_and_equal_the_stored_json() -> None:
+    """What tables and the dashboard read of a trial's params on SQLite (``_seedless``): the stored
+    params without the seed, in the stored order, and their arm key; the text before a trailing
+    seed is parsed once per arm, anything else (seed not last, no seed, another seed than the
+    trial's, a non-integer seed, compact separators) whole."""
+    from ablate.store_reads import _seedless
+
+    arms: dict = {}
+    cases = [('{"k": 3, "lr": 0.1, "seed": 4}', 4), ('{"k": 3, "lr": 0.1, "seed": 5}', 5),
+             ('{"seed": 4, "k": 3, "lr": 0.1}', 4), ('{"k": 3, "lr": 0.1}', 4), ('{"k": 3, "lr": 0.1, "seed": 4}', 7),
+             ('{"k": 3, "lr": 0.1, "seed": true}', 4), ('{"k":3,"lr":0.1,"seed":4}', 4),
+             ('{"k": [3, 5], "seed": 12}', 12), ('{"seed": 12}', 12)]
+    for raw, seed in cases:
+        want = {k: v for k, v in json.loads(raw).items() if k != "seed"}
+        a, key = _seedless(raw, seed, arms)
+        assert a == want and list(a) == list(want) and key == arm_key(want), raw
+    assert len(arms) == 3  # '{"k": 3, "lr": 0.1', '{"k":3,"lr":0.1' and '{"k": [3, 5]': one parse each
+    assert _seedless('{"k": 3, "lr": 0.1, "seed": 9}', 9, arms)[0] is arms['{"k": 3, "lr": 0.1'][0]  # shared
+
+
 _OF_STUDY = "trial_pk IN (SELECT t.pk FROM trials t JOIN studies s ON s.id = t.study_id WHERE s.name = :n)"
 _LAST_EPOCH_ROWS = ("SELECT m.trial_pk, m.name, m.epoch, m.value FROM metrics m JOIN (SELECT trial_pk, name, "
                     f"max(epoch) AS e FROM metrics WHERE {_OF_STUDY} GROUP BY trial_pk, name) f "

@@ -12,20 +12,21 @@ History = dict[str, dict[str, list[tuple[int, float]]]]  # trial id -> metric ->
 
 
 def load_study(store: Reader, name: str) -> StudyRecord:
-    """One study with its trials and their final values (``Reader.light_trials``: final values by
-    primary key, no per-epoch row), each arm's first trial with its config (what tables and plots
-    read of a config), the other trials without one, no errors or times (``load_details`` reads
-    them for the trials shown whole)."""
+    """One study with its trials and their final values (``Reader.light_trials``: ``TableTrial``s,
+    the records a table reads, with every final value by primary key, no per-epoch row), each arm's
+    first trial with its config (what tables and plots read of a config), the other trials without
+    one, no errors or times (``load_details`` reads them for the trials shown whole)."""
     info = store.study_info(name)
-    trials = store.light_trials(name)  # provenance: code fields only; no error, times
-    firsts: dict[str, TrialRecord] = {}
+    trials = store.light_trials(name)
+    firsts: dict[str, Any] = {}
     for t in trials:
-        firsts.setdefault(t._arm, t)  # type: ignore[arg-type]
+        firsts.setdefault(t._arm, t)
     configs = store.configs(name, [t.trial_id for t in firsts.values()])
     for t in firsts.values():
         t.config = configs.get(t.trial_id, {})
     # a table arm whose first trial is not its arm's first (another profile or seed first): read when built
-    return StudyRecord(info.name, info.description, info.spec, trials, configs=lambda ids: store.configs(name, ids))
+    return StudyRecord(info.name, info.description, info.spec, trials,  # type: ignore[arg-type]
+                       configs=lambda ids: store.configs(name, ids))
 
 
 def load_studies(store: Reader, names: Iterable[str] | None = None) -> list[StudyRecord]:
@@ -40,10 +41,10 @@ def load_history(store: Reader, study: str, trial_ids: list[str]) -> History:
     return store.histories(study, trial_ids) if trial_ids else {}
 
 
-def load_details(store: Reader, study: str, trials: list[TrialRecord], history: History) -> list[TrialRecord]:
-    """``trials`` made whole for their details: full config, full error, every epoch."""
-    import dataclasses
-
+def load_details(store: Reader, study: str, trials: list[Any], history: History) -> list[TrialRecord]:
+    """``trials`` (records of the study as read: ``TableTrial`` or ``TrialRecord``) made whole for
+    their details, as ``TrialRecord``s: params as stored, full config, provenance, error and times,
+    every epoch."""
     ids = [t.trial_id for t in trials]
     full = {s.trial_id: s for s in store.trial_summaries(study, ids)}
     configs = store.configs(study, ids)
@@ -51,9 +52,13 @@ def load_details(store: Reader, study: str, trials: list[TrialRecord], history: 
     out = []
     for t in trials:
         s = full.get(t.trial_id)
-        more = dict(provenance=s.provenance, attempts=s.attempts, started_at=s.started_at, ended_at=s.ended_at) if s else {}
-        out.append(dataclasses.replace(t, config=configs.get(t.trial_id, t.config), error=errors.get(t.trial_id, t.error),
-                                       history=history.get(t.trial_id, {}), **more))
+        # a summary read whole gives what the record lacks; without one (gone since), what the record has
+        src: Any = s if s is not None else t
+        out.append(TrialRecord(
+            t.trial_id, src.params, configs.get(t.trial_id, t.config), t.seed, t.status, t.n_params, t.flops,
+            errors.get(t.trial_id, getattr(t, "error", None)), getattr(src, "started_at", None),
+            getattr(src, "ended_at", None), dict(t.final), history.get(t.trial_id, {}), dict(src.provenance),
+            getattr(src, "attempts", 0), t.error_kind, list(getattr(t, "past_attempts", [])), t.profile))
     return out
 
 

@@ -13,6 +13,7 @@ import json
 import math
 import re
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,11 @@ def _clean(obj: Any) -> Any:
     """NaN/inf are not JSON: they become null (Plotly leaves a gap); other floats keep 6
     significant digits (more than any plot or table shows; 0.1 + 0.2 is written 0.3)."""
     kind = type(obj)  # the exact types first (a page holds ~10^5 values); subclasses (numpy's) below
+    if kind is float:
+        if not math.isfinite(obj):
+            return None
+        v = float(f"{obj:.6g}")
+        return int(v) if v.is_integer() and abs(v) < 1e15 else v
     if kind is str or kind is int or obj is None or kind is bool:
         return obj
     if kind is list:
@@ -76,8 +82,12 @@ def to_json(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False, default=_json_default)
 
 
+class Encoded(str):
+    """A blob already written as JSON text (``to_json``): by a process that built part of the page."""
+
+
 def json_script(el_id: str, obj: Any) -> str:
-    text = to_json(obj).replace("</", "<\\/").replace("<!--", "<\\!--")
+    text = (obj if isinstance(obj, Encoded) else to_json(obj)).replace("</", "<\\/").replace("<!--", "<\\!--")
     return f'<script type="application/json" id="{html.escape(el_id)}">{text}</script>'
 
 
@@ -193,16 +203,35 @@ def _static(name: str) -> str:
     return (STATIC / name).read_text(encoding="utf-8")
 
 
-def build_page(records: list[StudyRecord], blobs: dict[str, dict[str, Any]], *, source: str = "",
-               refresh: int = 0, served: bool = False, version: str = "", now: datetime | None = None) -> str:
-    """The whole page: ``blobs`` (study name -> ``study_blob``) for ``records``. ``served``: the page
-    asks the server for trial details and curves, and (``refresh`` > 0) for a new version every
-    that many seconds, reloading only when the results changed."""
+@dataclass
+class StudyCounts:
+    """What the page's header and overview show of a study besides its blob: its trials by status."""
+
+    name: str
+    statuses: Counter
+
+    @property
+    def total(self) -> int:
+        return sum(self.statuses.values())
+
+    @classmethod
+    def of(cls, record: StudyRecord) -> StudyCounts:
+        return cls(record.name, Counter(t.status for t in record.trials))
+
+
+def build_page(records: list[StudyRecord] | list[StudyCounts], blobs: dict[str, dict[str, Any] | Encoded], *,
+               source: str = "", refresh: int = 0, served: bool = False, version: str = "",
+               now: datetime | None = None) -> str:
+    """The whole page: ``blobs`` (study name -> ``study_blob``, or its ``Encoded`` JSON) for
+    ``records`` (or their ``StudyCounts``). ``served``: the page asks the server for trial details
+    and curves, and (``refresh`` > 0) for a new version every that many seconds, reloading only
+    when the results changed."""
     from ablate.tables import TABLE_CSS
 
     e = html.escape
     now = now or datetime.now(timezone.utc)
-    options = "".join(f'<option value="{e(dom_id(r.name))}">{e(r.name)} ({len(r.trials)} trials)</option>'
+    records = [r if isinstance(r, StudyCounts) else StudyCounts.of(r) for r in records]
+    options = "".join(f'<option value="{e(dom_id(r.name))}">{e(r.name)} ({r.total} trials)</option>'
                       for r in records)
     picker = (f'<label>Study <select id="study-picker">{options}</select></label>' if records
               else '<span class="muted">no studies</span>')
@@ -240,21 +269,22 @@ def build_page(records: list[StudyRecord], blobs: dict[str, dict[str, Any]], *, 
     ])
 
 
-def overview_html(records: list[StudyRecord]) -> str:
+def overview_html(records: list[StudyRecord] | list[StudyCounts]) -> str:
     """Trials per study by status as plain HTML bars (no plot to draw before the study's own);
     a click on a study shows it."""
     if not records:
         return ""
     e = html.escape
-    top = max(len(r.trials) for r in records) or 1
+    records = [r if isinstance(r, StudyCounts) else StudyCounts.of(r) for r in records]
+    top = max(r.total for r in records) or 1
     rows = []
     for r in records:
-        c = Counter(t.status for t in r.trials)
+        c = r.statuses
         segs = "".join(f'<i style="width:{100 * c[s] / top:.3f}%;background:{STATUS_COLORS.get(s, "#999")}" '
                        f'title="{c[s]} {e(s)}"></i>' for s in list(STATUSES) + sorted(set(c) - set(STATUSES)) if c.get(s))
         counts = ", ".join(f"{c[s]} {e(s)}" for s in list(STATUSES) + sorted(set(c) - set(STATUSES)) if c.get(s))
         rows.append(f'<tr data-study="{e(dom_id(r.name))}"><th>{e(r.name)}</th><td class="bar">{segs}</td>'
-                    f'<td class="muted">{len(r.trials)} trials{": " + counts if counts else ""}</td></tr>')
+                    f'<td class="muted">{r.total} trials{": " + counts if counts else ""}</td></tr>')
     return f'<table id="overview"><caption>Trials per study</caption>{"".join(rows)}</table>'
 
 
