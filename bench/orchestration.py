@@ -15,8 +15,10 @@ Wall time includes the interpreter's start and imports. With N = 4 and N = 16, e
 cost beyond the plain loop. Trials are sized so Ray runs one at a time (``resources.cpus`` = the
 machine's cores, and the loop uses as many threads), which makes the overhead visible, not hidden
 by parallelism. Every way exits as ``ablate run`` does (``gc.freeze()`` first: no final collection of
-torch's objects), so the comparison is of orchestration only. Run: ``.venv/bin/python
-bench/orchestration.py`` (results in docs/performance.md).
+torch's objects), so the comparison is of orchestration only. Each run is also cut at its trials by the
+arrival of its progress lines (``ablate run``'s ``[ablate] start`` / ``done``, the loop's own): the time to the
+first trial, the first trial, each further trial and the rest, so a fixed cost that grew with N shows at each N
+without a fit. Run: ``.venv/bin/python bench/orchestration.py`` (results in docs/performance.md).
 """
 
 from __future__ import annotations
