@@ -15,8 +15,10 @@ Wall time includes the interpreter's start and imports. With N = 4 and N = 16, e
 cost beyond the plain loop. Trials are sized so Ray runs one at a time (``resources.cpus`` = the
 machine's cores, and the loop uses as many threads), which makes the overhead visible, not hidden
 by parallelism. Every way exits as ``ablate run`` does (``gc.freeze()`` first: no final collection of
-torch's objects), so the comparison is of orchestration only. Run: ``.venv/bin/python
-bench/orchestration.py`` (results in docs/performance.md).
+torch's objects), so the comparison is of orchestration only. Each run is also cut at its trials by the
+arrival of its progress lines (``ablate run``'s ``[ablate] start`` / ``done``, the loop's own): the time to the
+first trial, the first trial, each further trial and the rest, so a fixed cost that grew with N shows at each N
+without a fit. Run: ``.venv/bin/python bench/orchestration.py`` (results in docs/performance.md).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -69,7 +72,9 @@ def run_loop(path: str) -> None:
 
     torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
     for cfg in _configs(path):
+        print(f"[loop] start {cfg['seed']}", file=sys.stderr, flush=True)  # as `ablate run`'s progress lines
         train(cfg)
+        print(f"[loop] done  {cfg['seed']}", file=sys.stderr, flush=True)
     _exit_like_ablate()
 
 
@@ -106,15 +111,42 @@ def run_tune(path: str) -> None:
 
 
 # -- the driver ---------------------------------------------------------------------------------------
-def timed(cmd: list[str], env: dict[str, str], cwd: Path = ROOT, expect: str = "") -> float:
-    """Wall time of ``cmd``; it must succeed and print ``expect`` on stderr."""
+def timed(cmd: list[str], env: dict[str, str], cwd: Path = ROOT, expect: str = "",
+          marks: list[tuple[float, str]] | None = None) -> float:
+    """Wall time of ``cmd``; it must succeed and print ``expect`` on stderr. ``marks``: gets each
+    ``start`` / ``done`` progress line's time (s after launch) and kind, as it arrives."""
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
+    with subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as p:
+        lines = []
+        for line in p.stderr:
+            lines.append(line)
+            m = PROGRESS.match(line)
+            if m and marks is not None:
+                marks.append((time.perf_counter() - t0, m.group(1)))
     elapsed = time.perf_counter() - t0
-    if out.returncode != 0 or expect not in out.stderr:
-        raise SystemExit(f"{' '.join(cmd)} failed ({out.returncode}{', no ' + repr(expect) if expect else ''}):\n"
-                         f"{out.stderr[-3000:]}")
+    err = "".join(lines)
+    if p.returncode != 0 or expect not in err:
+        raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}{', no ' + repr(expect) if expect else ''}):\n"
+                         f"{err[-3000:]}")
     return elapsed
+
+
+# a trial's start and end in `ablate run`'s progress lines (a non-terminal) and the loop's
+PROGRESS = re.compile(r"\[(?:ablate|loop)\] (start|done)\b")
+
+
+def phases(wall: float, marks: list[tuple[float, str]]) -> dict[str, float]:
+    """One run cut at its trials: ``first`` (launch to the first trial's start: imports, plan, Ray, Tune),
+    ``trial1`` (the first trial: in a Ray worker, its start and imports too), ``later`` (the mean time of
+    each further trial, done to done: what one more trial adds), ``rest`` (the run without its further trials:
+    ``wall - (N-1) * later``; a fixed cost that grew with N would show here) and ``tail`` (last trial to exit)."""
+    starts = [t for t, k in marks if k == "start"]
+    dones = [t for t, k in marks if k == "done"]
+    if not starts or not dones:
+        return {}
+    later = (dones[-1] - dones[0]) / (len(dones) - 1) if len(dones) > 1 else 0.0
+    return {"first": starts[0], "trial1": dones[0] - starts[0], "later": later,
+            "rest": wall - (len(dones) - 1) * later, "tail": wall - dones[-1]}
 
 
 def fit(times: dict[int, float]) -> tuple[float, float]:
@@ -148,6 +180,7 @@ def main() -> None:
         ways += ["before"] + (["before-head"] if "head" in ways else [])
     times: dict[str, dict[int, float]] = {w: {} for w in ways}  # the median of each way's runs at each N
     runs: dict[str, dict[int, list[float]]] = {}
+    cut: dict[str, dict[int, list[dict[str, float]]]] = {}  # each run's phases (``phases``), in round order
     with tempfile.TemporaryDirectory(prefix="bench-orch-") as tmp, contextlib.ExitStack() as stack:
         d = Path(tmp)
         sys.path.insert(0, str(ROOT / "tests"))  # the tests' tiny learnable image folder
@@ -185,10 +218,13 @@ def main() -> None:
                         run_env = dict(run_env, PYTHONPATH=str(cwd))
                 else:
                     cmd = [sys.executable, __file__, "--way", way, str(study)]
-                t = timed(cmd, run_env, cwd, "running on the local Ray head" if way.endswith("head") else "")
+                marks: list[tuple[float, str]] = []
+                t = timed(cmd, run_env, cwd, "running on the local Ray head" if way.endswith("head") else "", marks)
                 runs.setdefault(way, {}).setdefault(n, []).append(t)
+                cut.setdefault(way, {}).setdefault(n, []).append(phases(t, marks))
                 times[way][n] = statistics.median(runs[way][n])
-                print(f"N={n:3d} {way:11s} {t:7.1f} s", flush=True)
+                print(f"N={n:3d} {way:11s} {t:7.1f} s  " + "  ".join(f"{k} {v:.2f}" for k, v in cut[way][n][-1].items())
+                      + f"  (load {os.getloadavg()[0]:.1f})", flush=True)
     print(f"\n{platform.machine()}, {cpus} cores, {args.epochs} epochs per trial; seconds"
           + (f" (median of {args.repeat})" if args.repeat > 1 else ""))
     fitted = " | per trial | fixed | per trial beyond loop | fixed beyond loop" if len(args.n) == 2 else ""
@@ -216,7 +252,44 @@ def main() -> None:
         for w in (w for w in ways if w != "loop"):
             print(f"{w} beyond the loop: {statistics.median(a - b for a, b in zip(runs[w][n], runs['loop'][n])):+.1f} s "
                   f"(median of {len(runs[w][n])} run-by-run differences)")
+    report_phases(ways, args.n, runs, cut)
     print(json.dumps(result))
+
+
+def report_phases(ways: list[str], ns: list[int], runs: dict[str, dict[int, list[float]]],
+                  cut: dict[str, dict[int, list[dict[str, float]]]]) -> None:
+    """Each way's run cut at its trials (median of its runs), and against the loop run by run (the same
+    round, the same load): ``rest`` beyond the loop is the fixed cost plus the first trial's extra, read at
+    each N without a fit; with two N, also the fit of each round on its own (median over rounds)."""
+    keys = ("first", "trial1", "later", "rest", "tail")
+    print("\nEach run cut at its trials (progress lines' arrival; median of runs): first = to the first trial's "
+          "start, trial1 = the first trial, later = each further trial (done to done), rest = wall - (N-1) x later")
+    print("| way | N | wall | " + " | ".join(keys) + " |\n|---|---|---|" + "---|" * len(keys))
+    for way in ways:
+        for n in ns:
+            got = [c for c in cut[way][n] if c]
+            if got:
+                print(f"| {way} | {n} | {statistics.median(runs[way][n]):.1f} | "
+                      + " | ".join(f"{statistics.median(c[k] for c in got):.2f}" for k in keys) + " |")
+    if "loop" not in cut:
+        return
+    print("\nBeyond the loop, run by run (median of the rounds' differences): wall, rest (fixed + the first trial's "
+          "extra, no fit), later (per trial)" + ("; fit of each round: per trial, fixed" if len(ns) == 2 else ""))
+    for way in (w for w in ways if w != "loop"):
+        cells = []
+        for n in ns:
+            pairs = [(a, b) for a, b in zip(cut[way][n], cut["loop"][n]) if a and b]
+            wall = statistics.median(a - b for a, b in zip(runs[way][n], runs["loop"][n]))
+            rest = statistics.median(a["rest"] - b["rest"] for a, b in pairs) if pairs else float("nan")
+            later = statistics.median(a["later"] - b["later"] for a, b in pairs) if pairs and n > 1 else float("nan")
+            cells.append(f"N={n}: wall {wall:+.1f}, rest {rest:+.1f}, later {later:+.2f}")
+        if len(ns) == 2:
+            rounds = [(fit({n: runs[way][n][r] for n in ns}), fit({n: runs["loop"][n][r] for n in ns}))
+                      for r in range(min(len(runs[way][n]) for n in ns))]
+            cells.append(f"round fits: per trial {statistics.median(a[1] - b[1] for a, b in rounds):+.2f}, fixed "
+                         f"{statistics.median(a[0] - b[0] for a, b in rounds):+.1f} "
+                         f"({', '.join(f'{a[0] - b[0]:+.1f}' for a, b in rounds)})")
+        print(f"{way}: " + "; ".join(cells))
 
 
 if __name__ == "__main__":
