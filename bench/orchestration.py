@@ -175,7 +175,7 @@ def main() -> None:
     # OpenMP threads that spin while waiting cost a shared machine dearly; the same for all ways
     env = dict(os.environ, BENCH_THREADS=str(cpus), OMP_WAIT_POLICY="PASSIVE",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    ways = args.ways.split(",")
+    ways = list(dict.fromkeys(w for w in args.ways.split(",") if w not in ("before", "before-head")))  # --before adds those
     if args.before:  # the earlier checkout's `ablate run`, with its own Ray and, if `head` runs, on the head
         ways += ["before"] + (["before-head"] if "head" in ways else [])
     times: dict[str, dict[int, float]] = {w: {} for w in ways}  # the median of each way's runs at each N
