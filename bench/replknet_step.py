@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="timed steps per implementation and repeat")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--profile", action="store_true",
+                    help="then 3 steps of each implementation under torch.profiler: its 12 costliest ops")
     a = ap.parse_args()
     device = torch.device(a.device)
     impls = (a.impls or ("native,auto,fft,triton" if device.type == "cuda" else "native,auto,fft")).split(",")
@@ -96,6 +98,17 @@ def main() -> None:
         runs_as = choose_impl(impl, probe, (31, 31), (1, 1))
         print(f"| {impl} | {runs_as} | {a.batch * a.steps / t:.1f} | {t / a.steps * 1e3:.1f} | {base / t:.2f}x | "
               f"{peak[impl]:.2f} |", flush=True)
+    if a.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+        for impl in impls:
+            os.environ[IMPL_ENV] = impl
+            with profile(activities=acts) as prof:
+                steps(3)
+            print(f"\n## {impl}: 3 steps, by {key}")
+            print(prof.key_averages().table(sort_by=key, row_limit=12, max_name_column_width=60))
 
 
 if __name__ == "__main__":
