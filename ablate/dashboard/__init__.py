@@ -44,6 +44,14 @@ def _with_details(view: StudyView, history: History, ids: list[str],
     return {t.trial_id: detail(view.name, t) for t in trials}
 
 
+def _study_blob(store: Reader, view: StudyView, artifacts: Path | str | None, served: bool = False) -> dict[str, Any]:
+    """One study's blob of the page: its figures and table, the curves it draws, and (a static page)
+    the trials it shows whole; a served page asks the server for those."""
+    ids = [] if served else detail_ids(view)
+    hist = load_history(store, view.name, list(dict.fromkeys(curve_ids(view) + ids)))
+    return study_blob(view, hist, artifacts, None if served else _with_details(view, hist, ids, store))
+
+
 def build(store: Reader, *, names: Iterable[str] | None = None, refresh: int = 0, served: bool = False,
           artifacts: Path | str | None = None) -> tuple[str, dict[str, StudyView]]:
     """(the page, each study's view by name) of ``store``'s studies (all, or ``names``). The cyclic
@@ -58,12 +66,7 @@ def _build(store: Reader, names: Iterable[str] | None, refresh: int, served: boo
     stamp = version(store) if served else ""
     records = load_studies(store, names)
     views = {r.name: study_view(r) for r in records}
-    blobs = {}
-    for r in records:
-        v = views[r.name]
-        ids = detail_ids(v) if not served else []
-        hist = load_history(store, r.name, list(dict.fromkeys(curve_ids(v) + ids)))
-        blobs[r.name] = study_blob(v, hist, artifacts, None if served else _with_details(v, hist, ids, store))
+    blobs = {r.name: _study_blob(store, views[r.name], artifacts, served) for r in records}
     page = build_page(records, blobs, source=safe_url(store.url), refresh=refresh, served=served, version=stamp)
     return page, views
 
@@ -112,14 +115,8 @@ def _can_fork(store: Reader) -> bool:
 def _blobs(store: Reader, names: list[str], artifacts: Path | str | None) -> dict[str, tuple[StudyCounts, Encoded]]:
     """{name: (its trials by status, its blob as JSON)} of the static page's studies ``names``."""
     with paused_gc(), store.kept():
-        out = {}
-        for r in load_studies(store, names):
-            v = study_view(r)
-            ids = detail_ids(v)
-            hist = load_history(store, r.name, list(dict.fromkeys(curve_ids(v) + ids)))
-            out[r.name] = (StudyCounts.of(r), Encoded(to_json(study_blob(v, hist, artifacts,
-                                                                         _with_details(v, hist, ids, store)))))
-        return out
+        return {r.name: (StudyCounts.of(r), Encoded(to_json(_study_blob(store, study_view(r), artifacts))))
+                for r in load_studies(store, names)}
 
 
 def _forked_page(store: Reader, names: Iterable[str] | None, artifacts: Path | str | None) -> str:

@@ -269,13 +269,12 @@ def build_page(records: list[StudyRecord] | list[StudyCounts], blobs: dict[str, 
     ])
 
 
-def overview_html(records: list[StudyRecord] | list[StudyCounts]) -> str:
+def overview_html(records: list[StudyCounts]) -> str:
     """Trials per study by status as plain HTML bars (no plot to draw before the study's own);
     a click on a study shows it."""
     if not records:
         return ""
     e = html.escape
-    records = [r if isinstance(r, StudyCounts) else StudyCounts.of(r) for r in records]
     top = max(r.total for r in records) or 1
     rows = []
     for r in records:
