@@ -504,27 +504,6 @@ def _arm_text(dialect: str) -> str:
     return "CAST(CAST(params AS jsonb) - 'seed' AS text)"
 
 
-def _light_params(raw: Any, arm_text: Any, seed: Any,
-                  arms: dict[Any, tuple[dict[str, Any] | None, str]]) -> tuple[dict[str, Any], str]:
-    """(a trial's params, its arm key), parsing JSON once per arm instead of once per trial where
-    it can: on SQLite the database hands over the params without the seed (``arm_text``, the same
-    for every trial of an arm) and the seed; when the stored text ends with that seed, the params
-    are the arm's plus the seed, in the same order. Anything else is parsed whole."""
-    entry = arms.get(arm_text)
-    if seed is not None and type(seed) is int and isinstance(raw, str) and (
-            raw.endswith(f'"seed": {seed}}}') or raw.endswith(f'"seed":{seed}}}')):
-        if entry is None or entry[0] is None:
-            a = json.loads(arm_text)
-            entry = arms[arm_text] = (a, arm_key(a))
-        p = dict(entry[0])  # type: ignore[arg-type]
-        p["seed"] = seed
-        return p, entry[1]
-    p = _json(raw)
-    if entry is None:
-        entry = arms[arm_text] = (None, arm_key(p))
-    return p, entry[1]
-
-
 def _seedless(raw: Any, seed: Any, arms: dict[Any, tuple[dict[str, Any], str]],
               key: Any = None) -> tuple[dict[str, Any], str]:
     """(a trial's params without its seed, its arm key) from the params text SQLite stores and the
@@ -555,6 +534,18 @@ def _seedless(raw: Any, seed: Any, arms: dict[Any, tuple[dict[str, Any], str]],
                 return entry
     a = {k: v for k, v in _json(raw).items() if k != "seed"}
     return a, arm_key(a)
+
+
+def _light_params(raw: Any, seed: Any, arms: dict[Any, tuple[dict[str, Any], str]],
+                  key: Any = None) -> tuple[dict[str, Any], str]:
+    """(a trial's params as stored, its arm key), parsing JSON once per arm where ``_seedless`` can:
+    the arm's params plus the seed, in the stored order, when the text ends with the seed; anything
+    else parsed whole."""
+    a, arm = _seedless(raw, seed, arms, key)
+    if type(seed) is int and type(raw) is str and (raw.endswith(f', "seed": {seed}}}') or
+                                                   raw.endswith(f',"seed":{seed}}}')):
+        return {**a, "seed": seed}, arm
+    return _json(raw), arm
 
 
 # the scope of a study's trials (optionally some ids): what the metric queries aggregate over
@@ -683,14 +674,14 @@ class Reader:
         d = self.dialect
         cols = "pk, trial_id, params, seed, status, n_params, flops, error_kind, profile"
         if light:
-            cols += f", {_code_json(d)}, NULL, NULL, {_arm_text(d)}"  # (NULLs: the config's place is the same)
-            cols += ", json_extract(params, '$.seed')" if d == "sqlite" else ", NULL"
+            # (NULLs: the config's place is the same; SQLite's params are split in Python: ``_seedless``)
+            cols += f", {_code_json(d)}, NULL, NULL, {'NULL' if d == 'sqlite' else _arm_text(d)}, NULL"
         else:
             cols += f", provenance, substr(error, 1, {ERROR_HEAD}), attempts, started_at, ended_at"
         if config:
             cols += ", config"
         out: list[TrialSummary] = []
-        arms: dict[Any, tuple[dict[str, Any] | None, str]] = {}
+        arms: dict[Any, tuple[dict[str, Any], str]] = {}
         codes: dict[Any, dict[str, Any]] = {}
         with self._sql.snapshot() as q:
             sid = self._study_id(q, study)
@@ -701,7 +692,7 @@ class Reader:
                         code = codes.get(r[9])  # most trials share their code: one dict built per kind
                         if code is None:
                             code = codes[r[9]] = _code_fields(r[9])
-                        p, arm = _light_params(r[2], r[12], r[13], arms)
+                        p, arm = _light_params(r[2], r[3], arms, r[12])
                         out.append(TrialSummary(study, r[1], p, r[3], r[4], r[5], r[6], None, r[7], 0, None, None,
                                                 dict(code), r[8], _json(r[14]) if config else None, _pk=r[0],
                                                 _arm=arm))
@@ -912,8 +903,8 @@ class Reader:
         if metrics not in ("all", "final", "none"):
             raise ValueError(f"metrics: all, final or none, got {metrics!r}")
         ids = None if trial_ids is None else sorted(set(trial_ids))
-        split = (f"{_arm_text(self.dialect)}, " +  # params parsed once per arm of a chunk (``_light_params``)
-                 ("json_extract(params, '$.seed')" if self.dialect == "sqlite" else "NULL"))
+        # params parsed once per arm of a chunk (``_light_params``; on SQLite split in Python)
+        split = "NULL" if self.dialect == "sqlite" else _arm_text(self.dialect)
         found = self._studies_named(studies)
         for sid, name in found:
             for where, params in _id_chunks(ids):
@@ -925,7 +916,7 @@ class Reader:
                         if not rows:
                             break
                         arms: dict[Any, Any] = {}  # per chunk: memory stays bounded by the chunk
-                        by_pk = {r[0]: TrialRecord(r[1], _light_params(r[2], r[12], r[13], arms)[0], {}, r[3], r[4],
+                        by_pk = {r[0]: TrialRecord(r[1], _light_params(r[2], r[3], arms, r[12])[0], {}, r[3], r[4],
                                                    r[5], r[6], r[7], _time(r[8]), _time(r[9]), attempts=r[10],
                                                    error_kind=r[11]) for r in rows}
                         scope = (f"SELECT pk FROM trials WHERE study_id = :sid AND pk > :last AND pk <= :hi{where}")
