@@ -5,10 +5,11 @@ the meta device) and count its params and FLOPs; that needs torch, timm and torc
 imports that the driver would pay only to plan while the trial worker imports them again. Both are
 pure functions of the model section, the dataset's classes and channels, the image size and the code
 (ablate's own sources, torch, timm, torchvision). So each result is kept in one small JSON file in
-ablate's state folder, beside the journal and the local Ray head's record: ``model-costs.json`` in
-``$ABLATE_STATE_DIR``, else ``$XDG_CACHE_HOME/ablate``, else ``~/.cache/ablate``. It is a cache of this
-machine's code, not a result: deleting it costs one plan's measurement; ``ABLATE_MODEL_COSTS=0``
-turns it off.
+ablate's state folder, beside the journal and the local Ray head's record: ``model-costs/<code>.json`` in
+``$ABLATE_STATE_DIR``, else ``$XDG_CACHE_HOME/ablate``, else ``~/.cache/ablate``, one file per code
+fingerprint, so that two checkouts used in turn (a branch and main, a benchmark's before and after) do not
+empty each other's; the newest ``KEEP_CODES`` files stay. It is a cache of this machine's code, not a
+result: deleting it costs one plan's measurement; ``ABLATE_MODEL_COSTS=0`` turns it off.
 
 An entry says: this model config passed ``validate.check_model`` and measured (params, FLOPs); a
 check entry: a recipe's optimizer, scheduler and augmentation passed ``validate.check_recipe``, or a
@@ -30,7 +31,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-FILE = "model-costs.json"
+FOLDER = "model-costs"
+KEEP_CODES = 8  # files of other code fingerprints kept beside this one's (the newest)
 FORMAT = 1
 MAX_ENTRIES = 4096  # the oldest go first; a lab's studies have a few hundred distinct models at most
 UNCACHED_KWARGS = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path")
@@ -38,10 +40,13 @@ PACKAGES = ("torch", "timm", "torchvision")
 
 
 def cache_path() -> Path:
-    """``$ABLATE_STATE_DIR/model-costs.json``, else under ``$XDG_CACHE_HOME/ablate`` or ``~/.cache/ablate``."""
+    """This code's file: ``model-costs/<fingerprint>.json`` in ``$ABLATE_STATE_DIR``, else under
+    ``$XDG_CACHE_HOME/ablate`` or ``~/.cache/ablate``."""
     if os.environ.get("ABLATE_STATE_DIR"):
-        return Path(os.environ["ABLATE_STATE_DIR"]) / FILE
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ablate" / FILE
+        state = Path(os.environ["ABLATE_STATE_DIR"])
+    else:
+        state = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ablate"
+    return state / FOLDER / f"{code_fingerprint()[:16]}.json"
 
 
 @lru_cache(maxsize=1)
@@ -170,6 +175,17 @@ class ModelCosts:
             Path(tmp).unlink(missing_ok=True)
             return
         self._new_models, self._new_checked = {}, set()
+        _prune(self.path)
+
+
+def _prune(path: Path) -> None:
+    """Drop the files of all but the ``KEEP_CODES`` newest other code fingerprints."""
+    try:
+        others = [(f.stat().st_mtime, f) for f in path.parent.glob("*.json") if f != path]
+    except OSError:
+        return
+    for _, f in sorted(others, reverse=True)[KEEP_CODES:]:
+        f.unlink(missing_ok=True)
 
 
 _SHARED: dict[tuple[Path, bool], ModelCosts] = {}

@@ -55,7 +55,7 @@ def _fresh(f: Path) -> list[tuple[str, int, int]]:
 def test_a_second_plan_takes_the_counts_from_the_cache(state: Path, image_folder: Path, measured: list) -> None:
     f = write_study(state.parent / "s.yaml", tiny_study("c", image_folder))
     first = _rows(make_plan(f))
-    assert len(measured) == 2 and (state / "model-costs.json").is_file()  # kernel 3 and 5
+    assert len(measured) == 2 and model_costs.cache_path().is_file()  # kernel 3 and 5
     assert first == _fresh(f)
     measured.clear()
     model_costs._SHARED.clear()  # as a new process reads it
@@ -90,8 +90,8 @@ def test_keys_follow_what_the_counts_depend_on(image_folder: Path) -> None:
 def _plant(state: Path, f: Path, models: dict, code: str | None = None, checked: list | None = None) -> None:
     """A cache file whose every model entry (the study's keys) holds ``models``' value."""
     keys = {model_key(p.trial.config) for p in make_plan(f, known=ModelCosts(enabled=False)).trials}
-    state.mkdir(parents=True, exist_ok=True)
-    (state / "model-costs.json").write_text(json.dumps({
+    model_costs.cache_path().parent.mkdir(parents=True, exist_ok=True)
+    model_costs.cache_path().write_text(json.dumps({
         "format": 1, "code": code or code_fingerprint(), "models": {k: models for k in keys}, "checked": checked or []}))
 
 
@@ -100,20 +100,45 @@ def test_a_corrupt_or_foreign_cache_gives_no_numbers(state: Path, image_folder: 
     f = write_study(state.parent / "s.yaml", tiny_study("c", image_folder))
     expected = _fresh(f)
     if case == "garbage":
-        state.mkdir(parents=True)
-        (state / "model-costs.json").write_bytes(b'{"format": 1, "code": "\x00\xff')
+        model_costs.cache_path().parent.mkdir(parents=True)
+        model_costs.cache_path().write_bytes(b'{"format": 1, "code": "\x00\xff')
     elif case == "other code":  # another ablate checkout, another timm / torch version
         _plant(state, f, [1, 2], code="0" * 64)
     elif case == "bad entries":
         _plant(state, f, [-1, True])
     else:
         _plant(state, f, [1, 2])
-        data = json.loads((state / "model-costs.json").read_text())
-        (state / "model-costs.json").write_text(json.dumps(dict(data, format=0)))
+        data = json.loads(model_costs.cache_path().read_text())
+        model_costs.cache_path().write_text(json.dumps(dict(data, format=0)))
     assert _rows(make_plan(f)) == expected
-    data = json.loads((state / "model-costs.json").read_text())  # replaced by this code's entries
+    data = json.loads(model_costs.cache_path().read_text())  # replaced by this code's entries
     assert data["code"] == code_fingerprint() and sorted(map(tuple, data["models"].values())) == sorted(
         {r[1:] for r in expected})
+
+
+def test_two_checkouts_used_in_turn_keep_their_own_caches(state: Path, image_folder: Path, measured: list,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A branch and main (or a benchmark's before and after) planned in turn: each code's file stays, so
+    neither plan measures again; past KEEP_CODES other codes the oldest files go."""
+    f = write_study(state.parent / "s.yaml", tiny_study("c", image_folder))
+    real = code_fingerprint()
+
+    def as_code(fp: str) -> None:
+        monkeypatch.setattr(model_costs, "code_fingerprint", lambda: fp)
+        model_costs._SHARED.clear()  # a new process of that code
+
+    for fp, measures in ((real, 2), ("b" * 64, 2), (real, 0), ("b" * 64, 0)):  # kernel 3 and 5, then none
+        as_code(fp)
+        measured.clear()
+        make_plan(f)
+        assert len(measured) == measures, fp
+    files = sorted(p.name for p in model_costs.cache_path().parent.glob("*.json"))
+    assert files == sorted([real[:16] + ".json", "b" * 16 + ".json"])
+    for i in range(model_costs.KEEP_CODES + 2):
+        as_code(f"{i:016x}" * 4)
+        make_plan(f)
+    names = {p.name for p in model_costs.cache_path().parent.glob("*.json")}
+    assert len(names) == model_costs.KEEP_CODES + 1 and real[:16] + ".json" not in names
 
 
 def test_code_fingerprint_covers_ablate_sources_and_libraries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
