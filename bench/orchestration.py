@@ -175,9 +175,12 @@ def main() -> None:
     # OpenMP threads that spin while waiting cost a shared machine dearly; the same for all ways
     env = dict(os.environ, BENCH_THREADS=str(cpus), OMP_WAIT_POLICY="PASSIVE",
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    ways = list(dict.fromkeys(w for w in args.ways.split(",") if w not in ("before", "before-head")))  # --before adds those
-    if args.before:  # the earlier checkout's `ablate run`, with its own Ray and, if `head` runs, on the head
-        ways += ["before"] + (["before-head"] if "head" in ways else [])
+    asked = list(dict.fromkeys(args.ways.split(",")))
+    ways = [w for w in asked if w not in ("before", "before-head")]
+    if args.before:  # the earlier checkout's `ablate run`, with its own Ray and, if `head` runs, on the head;
+        # naming either in --ways runs only the one(s) named
+        named = [w for w in ("before", "before-head") if w in asked]
+        ways += named or ["before"] + (["before-head"] if "head" in ways else [])
     times: dict[str, dict[int, float]] = {w: {} for w in ways}  # the median of each way's runs at each N
     runs: dict[str, dict[int, list[float]]] = {}
     cut: dict[str, dict[int, list[dict[str, float]]]] = {}  # each run's phases (``phases``), in round order
@@ -201,6 +204,9 @@ def main() -> None:
             first = study_file(d, args.n[0], args.epochs, cpus, data)
             for state_env in (env, head_env):
                 planned = timed([sys.executable, "-m", "ablate.cli", "plan", str(first)], state_env)
+                if args.before:  # the earlier code's cache too (each code keeps its own file)
+                    timed([sys.executable, "-m", "ablate.cli", "plan", str(first)],
+                          dict(state_env, PYTHONPATH=str(Path(args.before).resolve())), Path(args.before).resolve())
             print(f"`ablate plan` (once per state folder, not in any way's time) {planned:.1f} s", flush=True)
         for rep, n in ((r, n) for r in range(args.repeat) for n in args.n):  # interleaved: the same load for all
             study = study_file(d, n, args.epochs, cpus, data)
