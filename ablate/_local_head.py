@@ -60,9 +60,9 @@ class Head:
 def head_dir() -> Path:
     """``$ABLATE_STATE_DIR/ray-head``, else ``$XDG_CACHE_HOME/ablate/ray-head`` or ``~/.cache/ablate/ray-head``
     (where the journal lives)."""
-    if os.environ.get("ABLATE_STATE_DIR"):
-        return Path(os.environ["ABLATE_STATE_DIR"]) / "ray-head"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ablate" / "ray-head"
+    from ablate.state import state_dir
+
+    return state_dir() / "ray-head"
 
 
 def read() -> Head | None:

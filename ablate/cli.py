@@ -511,7 +511,10 @@ def dashboard(
                                              "else ./ablate-artifacts)."),
 ) -> None:
     """One self-contained interactive HTML page of every study: tables, learning curves, Top-1 against
-    kernel size / FLOPs / params, ERF heatmaps, failed trials."""
+    kernel size / FLOPs / params, ERF heatmaps, failed trials.
+
+    With --out, each study's part of the page is kept in ablate's state folder ($ABLATE_STATE_DIR, else
+    ~/.cache/ablate) and built again only when that study's results change (ABLATE_PAGE_CACHE=0: never kept)."""
     from ablate import dashboard as dash
 
     store = _reader(db)
@@ -536,8 +539,9 @@ def dashboard(
         finally:
             server.server_close()
         return
-    # two processes build the page where a second core is free (the same page: ``dashboard.report``)
-    dash.write_report(store, out_file, artifacts=artifacts, workers=dash.page_workers())
+    # studies unchanged since the last page are taken from the state folder's cache, the others built by
+    # two processes where a second core is free (the same page: ``dashboard.report``)
+    dash.write_report(store, out_file, artifacts=artifacts, workers=dash.page_workers(), cache=True)
     err.print(f"wrote {out_file}")
 
 

@@ -22,18 +22,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from ablate.state import state_dir
 from ablate.store import Store, _now, is_connection_error, new_owner, owner_is_dead
 
 log = logging.getLogger("ablate.journal")
 EVENTS = ("start", "add_metrics", "finish", "update_provenance", "add_analysis")
-
-
-def state_dir() -> Path:
-    """Where journals live: ``$ABLATE_STATE_DIR``, else ``$XDG_CACHE_HOME/ablate``, else ``~/.cache/ablate``."""
-    if os.environ.get("ABLATE_STATE_DIR"):
-        return Path(os.environ["ABLATE_STATE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "ablate"
 
 
 def journal_path(owner: str) -> Path:

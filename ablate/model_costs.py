@@ -42,11 +42,9 @@ PACKAGES = ("torch", "timm", "torchvision")
 def cache_path() -> Path:
     """This code's file: ``model-costs/<fingerprint>.json`` in ``$ABLATE_STATE_DIR``, else under
     ``$XDG_CACHE_HOME/ablate`` or ``~/.cache/ablate``."""
-    if os.environ.get("ABLATE_STATE_DIR"):
-        state = Path(os.environ["ABLATE_STATE_DIR"])
-    else:
-        state = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ablate"
-    return state / FOLDER / f"{code_fingerprint()[:16]}.json"
+    from ablate.state import state_dir
+
+    return state_dir() / FOLDER / f"{code_fingerprint()[:16]}.json"
 
 
 @lru_cache(maxsize=1)
@@ -55,10 +53,9 @@ def code_fingerprint() -> str:
     of Python, torch, timm and torchvision: what a model's build, check and count depend on."""
     from importlib.metadata import PackageNotFoundError, version
 
-    h = hashlib.sha256()
-    root = Path(__file__).resolve().parent
-    for f in sorted(root.rglob("*.py")):
-        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    from ablate.state import hash_sources
+
+    h = hash_sources(hashlib.sha256())
     for pkg in PACKAGES:
         try:
             v = version(pkg)

@@ -1057,6 +1057,28 @@ class Reader:
             attempts = q("SELECT count(pk) FROM trial_attempts")[0][0]
         return repr((tuple(studies), tuple(trials), status, metrics, attempts))
 
+    def study_versions(self) -> dict[str, str]:
+        """``results_version`` per study (name -> fingerprint), from the same aggregates grouped by
+        study: it changes when that study's spec is updated, a trial of it is added, starts, ends,
+        changes status or is rerun, or a metric row of it is written (an analysis too). What a cache of
+        one study's view is keyed by; one pass over the trials and one over the metrics."""
+        with self._sql.snapshot() as q:
+            parts: dict[Any, list[Any]] = {sid: [name, str(updated)] for sid, name, updated in
+                                           q("SELECT id, name, updated_at FROM studies")}
+            for sid, *agg in q("SELECT study_id, count(pk), max(started_at), max(ended_at), sum(attempts) "
+                               "FROM trials GROUP BY study_id"):
+                parts[sid].append(tuple(str(a) for a in agg))
+            for sid, status, n in q("SELECT study_id, status, count(pk) FROM trials GROUP BY study_id, status "
+                                    "ORDER BY study_id, status"):
+                parts[sid].append((status, n))
+            for sid, last in q("SELECT t.study_id, max(m.id) FROM metrics m JOIN trials t ON t.pk = m.trial_pk "
+                               "GROUP BY t.study_id"):
+                parts[sid].append(("metric", last))
+            for sid, n in q("SELECT t.study_id, count(a.pk) FROM trial_attempts a JOIN trials t ON t.pk = a.trial_pk "
+                            "GROUP BY t.study_id"):
+                parts[sid].append(("attempts", n))
+        return {p[0]: repr(p[1:]) for p in parts.values()}
+
     def counts(self) -> dict[str, int]:
         """Row counts of the result tables (for tests and `ablate db`); replaced attempts are
         counted by ``attempt_count``."""

@@ -188,6 +188,26 @@ def test_remote_or_missing_artifacts_give_a_note_not_an_error(analysed: tuple[st
     store.close()
 
 
+def test_studies_with_erf_or_kernel_maps_are_never_kept_by_the_page_cache(analysed: tuple[str, Path],
+                                                                          tmp_path: Path) -> None:
+    """Their arrays change on disk without the database knowing: ``dashboard --out`` builds them every time
+    (``dashboard.cache``)."""
+    from ablate.dashboard import report
+    from ablate.dashboard.appendix import reads_artifacts
+    from ablate.dashboard.data import load_studies
+
+    url, arts = analysed
+    store = Store(url, create=False)
+    kinds = {r.name: reads_artifacts(r) for r in load_studies(store)}
+    assert kinds == {"erf": True, "reparam": True}, kinds
+    from ablate.dashboard.cache import BlobCache
+
+    first = report(store, artifacts=arts, cache=True)
+    assert list(BlobCache.open(store, arts).folder.glob("*.blob")) == []
+    assert "erf_maps" in blobs_of(first)["erf"]["figs"]
+    store.close()
+
+
 def test_cli_dashboard_draws_the_analyses_without_torch_timm_or_ray(analysed: tuple[str, Path], tmp_path: Path) -> None:
     """`ablate dashboard --out` reads the arrays (numpy, the artifact store) but imports no model code."""
     import os

@@ -98,7 +98,7 @@ print(json.dumps(pages))
 
 def test_a_page_built_by_two_processes_is_the_page(reader, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``ablate dashboard --out`` builds half of the studies in a fork where there are two cores
-    (``dashboard._forked_page``): the page is byte for byte the one built in one process (but for
+    (``dashboard._forked_blobs``): the page is byte for byte the one built in one process (but for
     the time it says it was made), also when the fork fails. Only a one-thread process reading an
     SQLite file forks (run here in a fresh interpreter: pytest's may have threads); a Store (an
     engine's pool: SQLAlchemy, PostgreSQL) never does."""

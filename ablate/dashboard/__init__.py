@@ -72,14 +72,27 @@ def _build(store: Reader, names: Iterable[str] | None, refresh: int, served: boo
 
 
 def report(store: Reader, *, names: Iterable[str] | None = None, refresh: int = 0,
-           artifacts: Path | str | None = None, workers: int = 1) -> str:
+           artifacts: Path | str | None = None, workers: int = 1, cache: bool = False) -> str:
     """The static dashboard page (heatmaps from the artifact folder ``artifacts``, default
     ablate.artifacts.artifacts_root()). ``workers=2``: half of the studies are built in a forked
-    process (``_forked_page``) where that is safe (``_can_fork``); the page is the same. The CLI
-    asks ``page_workers()``."""
-    if workers > 1 and _can_fork(store):
-        return _forked_page(store, names, artifacts)
-    return build(store, names=names, refresh=refresh, artifacts=artifacts)[0]
+    process (``_forked_blobs``) where that is safe (``_can_fork``); the page is the same. The CLI
+    asks ``page_workers()``. ``cache``: studies unchanged since an earlier page of this database
+    are taken from ``dashboard.cache`` (the page is the same), the others built and kept."""
+    from ablate.dashboard.cache import BlobCache
+
+    kept = BlobCache.open(store, artifacts) if cache else None
+    fork = workers > 1 and _can_fork(store)
+    if kept is None and not fork:
+        return build(store, names=names, refresh=refresh, artifacts=artifacts)[0]
+    have = {n: count for n, _, count in store.studies()}
+    order = list(have) if names is None else [n for n in names if n in have]  # = load_studies' order
+    hits = kept.load(list(dict.fromkeys(order))) if kept is not None else {}
+    missing = [n for n in dict.fromkeys(order) if n not in hits]
+    built = _forked_blobs(store, missing, have, artifacts) if fork else _blobs(store, missing, artifacts)
+    if kept is not None:
+        kept.save(built)
+    got = hits | {n: (counts, blob) for n, (counts, blob, _) in built.items()}
+    return build_page([got[n][0] for n in order], {n: got[n][1] for n in order}, source=safe_url(store.url))
 
 
 def page_workers() -> int:
@@ -112,31 +125,35 @@ def _can_fork(store: Reader) -> bool:
             and not getattr(sql._idle, "depth", 0) and getattr(sql._idle, "con", None) is None)
 
 
-def _blobs(store: Reader, names: list[str], artifacts: Path | str | None) -> dict[str, tuple[StudyCounts, Encoded]]:
-    """{name: (its trials by status, its blob as JSON)} of the static page's studies ``names``."""
+def _blobs(store: Reader, names: list[str], artifacts: Path | str | None) -> dict[str, tuple[StudyCounts, Encoded, bool]]:
+    """{name: (its trials by status, its blob as JSON, whether it may be kept: it read no artifact
+    array)} of the static page's studies ``names``."""
+    from ablate.dashboard.appendix import reads_artifacts
+
+    if not names:
+        return {}
     with paused_gc(), store.kept():
-        return {r.name: (StudyCounts.of(r), Encoded(to_json(_study_blob(store, study_view(r), artifacts))))
-                for r in load_studies(store, names)}
+        return {r.name: (StudyCounts.of(r), Encoded(to_json(_study_blob(store, study_view(r), artifacts))),
+                         not reads_artifacts(r)) for r in load_studies(store, names)}
 
 
-def _forked_page(store: Reader, names: Iterable[str] | None, artifacts: Path | str | None) -> str:
-    """The static page with its studies shared between this process and a fork of it (a machine's
-    second core: a 10,000-trial page is ~0.4 s of Python, nearly all of it per study). The studies
-    are split by trial count; the fork sends its blobs back through a pipe as JSON text, and if it
-    fails for any reason this process builds its share itself. Each process reads the database
-    through its own connection (none is open at the fork: ``store.studies()`` closes its own)."""
+def _forked_blobs(store: Reader, names: list[str], sizes: dict[str, int],
+                  artifacts: Path | str | None) -> dict[str, tuple[StudyCounts, Encoded, bool]]:
+    """``_blobs`` of ``names`` shared between this process and a fork of it (a machine's second core:
+    a 10,000-trial page is ~0.4 s of Python, nearly all of it per study). The studies are split by
+    trial count (``sizes``); the fork sends its blobs back through a pipe, and if it fails for any
+    reason this process builds its share itself. Each process reads the database through its own
+    connection (none is open at the fork: ``store.studies()`` closes its own)."""
     import pickle
 
-    have = {n: count for n, _, count in store.studies()}
-    order = list(have) if names is None else [n for n in names if n in have]  # = load_studies' order
-    if len(set(order)) < 2:
-        return build(store, names=names, artifacts=artifacts)[0]
+    if len(names) < 2:
+        return _blobs(store, names, artifacts)
     shares: tuple[list[str], list[str]] = ([], [])
-    sizes = [0, 0]
-    for n in sorted(set(order), key=lambda n: (-have[n], n)):  # the largest first, each to the smaller share
-        i = sizes.index(min(sizes))
+    load = [0, 0]
+    for n in sorted(names, key=lambda n: (-sizes[n], n)):  # the largest first, each to the smaller share
+        i = load.index(min(load))
         shares[i].append(n)
-        sizes[i] += have[n]
+        load[i] += sizes[n]
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the fork: build its share, send it, and leave without running this process's exit code
@@ -163,8 +180,7 @@ def _forked_page(store: Reader, names: Iterable[str] | None, artifacts: Path | s
         theirs = None
     if theirs is None or set(theirs) != set(shares[1]):
         theirs = _blobs(store, shares[1], artifacts)
-    got = mine | theirs
-    return build_page([got[n][0] for n in order], {n: got[n][1] for n in order}, source=safe_url(store.url))
+    return mine | theirs
 
 
 def write_report(store: Reader, out: str | Path, **kw: Any) -> Path:

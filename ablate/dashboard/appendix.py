@@ -341,6 +341,13 @@ def has_erf_table(record: StudyRecord, names: set[str] | None = None) -> bool:
     return _declared(record, "erf") and _has(record, ERF_R, names)
 
 
+def reads_artifacts(record: StudyRecord) -> bool:
+    """Whether ``appendix_parts`` reads artifact arrays for this study (ERF, kernel maps): files that
+    change without the database knowing, so its page blob is not kept (``dashboard.cache``)."""
+    names = completed_metrics(record)
+    return has_erf_table(record, names) or _has(record, "kernel_center3_share", names)
+
+
 def appendix_parts(view: StudyView, artifacts: Path | str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """(figures by key, tables) of the appendix analyses ``view``'s study has: nothing (and no import
     of numpy or the artifact store) for a study without them."""

@@ -1,0 +1,27 @@
+"""ablate's state folder on this machine: journals, the local Ray head's record and its caches.
+
+``$ABLATE_STATE_DIR``, else ``$XDG_CACHE_HOME/ablate``, else ``~/.cache/ablate``. What lives there is
+this machine's: a cache may be deleted at any time (it costs one recomputation), a journal holds
+results a database has not taken yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+
+def state_dir() -> Path:
+    if os.environ.get("ABLATE_STATE_DIR"):
+        return Path(os.environ["ABLATE_STATE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ablate"
+
+
+def hash_sources(h: "hashlib._Hash") -> "hashlib._Hash":
+    """Feed ablate's .py sources (every file of the package, by path and content) into ``h``: the
+    code part of a cache's key."""
+    root = Path(__file__).resolve().parent
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h
