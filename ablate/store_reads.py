@@ -1048,20 +1048,25 @@ class Reader:
         """A fingerprint of everything a results view shows, from a few aggregates that indexes
         or primary keys answer: it changes when a study is added or updated, a trial is added,
         starts, ends, changes status or is rerun, or a metric row is written (``add_metrics``
-        deletes and inserts, so the largest metric id grows). Equal fingerprints: nothing to redo."""
+        deletes and inserts, so the largest metric id grows) or a final value changes (the final
+        rows' count, sum and epochs: a rewrite of the newest rows, which SQLite may give the same
+        ids, e.g. an analysis rerun). Equal fingerprints: nothing to redo."""
         with self._sql.snapshot() as q:
             studies = q("SELECT count(id), max(updated_at) FROM studies")[0]
             trials = q("SELECT count(pk), max(started_at), max(ended_at), sum(attempts) FROM trials")[0]
             status = sorted(tuple(r) for r in q("SELECT status, count(*) FROM trials GROUP BY status"))
             metrics = q("SELECT max(id) FROM metrics")[0][0]
+            finals = q("SELECT count(trial_pk), sum(value), sum(epoch) FROM trial_finals")[0]
             attempts = q("SELECT count(pk) FROM trial_attempts")[0][0]
-        return repr((tuple(studies), tuple(trials), status, metrics, attempts))
+        return repr((tuple(studies), tuple(trials), status, metrics, tuple(finals), attempts))
 
     def study_versions(self) -> dict[str, str]:
         """``results_version`` per study (name -> fingerprint), from the same aggregates grouped by
         study: it changes when that study's spec is updated, a trial of it is added, starts, ends,
-        changes status or is rerun, or a metric row of it is written (an analysis too). What a cache of
-        one study's view is keyed by; one pass over the trials and one over the metrics."""
+        changes status or is rerun, or a metric row or final value of it is written (an analysis too).
+        What a cache of one study's view is keyed by; one pass over the trials, the final rows and the
+        metrics (~0.1 s at 300,000 metric rows: ``dashboard.cache`` asks only when ``results_version``
+        changed)."""
         with self._sql.snapshot() as q:
             parts: dict[Any, list[Any]] = {sid: [name, str(updated)] for sid, name, updated in
                                            q("SELECT id, name, updated_at FROM studies")}
@@ -1074,6 +1079,9 @@ class Reader:
             for sid, last in q("SELECT t.study_id, max(m.id) FROM metrics m JOIN trials t ON t.pk = m.trial_pk "
                                "GROUP BY t.study_id"):
                 parts[sid].append(("metric", last))
+            for sid, *agg in q("SELECT t.study_id, count(f.trial_pk), sum(f.value), sum(f.epoch) FROM trial_finals f "
+                               "JOIN trials t ON t.pk = f.trial_pk GROUP BY t.study_id"):
+                parts[sid].append(("finals", *agg))
             for sid, n in q("SELECT t.study_id, count(a.pk) FROM trial_attempts a JOIN trials t ON t.pk = a.trial_pk "
                             "GROUP BY t.study_id"):
                 parts[sid].append(("attempts", n))

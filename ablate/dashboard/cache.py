@@ -5,6 +5,8 @@ study: so each study's blob (its JSON text, as the page embeds it) and its trial
 in the state folder (``ablate.state``), in a folder keyed by the database (its file, by path and
 inode), the artifact folder and ablate's own sources, under the study's ``Reader.study_versions``
 fingerprint. A blob is used only while that fingerprint is unchanged; any other blob is built again.
+The per-study fingerprints are read (one pass over the metric rows) only when the database's
+``results_version`` (a few aggregates) differs from the one they were read under.
 Studies whose view reads artifact arrays (ERF, kernel maps) are never kept: those files change
 without the database knowing. Only SQLite files are cached (a server database's identity is not a
 path). It is a cache: a missing, unreadable or foreign file is rebuilt, ``ABLATE_PAGE_CACHE=0``
@@ -26,13 +28,15 @@ from ablate.dashboard.page import Encoded, StudyCounts
 FOLDER = "dashboard-pages"
 KEEP_KEYS = 8  # folders of other databases / code kept beside this one's (the newest)
 FORMAT = 1
+VERSIONS = "versions.json"  # the study versions last read, and the results_version they were read under
 
 
 class BlobCache:
     """One database's kept blobs (``open``); ``load`` what is current, ``save`` what was built."""
 
-    def __init__(self, folder: Path, versions: dict[str, str]):
+    def __init__(self, folder: Path, versions: dict[str, str], results: str | None = None):
         self.folder, self.versions = folder, versions
+        self.results = results  # the results_version the versions were read under, to record (None: known)
 
     @classmethod
     def open(cls, store: Any, artifacts: Path | str | None) -> BlobCache | None:
@@ -52,7 +56,14 @@ class BlobCache:
             folder = state_dir() / FOLDER / hashlib.sha256(key.encode()).hexdigest()[:16]
         except (OSError, RuntimeError):  # no file, no home directory
             return None
-        return cls(folder, store.study_versions())
+        results = store.results_version()  # first: versions read after it are at least as new
+        try:
+            known = json.loads((folder / VERSIONS).read_text(encoding="utf-8"))
+            if known.get("format") == FORMAT and known.get("results") == results and isinstance(known.get("studies"), dict):
+                return cls(folder, known["studies"])
+        except (OSError, ValueError, AttributeError):
+            pass
+        return cls(folder, store.study_versions(), results)
 
     def _file(self, name: str) -> Path:
         return self.folder / (hashlib.sha256(name.encode()).hexdigest()[:16] + ".blob")
@@ -85,14 +96,7 @@ class BlobCache:
                     continue
                 head = json.dumps({"format": FORMAT, "name": name, "version": self.versions[name],
                                    "counts": dict(counts.statuses)})
-                fd, tmp = tempfile.mkstemp(prefix=".blob-", dir=self.folder)
-                try:
-                    with os.fdopen(fd, "w", encoding="utf-8") as f:
-                        f.write(head + "\n" + blob)
-                    os.replace(tmp, self._file(name))
-                except OSError:
-                    Path(tmp).unlink(missing_ok=True)
-                    raise
+                _write(self._file(name), head + "\n" + blob)
             current = {self._file(n).name for n in self.versions}
             for f in self.folder.glob("*.blob"):
                 if f.name not in current:
@@ -102,6 +106,21 @@ class BlobCache:
                 for f in d.iterdir():
                     f.unlink(missing_ok=True)
                 d.rmdir()
+            if self.results is not None:
+                _write(self.folder / VERSIONS, json.dumps({"format": FORMAT, "results": self.results,
+                                                           "studies": self.versions}))
             os.utime(self.folder)  # this key is the newest
         except OSError:
             return
+
+
+def _write(path: Path, text: str) -> None:
+    """``text`` to ``path``, replaced atomically (a reader sees the old file or the new one)."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)
+        raise
