@@ -1060,13 +1060,13 @@ class Reader:
             attempts = q("SELECT count(pk) FROM trial_attempts")[0][0]
         return repr((tuple(studies), tuple(trials), status, metrics, tuple(finals), attempts))
 
-    def study_versions(self) -> dict[str, str]:
-        """``results_version`` per study (name -> fingerprint), from the same aggregates grouped by
-        study: it changes when that study's spec is updated, a trial of it is added, starts, ends,
-        changes status or is rerun, or a metric row or final value of it is written (an analysis too).
-        What a cache of one study's view is keyed by; one pass over the trials, the final rows and the
-        metrics (~0.1 s at 300,000 metric rows: ``dashboard.cache`` asks only when ``results_version``
-        changed)."""
+    def study_versions(self, metric_ids: dict[str, int] | None = None,
+                       after: int = 0) -> tuple[dict[str, str], dict[str, int], int]:
+        """``results_version`` per study: (name -> fingerprint, name -> its largest metric id, the largest
+        metric id of all). It changes when that study's spec is updated, a trial of it is added, starts,
+        ends, changes status or is rerun, or a metric row or final value of it is written (an analysis
+        too). ``metric_ids`` and ``after``: what an earlier call returned; then only the metric rows
+        written since are read (a range of the primary key), not every row (~0.08 s at 300,000)."""
         with self._sql.snapshot() as q:
             parts: dict[Any, list[Any]] = {sid: [name, str(updated)] for sid, name, updated in
                                            q("SELECT id, name, updated_at FROM studies")}
@@ -1076,16 +1076,22 @@ class Reader:
             for sid, status, n in q("SELECT study_id, status, count(pk) FROM trials GROUP BY study_id, status "
                                     "ORDER BY study_id, status"):
                 parts[sid].append((status, n))
-            for sid, last in q("SELECT t.study_id, max(m.id) FROM metrics m JOIN trials t ON t.pk = m.trial_pk "
-                               "GROUP BY t.study_id"):
-                parts[sid].append(("metric", last))
             for sid, *agg in q("SELECT t.study_id, count(f.trial_pk), sum(f.value), sum(f.epoch) FROM trial_finals f "
                                "JOIN trials t ON t.pk = f.trial_pk GROUP BY t.study_id"):
                 parts[sid].append(("finals", *agg))
             for sid, n in q("SELECT t.study_id, count(a.pk) FROM trial_attempts a JOIN trials t ON t.pk = a.trial_pk "
                             "GROUP BY t.study_id"):
                 parts[sid].append(("attempts", n))
-        return {p[0]: repr(p[1:]) for p in parts.values()}
+            top = q("SELECT max(id) FROM metrics")[0][0] or 0
+            names = {sid: p[0] for sid, p in parts.items()}
+            ids = {n: i for n, i in (metric_ids or {}).items() if n in names.values()}
+            if metric_ids is None or top < after:  # no earlier read, or rows deleted past it: read them all
+                after, ids = 0, {}
+            # rows rewritten in place may keep their ids (SQLite reuses the largest): the final rows' sums tell
+            for sid, last in q("SELECT t.study_id, max(m.id) FROM metrics m JOIN trials t ON t.pk = m.trial_pk "
+                               "WHERE m.id > :after AND m.id <= :top GROUP BY t.study_id", {"after": after, "top": top}):
+                ids[names[sid]] = last
+        return {p[0]: repr((*p[1:], ("metric", ids.get(p[0])))) for p in parts.values()}, ids, top
 
     def counts(self) -> dict[str, int]:
         """Row counts of the result tables (for tests and `ablate db`); replaced attempts are

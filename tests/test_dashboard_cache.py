@@ -169,3 +169,16 @@ def test_only_sqlite_files_are_cached(db, tmp_path: Path) -> None:
         url = "postgresql://u@127.0.0.1/x"
 
     assert BlobCache.open(Server(), None) is None
+
+
+def test_study_versions_read_since_an_earlier_read_equal_a_full_read(db) -> None:
+    """``Reader.study_versions`` given what an earlier call returned reads only the metric rows written since;
+    after every kind of write its fingerprints are those of a read of every row."""
+    _, store = db
+    _, ids, top = store.study_versions()
+    for what, write in _writes(store, "synthetic_02"):
+        write()
+        full = store.study_versions()
+        since = store.study_versions(ids, top)
+        assert since == full, what
+        _, ids, top = since

@@ -5,8 +5,8 @@ study: so each study's blob (its JSON text, as the page embeds it) and its trial
 in the state folder (``ablate.state``), in a folder keyed by the database (its file, by path and
 inode), the artifact folder and ablate's own sources, under the study's ``Reader.study_versions``
 fingerprint. A blob is used only while that fingerprint is unchanged; any other blob is built again.
-The per-study fingerprints are read (one pass over the metric rows) only when the database's
-``results_version`` (a few aggregates) differs from the one they were read under.
+The per-study fingerprints are read only when the database's ``results_version`` (a few aggregates)
+differs from the one they were read under, and then only the metric rows written since.
 Studies whose view reads artifact arrays (ERF, kernel maps) are never kept: those files change
 without the database knowing. Only SQLite files are cached (a server database's identity is not a
 path). It is a cache: a missing, unreadable or foreign file is rebuilt, ``ABLATE_PAGE_CACHE=0``
@@ -34,9 +34,9 @@ VERSIONS = "versions.json"  # the study versions last read, and the results_vers
 class BlobCache:
     """One database's kept blobs (``open``); ``load`` what is current, ``save`` what was built."""
 
-    def __init__(self, folder: Path, versions: dict[str, str], results: str | None = None):
+    def __init__(self, folder: Path, versions: dict[str, str], known: dict[str, Any] | None = None):
         self.folder, self.versions = folder, versions
-        self.results = results  # the results_version the versions were read under, to record (None: known)
+        self.known = known  # what to record in VERSIONS: the versions and what they were read under (None: as is)
 
     @classmethod
     def open(cls, store: Any, artifacts: Path | str | None) -> BlobCache | None:
@@ -59,11 +59,16 @@ class BlobCache:
         results = store.results_version()  # first: versions read after it are at least as new
         try:
             known = json.loads((folder / VERSIONS).read_text(encoding="utf-8"))
-            if known.get("format") == FORMAT and known.get("results") == results and isinstance(known.get("studies"), dict):
-                return cls(folder, known["studies"])
+            if not (known.get("format") == FORMAT and isinstance(known.get("studies"), dict)
+                    and isinstance(known.get("metric_ids"), dict) and isinstance(known.get("after"), int)):
+                known = {}
         except (OSError, ValueError, AttributeError):
-            pass
-        return cls(folder, store.study_versions(), results)
+            known = {}
+        if known and known.get("results") == results:
+            return cls(folder, known["studies"])
+        versions, ids, top = store.study_versions(known.get("metric_ids"), known.get("after", 0))
+        return cls(folder, versions, {"format": FORMAT, "results": results, "studies": versions,
+                                      "metric_ids": ids, "after": top})
 
     def _file(self, name: str) -> Path:
         return self.folder / (hashlib.sha256(name.encode()).hexdigest()[:16] + ".blob")
@@ -106,9 +111,8 @@ class BlobCache:
                 for f in d.iterdir():
                     f.unlink(missing_ok=True)
                 d.rmdir()
-            if self.results is not None:
-                _write(self.folder / VERSIONS, json.dumps({"format": FORMAT, "results": self.results,
-                                                           "studies": self.versions}))
+            if self.known is not None:
+                _write(self.folder / VERSIONS, json.dumps(self.known))
             os.utime(self.folder)  # this key is the newest
         except OSError:
             return
