@@ -18,9 +18,11 @@ there are two cores) in two. Run: `.venv/bin/python bench/cli_startup.py`; resul
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -117,9 +119,12 @@ def main() -> None:
     ap.add_argument("--only", help="comma-separated command names from the table (default: all)")
     ap.add_argument("--in-process", action="store_true", help="also time export and the dashboard's page in "
                     "one process per checkout (CPU s, best of 3)")
+    ap.add_argument("--keep", action="store_true", help="keep the work folder (database, state, pages) at the end")
     a = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="ablate-cli-bench-"))
+    if not a.keep:  # a 10,000-trial database and its pages: ~15 MB a run
+        atexit.register(shutil.rmtree, work, True)
     url = a.db or make_db(work / "bench.db", a.trials)
     trial = first_trial(url)
     commands = {
