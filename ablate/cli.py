@@ -541,8 +541,11 @@ def dashboard(
         return
     # studies unchanged since the last page are taken from the state folder's cache, the others built by
     # two processes where a second core is free (the same page: ``dashboard.report``)
-    dash.write_report(store, out_file, artifacts=artifacts, workers=dash.page_workers(), cache=True)
-    err.print(f"wrote {out_file}")
+    built: list[str] = []
+    dash.write_report(store, out_file, artifacts=artifacts, workers=dash.page_workers(), cache=True, built=built)
+    total = len(store.studies())
+    kept = f"; {total - len(built)} of {total} studies unchanged since the last page" if len(built) < total else ""
+    err.print(f"wrote {out_file}{kept}")
 
 
 @app.command()

@@ -146,10 +146,12 @@ def test_dashboard_out_uses_it_and_can_be_told_not_to(db, tmp_path: Path, monkey
     url, _ = db
     out = tmp_path / "p.html"
     runs = []
-    for env in ("0", "1", "1"):
+    for env, says in (("0", ""), ("1", ""), ("1", "3 of 3 studies unchanged since the last page")):
         monkeypatch.setenv("ABLATE_PAGE_CACHE", env)
         r = CliRunner().invoke(app, ["dashboard", "--db", url, "--out", str(out), "--artifacts", str(tmp_path / "none")])
         assert r.exit_code == 0, r.output
+        text = " ".join(r.output.split())  # as rich wraps it
+        assert ("unchanged" in text) == bool(says) and says in text, text
         runs.append(STAMP.sub("", out.read_text()))
         kept = list((tmp_path / "state" / "dashboard-pages").glob("*/*.blob"))
         assert len(kept) == (0 if env == "0" else 3)

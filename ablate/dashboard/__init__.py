@@ -72,26 +72,33 @@ def _build(store: Reader, names: Iterable[str] | None, refresh: int, served: boo
 
 
 def report(store: Reader, *, names: Iterable[str] | None = None, refresh: int = 0,
-           artifacts: Path | str | None = None, workers: int = 1, cache: bool = False) -> str:
+           artifacts: Path | str | None = None, workers: int = 1, cache: bool = False,
+           built: list[str] | None = None) -> str:
     """The static dashboard page (heatmaps from the artifact folder ``artifacts``, default
     ablate.artifacts.artifacts_root()). ``workers=2``: half of the studies are built in a forked
     process (``_forked_blobs``) where that is safe (``_can_fork``); the page is the same. The CLI
     asks ``page_workers()``. ``cache``: studies unchanged since an earlier page of this database
-    are taken from ``dashboard.cache`` (the page is the same), the others built and kept."""
+    are taken from ``dashboard.cache`` (the page is the same), the others built and kept; ``built``
+    gets the names of the studies built (not taken from the cache)."""
     from ablate.dashboard.cache import BlobCache
 
     kept = BlobCache.open(store, artifacts) if cache else None
     fork = workers > 1 and _can_fork(store)
     if kept is None and not fork:
-        return build(store, names=names, refresh=refresh, artifacts=artifacts)[0]
+        page, views = build(store, names=names, refresh=refresh, artifacts=artifacts)
+        if built is not None:
+            built.extend(views)
+        return page
     have = {n: count for n, _, count in store.studies()}
     order = list(have) if names is None else [n for n in names if n in have]  # = load_studies' order
     hits = kept.load(list(dict.fromkeys(order))) if kept is not None else {}
     missing = [n for n in dict.fromkeys(order) if n not in hits]
-    built = _forked_blobs(store, missing, have, artifacts) if fork else _blobs(store, missing, artifacts)
+    made = _forked_blobs(store, missing, have, artifacts) if fork else _blobs(store, missing, artifacts)
     if kept is not None:
-        kept.save(built)
-    got = hits | {n: (counts, blob) for n, (counts, blob, _) in built.items()}
+        kept.save(made)
+    if built is not None:
+        built.extend(made)
+    got = hits | {n: (counts, blob) for n, (counts, blob, _) in made.items()}
     return build_page([got[n][0] for n in order], {n: got[n][1] for n in order}, source=safe_url(store.url))
 
 
