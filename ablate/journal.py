@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ablate.state import state_dir
+from ablate.state import state_dir, write_atomic
 from ablate.store import Store, _now, is_connection_error, new_owner, owner_is_dead
 
 log = logging.getLogger("ablate.journal")
@@ -77,9 +77,7 @@ def _replay_file(store: Store, path: Path) -> int:
         if done == len(entries):
             path.unlink(missing_ok=True)
         elif done:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(e) + "\n" for e in entries[done:]))
-            os.replace(tmp, path)
+            write_atomic(path, "".join(json.dumps(e) + "\n" for e in entries[done:]))
     return done
 
 

@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -159,17 +158,12 @@ class ModelCosts:
         keep = list(models.items())[-MAX_ENTRIES:]
         data = {"format": FORMAT, "code": code_fingerprint(), "models": {k: list(v) for k, v in keep},
                 "checked": sorted(checked)[-MAX_ENTRIES:]}
+        from ablate.state import write_atomic
+
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".model-costs-", dir=self.path.parent)
+            write_atomic(self.path, json.dumps(data))
         except OSError:
-            return
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f)
-            os.replace(tmp, self.path)
-        except OSError:
-            Path(tmp).unlink(missing_ok=True)
             return
         self._new_models, self._new_checked = {}, set()
         _prune(self.path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 from pathlib import Path
 
 
@@ -25,3 +26,16 @@ def hash_sources(h: "hashlib._Hash") -> "hashlib._Hash":
     for f in sorted(root.rglob("*.py")):
         h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
     return h
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """``text`` to ``path`` (its folder exists), replaced atomically: a reader, or another process
+    writing the same file, sees the old file or a whole new one. OSError is the caller's."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)
+        raise

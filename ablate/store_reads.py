@@ -514,24 +514,38 @@ def _seedless(raw: Any, seed: Any, arms: dict[Any, tuple[dict[str, Any], str]],
     database's own text of the params without the seed (``_arm_text``: PostgreSQL, whose driver
     hands over parsed params), the cache key instead. The dict is shared by the arm's trials:
     read-only."""
+    return _arm(raw, None if key is not None else _seed_head(raw, seed), arms, key)
+
+
+def _seed_head(raw: Any, seed: Any) -> str | None:
+    """The params text before its seed (``, "seed": 4}``) when ``raw`` is text that ends with it, else None."""
+    if type(seed) is int and type(raw) is str:
+        for tail in (f', "seed": {seed}}}', f',"seed":{seed}}}'):
+            if raw.endswith(tail):
+                return raw[:len(raw) - len(tail)]
+    return None
+
+
+def _arm(raw: Any, head: str | None, arms: dict[Any, tuple[dict[str, Any], str]],
+         key: Any) -> tuple[dict[str, Any], str]:
+    """``_seedless`` given the text before the seed (``_seed_head``), once per trial."""
     if key is not None:
         entry = arms.get(key)
         if entry is None:
             a = {k: v for k, v in _json(raw).items() if k != "seed"}
             entry = arms[key] = (a, arm_key(a))
         return entry
-    if type(seed) is int and type(raw) is str:
-        for tail in (f', "seed": {seed}}}', f',"seed":{seed}}}'):
-            if raw.endswith(tail):
-                head = raw[:len(raw) - len(tail)]
-                entry = arms.get(head)
-                if entry is None:
-                    try:
-                        a = json.loads(head + "}")
-                    except ValueError:
-                        break
-                    entry = arms[head] = (a, arm_key(a))
-                return entry
+    if head is not None:
+        entry = arms.get(head)
+        if entry is not None:
+            return entry
+        try:
+            a = json.loads(head + "}")
+        except ValueError:
+            pass
+        else:
+            entry = arms[head] = (a, arm_key(a))
+            return entry
     a = {k: v for k, v in _json(raw).items() if k != "seed"}
     return a, arm_key(a)
 
@@ -541,11 +555,9 @@ def _light_params(raw: Any, seed: Any, arms: dict[Any, tuple[dict[str, Any], str
     """(a trial's params as stored, its arm key), parsing JSON once per arm where ``_seedless`` can:
     the arm's params plus the seed, in the stored order, when the text ends with the seed; anything
     else parsed whole."""
-    a, arm = _seedless(raw, seed, arms, key)
-    if type(seed) is int and type(raw) is str and (raw.endswith(f', "seed": {seed}}}') or
-                                                   raw.endswith(f',"seed":{seed}}}')):
-        return {**a, "seed": seed}, arm
-    return _json(raw), arm
+    head = None if key is not None else _seed_head(raw, seed)
+    a, arm = _arm(raw, head, arms, key)
+    return ({**a, "seed": seed} if head is not None else _json(raw)), arm
 
 
 # the scope of a study's trials (optionally some ids): what the metric queries aggregate over
@@ -1084,9 +1096,11 @@ class Reader:
                 parts[sid].append(("attempts", n))
             top = q("SELECT max(id) FROM metrics")[0][0] or 0
             names = {sid: p[0] for sid, p in parts.items()}
-            ids = {n: i for n, i in (metric_ids or {}).items() if n in names.values()}
             if metric_ids is None or top < after:  # no earlier read, or rows deleted past it: read them all
                 after, ids = 0, {}
+            else:  # the studies still there
+                held = set(names.values())
+                ids = {n: i for n, i in metric_ids.items() if n in held}
             # rows rewritten in place may keep their ids (SQLite reuses the largest): the final rows' sums tell
             for sid, last in q("SELECT t.study_id, max(m.id) FROM metrics m JOIN trials t ON t.pk = m.trial_pk "
                                "WHERE m.id > :after AND m.id <= :top GROUP BY t.study_id", {"after": after, "top": top}):

@@ -91,8 +91,9 @@ def report(store: Reader, *, names: Iterable[str] | None = None, refresh: int = 
         return page
     have = {n: count for n, _, count in store.studies()}
     order = list(have) if names is None else [n for n in names if n in have]  # = load_studies' order
-    hits = kept.load(list(dict.fromkeys(order))) if kept is not None else {}
-    missing = [n for n in dict.fromkeys(order) if n not in hits]
+    unique = list(dict.fromkeys(order))
+    hits = kept.load(unique) if kept is not None else {}
+    missing = [n for n in unique if n not in hits]
     made = _forked_blobs(store, missing, have, artifacts) if fork else _blobs(store, missing, artifacts)
     if kept is not None:
         kept.save(made)

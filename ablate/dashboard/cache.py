@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -93,6 +92,8 @@ class BlobCache:
         """Keep what was built (but blobs that read artifact arrays: ``keep`` False), each file
         replaced atomically; drop files of studies gone from the database and folders of all but the
         ``KEEP_KEYS`` newest other keys."""
+        from ablate.state import write_atomic
+
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             for name, (counts, blob, keep) in built.items():
@@ -101,7 +102,7 @@ class BlobCache:
                     continue
                 head = json.dumps({"format": FORMAT, "name": name, "version": self.versions[name],
                                    "counts": dict(counts.statuses)})
-                _write(self._file(name), head + "\n" + blob)
+                write_atomic(self._file(name), head + "\n" + blob)
             current = {self._file(n).name for n in self.versions}
             for f in self.folder.glob("*.blob"):
                 if f.name not in current:
@@ -112,19 +113,8 @@ class BlobCache:
                     f.unlink(missing_ok=True)
                 d.rmdir()
             if self.known is not None:
-                _write(self.folder / VERSIONS, json.dumps(self.known))
+                write_atomic(self.folder / VERSIONS, json.dumps(self.known))
             os.utime(self.folder)  # this key is the newest
         except OSError:
             return
 
-
-def _write(path: Path, text: str) -> None:
-    """``text`` to ``path``, replaced atomically (a reader sees the old file or the new one)."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError:
-        Path(tmp).unlink(missing_ok=True)
-        raise
