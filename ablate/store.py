@@ -18,9 +18,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, TypeVar
 
-from sqlalchemy import (JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text,
-                        UniqueConstraint, create_engine, delete, event, func, insert, inspect, or_,
-                        select, text, update)
+from sqlalchemy import (JSON, BigInteger, Column, DateTime, Float, ForeignKey, Index, Integer, MetaData,
+                        PrimaryKeyConstraint, String, Table, Text, UniqueConstraint, create_engine, delete, event,
+                        func, insert, inspect, or_, select, text, update)
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship, sessionmaker
@@ -227,21 +227,44 @@ def _current_revision(conn: Any) -> str | None:
     return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
+# alembic's own version table, as its ``upgrade`` creates it (same name, type and constraint name)
+_ALEMBIC_VERSION = Table("alembic_version", MetaData(), Column("version_num", String(32), nullable=False),
+                         PrimaryKeyConstraint("version_num", name="alembic_version_pkc"))
+
+
+def _create_at_head(conn: Any, head: str) -> None:
+    """An empty database's schema at ``head`` in one step: the ORM's tables and alembic's version row,
+    as alembic's docs advise for a new database ("create_all, then stamp head"), without importing
+    alembic and running every migration (~0.4 s of a first ``ablate run``). tests/test_store.py holds
+    the result to the migrations' schema, table by table, on SQLite and PostgreSQL."""
+    Base.metadata.create_all(conn, checkfirst=False)
+    _ALEMBIC_VERSION.create(conn)
+    conn.execute(_ALEMBIC_VERSION.insert().values(version_num=head))
+
+
+def _upgrade(conn: Any) -> None:
+    from alembic import command
+
+    command.upgrade(_alembic_config(conn), "head")
+
+
 def migrate(engine: Engine) -> None:
     """Bring the schema to the newest alembic revision (db/versions), safe with any number of
     processes at once: SQLite serializes on BEGIN IMMEDIATE, PostgreSQL on an advisory lock, and
-    whoever comes second finds the schema at head and does nothing."""
+    whoever comes second finds the schema at head and does nothing. An empty database gets the
+    newest schema at once (``_create_at_head``); one at an older revision is upgraded by alembic."""
     head = head_revision()
     with engine.connect() as conn:  # read first: a database at head is never written (read-only files)
         if _current_revision(conn) == head:
             return  # (nor is alembic imported: a rerun's driver pays nothing for it)
-    from alembic import command
-
     with engine.execution_options(ablate_write=True).begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_LOCK_KEY})  # released at commit
         if _current_revision(conn) != head:
-            command.upgrade(_alembic_config(conn), "head")
+            if inspect(conn).get_table_names():
+                _upgrade(conn)
+            else:
+                _create_at_head(conn, head)
     if engine.dialect.name == "sqlite":
         with engine.connect() as conn:
             _sqlite_wal(conn.connection.dbapi_connection.cursor())

@@ -6,9 +6,13 @@ failures keep their error, claims with a lease."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import drop_schema
 from sqlalchemy import text
 
 from ablate.store import (COMPLETED, FAILED, INTERRUPTED, PENDING, RUNNING, TRANSIENT, Base, Store,
@@ -27,14 +31,70 @@ def _trials(n: int = 3) -> list[dict]:
              "seed": 0, "n_params": 1000 + i, "flops": 10**9 + i} for i in range(n)]
 
 
-def test_schema_comes_from_the_migration_and_matches_the_orm(store: Store) -> None:
+def _schema(engine: Any) -> dict[str, Any]:
+    """The database's schema as the server states it, names included: SQLite's own CREATE statements
+    (whitespace collapsed); PostgreSQL's columns, constraint and index definitions from its catalog."""
+    with engine.connect() as c:
+        if c.dialect.name == "sqlite":
+            return {(kind, name): " ".join((sql or "").split()) for kind, name, sql in
+                    c.execute(text("SELECT type, name, sql FROM sqlite_master"))}
+        cols = c.execute(text("SELECT table_name, column_name, data_type, character_maximum_length, is_nullable, "
+                              "column_default FROM information_schema.columns WHERE table_schema = 'public'"))
+        cons = c.execute(text("SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
+                              "WHERE connamespace = 'public'::regnamespace"))
+        idx = c.execute(text("SELECT tablename, indexname, indexdef FROM pg_indexes WHERE schemaname = 'public'"))
+        return {"columns": sorted(map(tuple, cols)), "constraints": sorted(map(tuple, cons)),
+                "indexes": sorted(map(tuple, idx))}
+
+
+def _empty_again(url: str) -> str:
+    """The same kind of database, empty: a new SQLite file beside the first, or the PostgreSQL emptied."""
+    if url.startswith("sqlite"):
+        return url.replace("test.db", "again.db")
+    drop_schema(url)
+    return url
+
+
+def test_an_empty_database_gets_the_migrations_schema_in_one_step(db_url: str) -> None:
+    """A new database is made at the head revision from the ORM (no alembic: ~0.4 s of a first run);
+    it must be the very schema that running every migration makes (columns, types, constraints and
+    their names, indexes), so later migrations apply to both alike."""
+    from ablate.store import _upgrade, make_engine
+
+    made = Store(db_url)
+    fast = _schema(made.engine)
+    with made.engine.connect() as c:
+        assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == head_revision()
+    made.close()
+    url = _empty_again(db_url)
+    engine = make_engine(url)
+    with engine.begin() as c:
+        _upgrade(c)
+    migrated = _schema(engine)
+    engine.dispose()
+    assert fast and fast == migrated
+
+
+def test_first_run_on_a_new_database_does_not_import_alembic(tmp_path: Path) -> None:
+    code = ("import sys; from ablate.store import Store; Store(sys.argv[1]); "
+            "assert 'alembic' not in sys.modules, 'alembic imported'")
+    subprocess.run([sys.executable, "-c", code, f"sqlite:///{tmp_path / 'new.db'}"], check=True)
+
+
+def test_schema_comes_from_the_migration_and_matches_the_orm(db_url: str) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    with store.engine.connect() as c:
+    from ablate.store import _upgrade, make_engine
+
+    engine = make_engine(db_url)
+    with engine.begin() as c:
+        _upgrade(c)
+    with engine.connect() as c:
         assert compare_metadata(MigrationContext.configure(c), Base.metadata) == []
         assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == head_revision()
-    Store(store.url)  # migrating again is a no-op
+    engine.dispose()
+    Store(db_url).close()  # migrating again is a no-op
 
 
 def test_revisions_read_from_file_names_are_alembics_history() -> None:
