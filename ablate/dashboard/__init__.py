@@ -19,22 +19,39 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from ablate.store_reads import Reader, StudyRecord, paused_gc
 
-from ablate.dashboard.data import History, detail, load_details, load_history, load_studies, version
-from ablate.dashboard.figures import overview_figure, study_figures
-from ablate.dashboard.page import (Encoded, StudyCounts, build_page, curve_ids, detail_ids, plotly_js, safe_url,
-                                  study_blob, to_json)
-from ablate.dashboard.view import StudyView, study_view
+from ablate.dashboard.data import load_details, load_history, load_studies, version
+from ablate.dashboard.page import Encoded, StudyCounts, build_page, curve_ids, detail_ids, plotly_js, safe_url
+
+if TYPE_CHECKING:
+    from ablate.dashboard.data import History
+    from ablate.dashboard.view import StudyView
 
 __all__ = ["ImageExportError", "build", "build_page", "export_images", "make_server",
            "page_of_records", "plotly_js", "report", "study_figures", "study_view", "write_report"]
 
 
+def __getattr__(name: str) -> Any:
+    """The figures' and views' code is imported where a study is built (``study_figures``,
+    ``study_view`` here too): a page whose studies all come from the cache needs none of it."""
+    if name == "study_figures":
+        from ablate.dashboard.figures import study_figures
+
+        return study_figures
+    if name == "study_view":
+        from ablate.dashboard.view import study_view
+
+        return study_view
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _with_details(view: StudyView, history: History, ids: list[str],
                   store: Reader | None = None) -> dict[str, dict[str, Any]]:
+    from ablate.dashboard.data import detail
+
     by_id = {t.trial_id: t for t in view.record.trials}
     trials = [by_id[i] for i in ids if i in by_id]
     if store is not None:
@@ -47,6 +64,8 @@ def _with_details(view: StudyView, history: History, ids: list[str],
 def _study_blob(store: Reader, view: StudyView, artifacts: Path | str | None, served: bool = False) -> dict[str, Any]:
     """One study's blob of the page: its figures and table, the curves it draws, and (a static page)
     the trials it shows whole; a served page asks the server for those."""
+    from ablate.dashboard.page import study_blob
+
     ids = [] if served else detail_ids(view)
     hist = load_history(store, view.name, list(dict.fromkeys(curve_ids(view) + ids)))
     return study_blob(view, hist, artifacts, None if served else _with_details(view, hist, ids, store))
@@ -63,6 +82,8 @@ def build(store: Reader, *, names: Iterable[str] | None = None, refresh: int = 0
 
 def _build(store: Reader, names: Iterable[str] | None, refresh: int, served: bool,
            artifacts: Path | str | None) -> tuple[str, dict[str, StudyView]]:
+    from ablate.dashboard.view import study_view
+
     stamp = version(store) if served else ""
     records = load_studies(store, names)
     views = {r.name: study_view(r) for r in records}
@@ -136,10 +157,12 @@ def _can_fork(store: Reader) -> bool:
 def _blobs(store: Reader, names: list[str], artifacts: Path | str | None) -> dict[str, tuple[StudyCounts, Encoded, bool]]:
     """{name: (its trials by status, its blob as JSON, whether it may be kept: it read no artifact
     array)} of the static page's studies ``names``."""
-    from ablate.dashboard.appendix import reads_artifacts
-
     if not names:
         return {}
+    from ablate.dashboard.appendix import reads_artifacts
+    from ablate.dashboard.page import to_json
+    from ablate.dashboard.view import study_view
+
     with paused_gc(), store.kept():
         return {r.name: (StudyCounts.of(r), Encoded(to_json(_study_blob(store, study_view(r), artifacts))),
                          not reads_artifacts(r)) for r in load_studies(store, names)}
@@ -200,6 +223,9 @@ def write_report(store: Reader, out: str | Path, **kw: Any) -> Path:
 
 def page_of_records(records: list[StudyRecord], *, source: str = "", artifacts: Path | str | None = None) -> str:
     """The static page of in-memory studies (their trials' ``history`` gives the curves)."""
+    from ablate.dashboard.page import study_blob
+    from ablate.dashboard.view import study_view
+
     blobs = {}
     for r in records:
         v = study_view(r)
@@ -227,7 +253,9 @@ def export_images(store_or_records: Reader | list[StudyRecord], out_dir: str | P
 
     kaleido 1.x finds Chromium on PATH (Debian's ``chromium``) or at ``$BROWSER_PATH``; it is told to
     load no MathJax and uses the plotly.js shipped with the plotly package, so it needs no network."""
+    from ablate.dashboard.figures import overview_figure, study_figures
     from ablate.dashboard.page import _clean, dom_id
+    from ablate.dashboard.view import study_view
 
     try:
         import kaleido
