@@ -168,6 +168,15 @@ def _blobs(store: Reader, names: list[str], artifacts: Path | str | None) -> dic
                          not reads_artifacts(r)) for r in load_studies(store, names)}
 
 
+def _import_build_code() -> None:
+    """Import what building a study's blob imports (each where it is first needed)."""
+    import importlib
+
+    for name in ("ablate.dashboard.appendix", "ablate.dashboard.figures", "ablate.dashboard.view", "ablate.tables",
+                 "ablate.stats", "ablate.tdist", "ablate.show", "ablate.provenance"):
+        importlib.import_module(name)
+
+
 def _forked_blobs(store: Reader, names: list[str], sizes: dict[str, int],
                   artifacts: Path | str | None) -> dict[str, tuple[StudyCounts, Encoded, bool]]:
     """``_blobs`` of ``names`` shared between this process and a fork of it (a machine's second core:
@@ -185,6 +194,7 @@ def _forked_blobs(store: Reader, names: list[str], sizes: dict[str, int],
         i = load.index(min(load))
         shares[i].append(n)
         load[i] += sizes[n]
+    _import_build_code()  # once, before the fork: both processes use it
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the fork: build its share, send it, and leave without running this process's exit code
