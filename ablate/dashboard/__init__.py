@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Iterable
 from ablate.store_reads import Reader, StudyRecord, paused_gc
 
 from ablate.dashboard.data import load_details, load_history, load_studies, version
-from ablate.dashboard.page import Encoded, StudyCounts, build_page, curve_ids, detail_ids, plotly_js, safe_url
+from ablate.dashboard.page import (Encoded, StudyCounts, build_page, curve_ids, detail_ids, page_parts, plotly_js,
+                                  safe_url)
 
 if TYPE_CHECKING:
     from ablate.dashboard.data import History
@@ -77,19 +78,19 @@ def build(store: Reader, *, names: Iterable[str] | None = None, refresh: int = 0
     garbage collector is paused meanwhile (``store_reads.paused_gc``): the build makes ~10^5 objects
     per 10^4 trials and no cycles, and each collection walked them all (a quarter of the build)."""
     with paused_gc(), store.kept():  # ~8 reads a study: one connection
-        return _build(store, names, refresh, served, artifacts)
+        parts, views = _build(store, names, refresh, served, artifacts)
+    return "".join(parts), views
 
 
 def _build(store: Reader, names: Iterable[str] | None, refresh: int, served: bool,
-           artifacts: Path | str | None) -> tuple[str, dict[str, StudyView]]:
+           artifacts: Path | str | None) -> tuple[list[str], dict[str, StudyView]]:
     from ablate.dashboard.view import study_view
 
     stamp = version(store) if served else ""
     records = load_studies(store, names)
     views = {r.name: study_view(r) for r in records}
     blobs = {r.name: _study_blob(store, views[r.name], artifacts, served) for r in records}
-    page = build_page(records, blobs, source=safe_url(store.url), refresh=refresh, served=served, version=stamp)
-    return page, views
+    return page_parts(records, blobs, source=safe_url(store.url), refresh=refresh, served=served, version=stamp), views
 
 
 def report(store: Reader, *, names: Iterable[str] | None = None, refresh: int = 0,
@@ -101,15 +102,24 @@ def report(store: Reader, *, names: Iterable[str] | None = None, refresh: int = 
     asks ``page_workers()``. ``cache``: studies unchanged since an earlier page of this database
     are taken from ``dashboard.cache`` (the page is the same), the others built and kept; ``built``
     gets the names of the studies built (not taken from the cache)."""
+    return "".join(_report_parts(store, names=names, refresh=refresh, artifacts=artifacts, workers=workers,
+                                 cache=cache, built=built))
+
+
+def _report_parts(store: Reader, *, names: Iterable[str] | None = None, refresh: int = 0,
+                  artifacts: Path | str | None = None, workers: int = 1, cache: bool = False,
+                  built: list[str] | None = None) -> list[str]:
+    """``report``'s page in parts (``page.page_parts``)."""
     from ablate.dashboard.cache import BlobCache
 
     kept = BlobCache.open(store, artifacts) if cache else None
     fork = workers > 1 and _can_fork(store)
     if kept is None and not fork:
-        page, views = build(store, names=names, refresh=refresh, artifacts=artifacts)
+        with paused_gc(), store.kept():  # = build()
+            parts, views = _build(store, names, refresh, False, artifacts)
         if built is not None:
             built.extend(views)
-        return page
+        return parts
     have = {n: count for n, _, count in store.studies()}
     order = list(have) if names is None else [n for n in names if n in have]  # = load_studies' order
     unique = list(dict.fromkeys(order))
@@ -121,7 +131,7 @@ def report(store: Reader, *, names: Iterable[str] | None = None, refresh: int = 
     if built is not None:
         built.extend(made)
     got = hits | {n: (counts, blob) for n, (counts, blob, _) in made.items()}
-    return build_page([got[n][0] for n in order], {n: got[n][1] for n in order}, source=safe_url(store.url))
+    return page_parts([got[n][0] for n in order], {n: got[n][1] for n in order}, source=safe_url(store.url))
 
 
 def page_workers() -> int:
@@ -225,9 +235,13 @@ def _forked_blobs(store: Reader, names: list[str], sizes: dict[str, int],
 
 
 def write_report(store: Reader, out: str | Path, **kw: Any) -> Path:
+    """``report``'s page written to ``out``, part after part (``page.page_parts``)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report(store, **kw), encoding="utf-8")
+    parts = _report_parts(store, **kw)
+    with out.open("w", encoding="utf-8") as f:
+        for part in parts:
+            f.write(part)
     return out
 
 
