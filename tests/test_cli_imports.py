@@ -52,7 +52,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     from ablate.store import Store
 
     url = f"sqlite:///{tmp_path_factory.mktemp('cli') / 'r.db'}"
-    records = big_studies(n_trials=48, n_studies=2, seeds=2, epochs=3)
+    records = big_studies(n_trials=48, n_studies=2, seeds=4, epochs=3)  # 4 seeds: the t-tests run
     store = Store(url)
     store.import_records(records)
     store.close()
@@ -62,13 +62,16 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 # what each read-only command must not import besides READS: the scientific stack (scipy ~1 s,
 # pandas ~1.5 s, numpy ~0.2 s idle) has no business in a command that prints a table or writes CSV;
 # nor rich (~0.04 s) in one that writes through sys.stdout and prints at most a plain status line
-# (ablate._console: rich only for a terminal, markup or a line rich would wrap)
+# (ablate._console: rich only for a terminal, markup or a line rich would wrap); a table's t-tests
+# need no stdlib `statistics` (~5 ms: fractions, decimal, random; ablate.tdist)
 SCIENCE = {"scipy", "pandas", "numpy"}
 READ_ONLY = {
     "help": (["--help"], SCIENCE | {"sqlalchemy", "pyarrow", "plotly", "pydantic", "pydantic_settings", "yaml"}),
     "studies": (["studies"], SCIENCE | {"pyarrow", "plotly", "yaml"}),
-    "table": (["table", "synthetic_00", "--format", "latex"], SCIENCE | {"pyarrow", "plotly", "yaml", "rich"}),
-    "table_csv": (["table", "synthetic_00", "--format", "csv"], SCIENCE | {"pyarrow", "plotly", "yaml", "rich"}),
+    "table": (["table", "synthetic_00", "--format", "latex"], SCIENCE | {"pyarrow", "plotly", "yaml", "rich",
+                                                                 "statistics"}),
+    "table_csv": (["table", "synthetic_00", "--format", "csv"], SCIENCE | {"pyarrow", "plotly", "yaml", "rich",
+                                                                 "statistics"}),
     "show": (["show", "{trial}"], SCIENCE | {"pyarrow", "plotly"}),
     "export_csv": (["export", "synthetic_00", "--out", "x.csv"], SCIENCE | {"pyarrow", "plotly", "yaml", "rich"}),
     "export_parquet": (["export", "synthetic_00", "--out", "x.parquet"], {"scipy", "pandas", "plotly", "yaml"}),
