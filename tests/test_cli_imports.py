@@ -63,16 +63,17 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 # pandas ~1.5 s, numpy ~0.2 s idle) has no business in a command that prints a table or writes CSV;
 # nor rich (~0.04 s) in one that writes through sys.stdout and prints at most a plain status line
 # (ablate._console: rich only for a terminal, markup or a line rich would wrap); a table's t-tests
-# need no stdlib `statistics` (~5 ms: fractions, decimal, random; ablate.tdist)
+# need no stdlib `statistics` (~5 ms: fractions, decimal, random; ablate.tdist), nor the running code's
+# provenance (provenance.code: git twice, socket) where no trial has one
 SCIENCE = {"scipy", "pandas", "numpy"}
 READ_ONLY = {
     "help": (["--help"], SCIENCE | {"sqlalchemy", "pyarrow", "plotly", "pydantic", "pydantic_settings", "yaml"}),
     "studies": (["studies"], SCIENCE | {"pyarrow", "plotly", "yaml"}),
     "table": (["table", "synthetic_00", "--format", "latex"], SCIENCE | {"pyarrow", "plotly", "yaml", "rich",
-                                                                 "statistics"}),
+                                                                 "statistics", "socket"}),
     "table_csv": (["table", "synthetic_00", "--format", "csv"], SCIENCE | {"pyarrow", "plotly", "yaml", "rich",
-                                                                 "statistics"}),
-    "show": (["show", "{trial}"], SCIENCE | {"pyarrow", "plotly"}),
+                                                                 "statistics", "socket"}),
+    "show": (["show", "{trial}"], SCIENCE | {"pyarrow", "plotly", "socket"}),
     "export_csv": (["export", "synthetic_00", "--out", "x.csv"], SCIENCE | {"pyarrow", "plotly", "yaml", "rich"}),
     "export_parquet": (["export", "synthetic_00", "--out", "x.parquet"], {"scipy", "pandas", "plotly", "yaml"}),
     "dashboard": (["dashboard", "--out", "report.html"], SCIENCE | {"pyarrow", "plotly"}),
@@ -116,7 +117,7 @@ def test_plan_and_models_may_import_torch_but_not_ray(tmp_path: Path, image_fold
 # modules (full names) that `dashboard --out` must not import when every study's part of the page is
 # kept from an earlier page (ablate.dashboard.cache): the code that builds a study (views, figures,
 # tables, statistics, a trial's details) and rich (one plain status line). Each was ~0.01-0.05 s.
-BUILD_ONLY = {"rich", "rich.console", "rich.table", "ablate.dashboard.figures", "ablate.dashboard.view",
+BUILD_ONLY = {"rich", "rich.console", "rich.table", "tempfile", "pickle", "socket", "ablate.dashboard.figures", "ablate.dashboard.view",
               "ablate.dashboard.appendix", "ablate.tables", "ablate.stats", "ablate.show", "ablate.provenance"}
 
 
@@ -135,7 +136,8 @@ def test_dashboard_from_the_cache_imports_no_build_code(db: tuple[str, str], tmp
     strip = lambda s: s[:s.index(" · generated ")] + s[s.index(" UTC</span>"):]  # noqa: E731
     assert strip((tmp_path / "report.html").read_text()) == strip(page)
     # one study changed: that one is built (a trial's details included), and still without rich or
-    # the stdlib's statistics (t-tests: ablate.tdist; means: math.fsum)
+    # the stdlib's statistics (t-tests: ablate.tdist; means: math.fsum), and without asking git for
+    # the running code (provenance.code, which imports socket) for trials that have no provenance
     from ablate.store import Store
 
     store = Store(url, create=False)
@@ -143,4 +145,4 @@ def test_dashboard_from_the_cache_imports_no_build_code(db: tuple[str, str], tmp
     assert store.add_analysis("synthetic_00", one, {"touch": 1.0})
     store.close()
     rebuilt = run_cli(tmp_path, "dashboard", "--out", "report.html", env=env, full=True)
-    assert {"ablate.dashboard.figures", "ablate.show"} <= rebuilt and not rebuilt & {"rich", "statistics"}
+    assert {"ablate.dashboard.figures", "ablate.show"} <= rebuilt and not rebuilt & {"rich", "statistics", "socket"}

@@ -194,10 +194,10 @@ def _forked_blobs(store: Reader, names: list[str], sizes: dict[str, int],
     trial count (``sizes``); the fork sends its blobs back through a pipe, and if it fails for any
     reason this process builds its share itself. Each process reads the database through its own
     connection (none is open at the fork: ``store.studies()`` closes its own)."""
-    import pickle
-
     if len(names) < 2:
         return _blobs(store, names, artifacts)
+    import pickle
+
     shares: tuple[list[str], list[str]] = ([], [])
     load = [0, 0]
     for n in sorted(names, key=lambda n: (-sizes[n], n)):  # the largest first, each to the smaller share
