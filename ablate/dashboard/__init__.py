@@ -25,7 +25,7 @@ from ablate.store_reads import Reader, StudyRecord, paused_gc
 
 from ablate.dashboard.data import load_details, load_history, load_studies, version
 from ablate.dashboard.page import (Encoded, StudyCounts, build_page, curve_ids, detail_ids, page_parts, plotly_js,
-                                  safe_url)
+                                  safe_url, study_blob, to_json)
 
 if TYPE_CHECKING:
     from ablate.dashboard.data import History
@@ -65,8 +65,6 @@ def _with_details(view: StudyView, history: History, ids: list[str],
 def _study_blob(store: Reader, view: StudyView, artifacts: Path | str | None, served: bool = False) -> dict[str, Any]:
     """One study's blob of the page: its figures and table, the curves it draws, and (a static page)
     the trials it shows whole; a served page asks the server for those."""
-    from ablate.dashboard.page import study_blob
-
     ids = [] if served else detail_ids(view)
     hist = load_history(store, view.name, list(dict.fromkeys(curve_ids(view) + ids)))
     return study_blob(view, hist, artifacts, None if served else _with_details(view, hist, ids, store))
@@ -170,7 +168,6 @@ def _blobs(store: Reader, names: list[str], artifacts: Path | str | None) -> dic
     if not names:
         return {}
     from ablate.dashboard.appendix import reads_artifacts
-    from ablate.dashboard.page import to_json
     from ablate.dashboard.view import study_view
 
     with paused_gc(), store.kept():
@@ -247,7 +244,6 @@ def write_report(store: Reader, out: str | Path, **kw: Any) -> Path:
 
 def page_of_records(records: list[StudyRecord], *, source: str = "", artifacts: Path | str | None = None) -> str:
     """The static page of in-memory studies (their trials' ``history`` gives the curves)."""
-    from ablate.dashboard.page import study_blob
     from ablate.dashboard.view import study_view
 
     blobs = {}
