@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
+
+from ablate._console import LazyConsole
 
 app = typer.Typer(
     help="Ablation studies for large-kernel CNNs (RepLKNet, CVPR 2022): declare a study in a YAML "
@@ -26,8 +26,8 @@ app = typer.Typer(
     rich_markup_mode="markdown",
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True)
-out = Console()
+err = LazyConsole(stderr=True)  # rich's Console on first use: commands that print one plain line import no rich
+out = LazyConsole()
 
 DB_HELP = ("Result database, any SQLAlchemy URL (sqlite:///path.db, postgresql://user@host/db). "
            "Default: $ABLATE_DB, else the SQLite file ./ablate.db in the current directory.")
@@ -122,6 +122,8 @@ def plan(
     already holds of each (completed, failed, interrupted, to run; 'stale' = completed by other
     code: another ablate version or commit, or a dirty tree; `run --rerun-stale` retrains those).
     Trains nothing and checks everything a run would check before it starts."""
+    from rich.table import Table
+
     from ablate.flops import human
     from ablate.status import plan_status, stale_ids
     from ablate.text import plain
@@ -236,7 +238,7 @@ def run(
     store = _store(db, create=True)
     journal = JournalingSink(store)
     try:
-        with ProgressSink(journal, p, console=err) as sink:
+        with ProgressSink(journal, p, console=err.console) as sink:
             summary = run_study(file, profile, store=store, sink=sink, address=address, plan=p, journal=journal,
                                 artifacts=artifacts, rerun=rerun, rerun_stale=rerun_stale)
         from ablate.tables import load_table_record
@@ -324,7 +326,7 @@ def table(
 def _write_text(text: str, out_file: Optional[Path]) -> None:
     if out_file:
         out_file.write_text(text)
-        err.print(f"wrote {out_file}")
+        err.say(f"wrote {out_file}")
     else:
         sys.stdout.write(text)
 
@@ -366,7 +368,7 @@ def _run_analyses(p, store, address: Optional[str], artifacts: Optional[str], *,
             _fail(f"{p.file}: dataset: {e}")
     journal = JournalingSink(store)
     try:
-        summary = analyze_study(p, store, journal, address=address, artifacts=artifacts, console=err)
+        summary = analyze_study(p, store, journal, address=address, artifacts=artifacts, console=err.console)
     except _user_errors() as e:
         _fail(f"{p.file}: {e}")
     except (RunInterrupted, KeyboardInterrupt):
@@ -395,6 +397,8 @@ def _run_analyses(p, store, address: Optional[str], artifacts: Optional[str], *,
 @app.command()
 def studies(db: Optional[str] = typer.Option(None, "--db", help=DB_HELP, envvar="ABLATE_DB")) -> None:
     """List the studies in the result database."""
+    from rich.table import Table
+
     from ablate.text import plain
 
     store = _reader(db)
@@ -415,6 +419,8 @@ def models(
                                               "e.g. 'resnet*', '*' for all; 'resnet18.*' lists pretrained tags)."),
 ) -> None:
     """List the model zoo with params and FLOPs (multiply-adds) of the deployed (re-parameterized) form."""
+    from rich.table import Table
+
     from ablate.flops import human
     from ablate.zoo import zoo_rows
 
@@ -490,7 +496,7 @@ def export(
         if name not in known:
             _unknown_study(store, name)
     n = write_export(store, out_file, fmt, studies=studies or None, trial_ids=trials or None, final=final)
-    err.print(f"wrote {n} rows to {out_file}")
+    err.say(f"wrote {n} rows to {out_file}")
 
 
 @app.command()
@@ -545,7 +551,7 @@ def dashboard(
     dash.write_report(store, out_file, artifacts=artifacts, workers=dash.page_workers(), cache=True, built=built)
     total = len(store.studies())
     kept = f"; {total - len(built)} of {total} studies unchanged since the last page" if len(built) < total else ""
-    err.print(f"wrote {out_file}{kept}")
+    err.say(f"wrote {out_file}{kept}")
 
 
 @app.command()
@@ -651,6 +657,8 @@ def recipes_list(ctx: typer.Context) -> None:
     """List the named recipes (use one with `recipe: {preset: NAME}` in a study file)."""
     if ctx.invoked_subcommand is not None:
         return
+    from rich.table import Table
+
     from ablate.recipes import PRESETS, total_batch
 
     t = Table(title="Recipes (Appendix A); every field can be overridden in the study's recipe")
@@ -671,6 +679,8 @@ def recipes_list(ctx: typer.Context) -> None:
 def recipes_show(name: str = typer.Argument(..., help="Recipe name, e.g. replknet-in1k."),
                  fmt: str = typer.Option("table", "--format", "-f", help="table or json.")) -> None:
     """Every resolved value of one recipe, as a study's trial will see it."""
+    from rich.table import Table
+
     from ablate.recipes import ASSUMED, OFFICIAL, OFFICIAL_README, PRESETS, SOURCES, official_value, paper_resolution
     from ablate.recipes import source as value_source
     from ablate.study import RecipeSpec

@@ -9,7 +9,6 @@ devices). Neither imports Ray; ``environment`` imports torch, which the worker h
 from __future__ import annotations
 
 import platform
-import socket
 import subprocess
 import sys
 from functools import lru_cache
@@ -41,6 +40,8 @@ def _git(*args: str) -> str | None:
 @lru_cache(maxsize=1)
 def code() -> dict[str, Any]:
     """ablate's version and, when ablate runs from a git checkout, its commit and dirty flag."""
+    import socket  # here: a table or page that only judges provenance needs none of it (~5 ms)
+
     from ablate import __version__
 
     commit = _git("rev-parse", "HEAD") if (_REPO / ".git").exists() else None
@@ -54,6 +55,8 @@ def code() -> dict[str, Any]:
 
 def environment() -> dict[str, Any]:
     """The worker's host, library versions and devices (called inside the trial's process)."""
+    import socket
+
     import torch
 
     env: dict[str, Any] = {
@@ -70,10 +73,11 @@ def environment() -> dict[str, Any]:
 
 
 def stale_reasons(stored: dict[str, Any] | None, current: dict[str, Any] | None = None) -> list[str]:
-    """Why a completed trial's provenance differs from the code running now ([] = same code)."""
-    current = current or code()
+    """Why a completed trial's provenance differs from the code running now ([] = same code). The
+    running code (``code``: two git commands) is asked only for a trial that has a provenance."""
     if not stored:
         return ["no provenance (made before ablate recorded it)"]
+    current = current or code()
     out = []
     for k in CODE_FIELDS:
         if k == "git_dirty":

@@ -7,14 +7,14 @@ never rich markup, never terminal control sequences.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
-
-from rich.filesize import decimal
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from ablate.provenance import stale_reasons
 from ablate.text import strip_controls as _plain
+
+if TYPE_CHECKING:  # rich is imported where the terminal's text is made: the dashboard uses trial_json only
+    from rich.table import Table
+    from rich.text import Text
 
 
 def _epochs(history: dict[str, list[tuple[int, float]]]) -> list[int]:
@@ -36,6 +36,8 @@ def trial_json(study: str, rec: Any) -> dict[str, Any]:
 
 
 def _kv(title: str, items: dict[str, Any]) -> Table:
+    from rich.table import Table
+
     t = Table(title=title, title_justify="left", show_header=False, box=None, pad_edge=False)
     t.add_column(style="bold")
     t.add_column(overflow="fold")
@@ -45,6 +47,10 @@ def _kv(title: str, items: dict[str, Any]) -> Table:
 
 
 def _artifacts(study: str, trial_id: str, root: str | None) -> Table | Text:
+    from rich.filesize import decimal
+    from rich.table import Table
+    from rich.text import Text
+
     from ablate.artifacts import ArtifactStore, artifacts_root, safe_name
 
     local = root or artifacts_root()
@@ -73,6 +79,9 @@ def _artifacts(study: str, trial_id: str, root: str | None) -> Table | Text:
 
 def trial_report(study: str, rec: Any, artifacts: str | None = None) -> list[Any]:
     """Renderables for the terminal, in reading order."""
+    from rich.table import Table
+    from rich.text import Text
+
     head = Text()
     head.append(f"trial {rec.trial_id}", style="bold")
     head.append(f" of study {_plain(study)}: {rec.status}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 
@@ -31,6 +30,8 @@ def hash_sources(h: "hashlib._Hash") -> "hashlib._Hash":
 def write_atomic(path: Path, text: str) -> None:
     """``text`` to ``path`` (its folder exists), replaced atomically: a reader, or another process
     writing the same file, sees the old file or a whole new one. OSError is the caller's."""
+    import tempfile  # here: a page taken whole from the cache writes no state (~3 ms: random, bisect)
+
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

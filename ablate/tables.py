@@ -44,6 +44,7 @@ from ablate.flops import flops_input
 from ablate.stats import ALPHA, MIN_PAIRS, Paired, Summary, compare_with_baseline, summarize
 from ablate.store_reads import (COMPLETED, FAILED, INTERRUPTED, Reader, StudyRecord, TrialRecord, arm_key,
                                 paused_gc)
+from ablate.table_css import TABLE_CSS  # the dashboard's page reads it without this module
 from ablate.text import human, markdown_cell, safe_format, strip_controls
 
 FORMATS = ("md", "csv", "latex", "html")
@@ -792,19 +793,6 @@ def to_html_fragment(t: TableData) -> str:
     if t.notes:
         out.append('<ol class="ablate-notes">' + "".join(f"<li>{e(n)}</li>" for n in t.notes) + "</ol>")
     return "\n".join(out)
-
-
-TABLE_CSS = """
-table.ablate-table { border-collapse: collapse; font: 14px/1.4 system-ui, sans-serif; margin: 8px 0; }
-table.ablate-table caption { font-weight: 600; text-align: left; padding: 4px 0; }
-table.ablate-table th, table.ablate-table td { padding: 3px 10px; text-align: center; white-space: nowrap; }
-table.ablate-table thead tr:last-child th { border-bottom: 1px solid #333; }
-table.ablate-table thead { border-top: 2px solid #333; }
-table.ablate-table tbody { border-bottom: 2px solid #333; }
-table.ablate-table th.group { border-bottom: 1px solid #999; }
-table.ablate-table td:first-child, table.ablate-table th:first-child { text-align: left; }
-ol.ablate-notes { font: 12px/1.4 system-ui, sans-serif; color: #444; max-width: 60em; }
-"""
 
 
 def to_html(t: TableData) -> str:

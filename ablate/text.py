@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 import string
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.text import Text
 
 # ESC-introduced sequences: CSI (ESC [ ... final), OSC (ESC ] ... BEL or ST), other two-byte escapes;
 # then the C1 controls (incl. the one-byte CSI U+009B), C0 controls but \n and \t, DEL; and the
@@ -41,7 +42,10 @@ def strip_controls(s: object, keep_newlines: bool = True) -> str:
 
 
 def plain(s: object, style: str = "") -> Text:
-    """A rich ``Text`` of untrusted ``s``: printed as is, never parsed as ``[markup]``."""
+    """A rich ``Text`` of untrusted ``s``: printed as is, never parsed as ``[markup]``. (rich is
+    imported here: a table written as CSV or Markdown, or the dashboard's page, needs none of it.)"""
+    from rich.text import Text
+
     return Text(strip_controls(s), style=style)
 
 

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # the module names printed with each command: what it loaded of the heavy libraries
 HEAVY = ("torch", "timm", "ray", "alembic", "sqlalchemy", "scipy", "pandas", "pyarrow", "plotly", "numpy", "pydantic",
-         "yaml", "markdown_it")
+         "yaml", "markdown_it", "rich")
 IN_PROCESS = """
 import json, sys, tempfile, time
 from ablate.store_reads import open_reader

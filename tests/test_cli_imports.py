@@ -29,21 +29,21 @@ try:
 except SystemExit as e:
     code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
 with open(out, "w") as f:
-    json.dump({"code": code, "modules": sorted({m.split(".")[0] for m in sys.modules})}, f)
+    json.dump({"code": code, "modules": sorted({m.split(".")[0] for m in sys.modules}), "full": sorted(sys.modules)}, f)
 """
 
 NEVER = {"torch", "timm", "ray"}
 READS = NEVER | {"alembic"}  # what no read-only command needs
 
 
-def run_cli(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> set[str]:
-    """Top-level packages imported by one CLI invocation; asserts it succeeded."""
+def run_cli(tmp_path: Path, *args: str, env: dict[str, str] | None = None, full: bool = False) -> set[str]:
+    """Top-level packages (``full``: all modules) imported by one CLI invocation; asserts it succeeded."""
     out = tmp_path / "modules.json"
     r = subprocess.run([sys.executable, "-c", RUNNER, str(out), json.dumps(list(args))], capture_output=True,
                        text=True, timeout=120, cwd=tmp_path, env=env)
     got = json.loads(out.read_text())
     assert got["code"] == 0, (args, r.stdout[-2000:], r.stderr[-2000:])
-    return set(got["modules"])
+    return set(got["full" if full else "modules"])
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     from ablate.store import Store
 
     url = f"sqlite:///{tmp_path_factory.mktemp('cli') / 'r.db'}"
-    records = big_studies(n_trials=48, n_studies=2, seeds=2, epochs=3)
+    records = big_studies(n_trials=48, n_studies=2, seeds=4, epochs=3)  # 4 seeds: the t-tests run
     store = Store(url)
     store.import_records(records)
     store.close()
@@ -60,15 +60,21 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 
 
 # what each read-only command must not import besides READS: the scientific stack (scipy ~1 s,
-# pandas ~1.5 s, numpy ~0.2 s idle) has no business in a command that prints a table or writes CSV
+# pandas ~1.5 s, numpy ~0.2 s idle) has no business in a command that prints a table or writes CSV;
+# nor rich (~0.04 s) in one that writes through sys.stdout and prints at most a plain status line
+# (ablate._console: rich only for a terminal, markup or a line rich would wrap); a table's t-tests
+# need no stdlib `statistics` (~5 ms: fractions, decimal, random; ablate.tdist), nor the running code's
+# provenance (provenance.code: git twice, socket) where no trial has one
 SCIENCE = {"scipy", "pandas", "numpy"}
 READ_ONLY = {
     "help": (["--help"], SCIENCE | {"sqlalchemy", "pyarrow", "plotly", "pydantic", "pydantic_settings", "yaml"}),
     "studies": (["studies"], SCIENCE | {"pyarrow", "plotly", "yaml"}),
-    "table": (["table", "synthetic_00", "--format", "latex"], SCIENCE | {"pyarrow", "plotly", "yaml"}),
-    "table_csv": (["table", "synthetic_00", "--format", "csv"], SCIENCE | {"pyarrow", "plotly", "yaml"}),
-    "show": (["show", "{trial}"], SCIENCE | {"pyarrow", "plotly"}),
-    "export_csv": (["export", "synthetic_00", "--out", "x.csv"], SCIENCE | {"pyarrow", "plotly", "yaml"}),
+    "table": (["table", "synthetic_00", "--format", "latex"], SCIENCE | {"pyarrow", "plotly", "yaml", "rich",
+                                                                 "statistics", "socket"}),
+    "table_csv": (["table", "synthetic_00", "--format", "csv"], SCIENCE | {"pyarrow", "plotly", "yaml", "rich",
+                                                                 "statistics", "socket"}),
+    "show": (["show", "{trial}"], SCIENCE | {"pyarrow", "plotly", "socket"}),
+    "export_csv": (["export", "synthetic_00", "--out", "x.csv"], SCIENCE | {"pyarrow", "plotly", "yaml", "rich"}),
     "export_parquet": (["export", "synthetic_00", "--out", "x.parquet"], {"scipy", "pandas", "plotly", "yaml"}),
     "dashboard": (["dashboard", "--out", "report.html"], SCIENCE | {"pyarrow", "plotly"}),
     "recipes": (["recipes"], {"numpy", "sqlalchemy", "scipy"}),
@@ -106,3 +112,37 @@ def test_plan_and_models_may_import_torch_but_not_ray(tmp_path: Path, image_fold
     loaded = run_cli(tmp_path, "models", "--all", "mobilenetv2_lk*", env=env)
     assert "timm" in loaded and "ray" not in loaded
 
+
+
+# modules (full names) that `dashboard --out` must not import when every study's part of the page is
+# kept from an earlier page (ablate.dashboard.cache): the code that builds a study (views, figures,
+# tables, statistics, a trial's details) and rich (one plain status line). Each was ~0.01-0.05 s.
+BUILD_ONLY = {"rich", "rich.console", "rich.table", "tempfile", "pickle", "socket", "ablate.dashboard.figures", "ablate.dashboard.view",
+              "ablate.dashboard.appendix", "ablate.tables", "ablate.stats", "ablate.show", "ablate.provenance"}
+
+
+def test_dashboard_from_the_cache_imports_no_build_code(db: tuple[str, str], tmp_path: Path) -> None:
+    """The first page builds every study (and imports that code: the check can fail); the second
+    takes them all from the page cache and imports none of it."""
+    url, _ = db
+    env = dict(os.environ, ABLATE_DB=url, ABLATE_ARTIFACTS=str(tmp_path / "artifacts"),
+               ABLATE_STATE_DIR=str(tmp_path / "state"))
+    env.pop("ABLATE_PAGE_CACHE", None)
+    first = run_cli(tmp_path, "dashboard", "--out", "report.html", env=env, full=True)
+    assert {"ablate.dashboard.figures", "ablate.tables", "ablate.show"} <= first
+    page = (tmp_path / "report.html").read_text()
+    again = run_cli(tmp_path, "dashboard", "--out", "report.html", env=env, full=True)
+    assert "ablate.dashboard" in again and not again & BUILD_ONLY, sorted(again & BUILD_ONLY)
+    strip = lambda s: s[:s.index(" · generated ")] + s[s.index(" UTC</span>"):]  # noqa: E731
+    assert strip((tmp_path / "report.html").read_text()) == strip(page)
+    # one study changed: that one is built (a trial's details included), and still without rich or
+    # the stdlib's statistics (t-tests: ablate.tdist; means: math.fsum), and without asking git for
+    # the running code (provenance.code, which imports socket) for trials that have no provenance
+    from ablate.store import Store
+
+    store = Store(url, create=False)
+    one = next(t.trial_id for t in store.light_trials("synthetic_00") if t.status == "completed")
+    assert store.add_analysis("synthetic_00", one, {"touch": 1.0})
+    store.close()
+    rebuilt = run_cli(tmp_path, "dashboard", "--out", "report.html", env=env, full=True)
+    assert {"ablate.dashboard.figures", "ablate.show"} <= rebuilt and not rebuilt & {"rich", "statistics", "socket"}

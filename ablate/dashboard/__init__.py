@@ -19,22 +19,40 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from ablate.store_reads import Reader, StudyRecord, paused_gc
 
-from ablate.dashboard.data import History, detail, load_details, load_history, load_studies, version
-from ablate.dashboard.figures import overview_figure, study_figures
-from ablate.dashboard.page import (Encoded, StudyCounts, build_page, curve_ids, detail_ids, plotly_js, safe_url,
-                                  study_blob, to_json)
-from ablate.dashboard.view import StudyView, study_view
+from ablate.dashboard.data import load_details, load_history, load_studies, version
+from ablate.dashboard.page import (Encoded, StudyCounts, build_page, curve_ids, detail_ids, page_parts, plotly_js,
+                                  safe_url, study_blob, to_json)
+
+if TYPE_CHECKING:
+    from ablate.dashboard.data import History
+    from ablate.dashboard.view import StudyView
 
 __all__ = ["ImageExportError", "build", "build_page", "export_images", "make_server",
            "page_of_records", "plotly_js", "report", "study_figures", "study_view", "write_report"]
 
 
+def __getattr__(name: str) -> Any:
+    """The figures' and views' code is imported where a study is built (``study_figures``,
+    ``study_view`` here too): a page whose studies all come from the cache needs none of it."""
+    if name == "study_figures":
+        from ablate.dashboard.figures import study_figures
+
+        return study_figures
+    if name == "study_view":
+        from ablate.dashboard.view import study_view
+
+        return study_view
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _with_details(view: StudyView, history: History, ids: list[str],
                   store: Reader | None = None) -> dict[str, dict[str, Any]]:
+    from ablate.dashboard.data import detail
+
     by_id = {t.trial_id: t for t in view.record.trials}
     trials = [by_id[i] for i in ids if i in by_id]
     if store is not None:
@@ -58,17 +76,19 @@ def build(store: Reader, *, names: Iterable[str] | None = None, refresh: int = 0
     garbage collector is paused meanwhile (``store_reads.paused_gc``): the build makes ~10^5 objects
     per 10^4 trials and no cycles, and each collection walked them all (a quarter of the build)."""
     with paused_gc(), store.kept():  # ~8 reads a study: one connection
-        return _build(store, names, refresh, served, artifacts)
+        parts, views = _build(store, names, refresh, served, artifacts)
+    return "".join(parts), views
 
 
 def _build(store: Reader, names: Iterable[str] | None, refresh: int, served: bool,
-           artifacts: Path | str | None) -> tuple[str, dict[str, StudyView]]:
+           artifacts: Path | str | None) -> tuple[list[str], dict[str, StudyView]]:
+    from ablate.dashboard.view import study_view
+
     stamp = version(store) if served else ""
     records = load_studies(store, names)
     views = {r.name: study_view(r) for r in records}
     blobs = {r.name: _study_blob(store, views[r.name], artifacts, served) for r in records}
-    page = build_page(records, blobs, source=safe_url(store.url), refresh=refresh, served=served, version=stamp)
-    return page, views
+    return page_parts(records, blobs, source=safe_url(store.url), refresh=refresh, served=served, version=stamp), views
 
 
 def report(store: Reader, *, names: Iterable[str] | None = None, refresh: int = 0,
@@ -80,15 +100,24 @@ def report(store: Reader, *, names: Iterable[str] | None = None, refresh: int = 
     asks ``page_workers()``. ``cache``: studies unchanged since an earlier page of this database
     are taken from ``dashboard.cache`` (the page is the same), the others built and kept; ``built``
     gets the names of the studies built (not taken from the cache)."""
+    return "".join(_report_parts(store, names=names, refresh=refresh, artifacts=artifacts, workers=workers,
+                                 cache=cache, built=built))
+
+
+def _report_parts(store: Reader, *, names: Iterable[str] | None = None, refresh: int = 0,
+                  artifacts: Path | str | None = None, workers: int = 1, cache: bool = False,
+                  built: list[str] | None = None) -> list[str]:
+    """``report``'s page in parts (``page.page_parts``)."""
     from ablate.dashboard.cache import BlobCache
 
     kept = BlobCache.open(store, artifacts) if cache else None
     fork = workers > 1 and _can_fork(store)
     if kept is None and not fork:
-        page, views = build(store, names=names, refresh=refresh, artifacts=artifacts)
+        with paused_gc(), store.kept():  # = build()
+            parts, views = _build(store, names, refresh, False, artifacts)
         if built is not None:
             built.extend(views)
-        return page
+        return parts
     have = {n: count for n, _, count in store.studies()}
     order = list(have) if names is None else [n for n in names if n in have]  # = load_studies' order
     unique = list(dict.fromkeys(order))
@@ -100,7 +129,7 @@ def report(store: Reader, *, names: Iterable[str] | None = None, refresh: int = 
     if built is not None:
         built.extend(made)
     got = hits | {n: (counts, blob) for n, (counts, blob, _) in made.items()}
-    return build_page([got[n][0] for n in order], {n: got[n][1] for n in order}, source=safe_url(store.url))
+    return page_parts([got[n][0] for n in order], {n: got[n][1] for n in order}, source=safe_url(store.url))
 
 
 def page_workers() -> int:
@@ -136,13 +165,23 @@ def _can_fork(store: Reader) -> bool:
 def _blobs(store: Reader, names: list[str], artifacts: Path | str | None) -> dict[str, tuple[StudyCounts, Encoded, bool]]:
     """{name: (its trials by status, its blob as JSON, whether it may be kept: it read no artifact
     array)} of the static page's studies ``names``."""
-    from ablate.dashboard.appendix import reads_artifacts
-
     if not names:
         return {}
+    from ablate.dashboard.appendix import reads_artifacts
+    from ablate.dashboard.view import study_view
+
     with paused_gc(), store.kept():
         return {r.name: (StudyCounts.of(r), Encoded(to_json(_study_blob(store, study_view(r), artifacts))),
                          not reads_artifacts(r)) for r in load_studies(store, names)}
+
+
+def _import_build_code() -> None:
+    """Import what building a study's blob imports (each where it is first needed)."""
+    import importlib
+
+    for name in ("ablate.dashboard.appendix", "ablate.dashboard.figures", "ablate.dashboard.view", "ablate.tables",
+                 "ablate.stats", "ablate.tdist", "ablate.show", "ablate.provenance"):
+        importlib.import_module(name)
 
 
 def _forked_blobs(store: Reader, names: list[str], sizes: dict[str, int],
@@ -152,16 +191,17 @@ def _forked_blobs(store: Reader, names: list[str], sizes: dict[str, int],
     trial count (``sizes``); the fork sends its blobs back through a pipe, and if it fails for any
     reason this process builds its share itself. Each process reads the database through its own
     connection (none is open at the fork: ``store.studies()`` closes its own)."""
-    import pickle
-
     if len(names) < 2:
         return _blobs(store, names, artifacts)
+    import pickle
+
     shares: tuple[list[str], list[str]] = ([], [])
     load = [0, 0]
     for n in sorted(names, key=lambda n: (-sizes[n], n)):  # the largest first, each to the smaller share
         i = load.index(min(load))
         shares[i].append(n)
         load[i] += sizes[n]
+    _import_build_code()  # once, before the fork: both processes use it
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the fork: build its share, send it, and leave without running this process's exit code
@@ -192,14 +232,20 @@ def _forked_blobs(store: Reader, names: list[str], sizes: dict[str, int],
 
 
 def write_report(store: Reader, out: str | Path, **kw: Any) -> Path:
+    """``report``'s page written to ``out``, part after part (``page.page_parts``)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report(store, **kw), encoding="utf-8")
+    parts = _report_parts(store, **kw)
+    with out.open("w", encoding="utf-8") as f:
+        for part in parts:
+            f.write(part)
     return out
 
 
 def page_of_records(records: list[StudyRecord], *, source: str = "", artifacts: Path | str | None = None) -> str:
     """The static page of in-memory studies (their trials' ``history`` gives the curves)."""
+    from ablate.dashboard.view import study_view
+
     blobs = {}
     for r in records:
         v = study_view(r)
@@ -227,7 +273,9 @@ def export_images(store_or_records: Reader | list[StudyRecord], out_dir: str | P
 
     kaleido 1.x finds Chromium on PATH (Debian's ``chromium``) or at ``$BROWSER_PATH``; it is told to
     load no MathJax and uses the plotly.js shipped with the plotly package, so it needs no network."""
+    from ablate.dashboard.figures import overview_figure, study_figures
     from ablate.dashboard.page import _clean, dom_id
+    from ablate.dashboard.view import study_view
 
     try:
         import kaleido

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 import re
-import statistics
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +73,7 @@ def _local_store(root: Path | str | None) -> tuple[Any, str | None]:
 
 def _mean(values: list[float]) -> float | None:
     values = [v for v in values if v is not None and math.isfinite(v)]
-    return statistics.fmean(values) if values else None
+    return math.fsum(values) / len(values) if values else None  # = statistics.fmean (no statistics import)
 
 
 def _table(title: str, headers: list[str], rows: list[list[str]], notes: list[str], groups: list[str] | None = None,

@@ -30,6 +30,7 @@ from typing import Any
 
 from ablate.store_reads import COMPLETED, FAILED, INTERRUPTED, PENDING, RUNNING, StudyRecord
 
+from ablate.dashboard.palette import STATUS_COLORS, STATUSES
 from ablate.dashboard.view import ArmView, StudyView, escape, value_key, value_text
 
 MAX_CURVES = 12  # arms in the per-epoch curves: the baseline and the best
@@ -39,9 +40,6 @@ MAX_GRID = 100  # values per axis of the heatmap (values written in cells up to 
 MAX_GROUPS = 10  # lines in an axis plot, one per value of the other varying axis
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
            "#bcbd22", "#17becf", "#393b79", "#637939"]
-STATUSES = (COMPLETED, RUNNING, PENDING, INTERRUPTED, FAILED)
-STATUS_COLORS = {COMPLETED: "#2ca02c", RUNNING: "#1f77b4", PENDING: "#c7c7c7", INTERRUPTED: "#ff9800",
-                 FAILED: "#d62728"}
 ERF_RE = re.compile(r"^erf_r(\d+)$")
 NOT_CURVES = ("epoch", "lr")  # per-epoch values that are settings, not results
 

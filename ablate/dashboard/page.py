@@ -16,13 +16,15 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ablate.store_reads import FAILED, RUNNING, StudyRecord
 from ablate.text import strip_controls
 
-from ablate.dashboard.figures import STATUS_COLORS, STATUSES, curve_arms, pretty, study_figures
-from ablate.dashboard.view import StudyView
+from ablate.dashboard.palette import STATUS_COLORS, STATUSES
+
+if TYPE_CHECKING:
+    from ablate.dashboard.view import StudyView
 
 STATIC = Path(__file__).resolve().parent.parent / "static"
 MAX_DETAILS = 20  # trials per study whose full details the static page embeds
@@ -106,6 +108,8 @@ def _round(v: float | None) -> float | None:
 def detail_ids(view: StudyView) -> list[str]:
     """The trials whose full details the static page embeds (at most MAX_DETAILS): the latest
     failed, the running, then those of the arms whose curves are drawn."""
+    from ablate.dashboard.figures import curve_arms  # the figures' code: only where a study is built
+
     failed = [t for t in reversed(view.record.trials) if t.status == FAILED]  # the latest registered first
     ids = [t.trial_id for t in failed[:MAX_DETAIL_FAILED]]
     ids += [t.trial_id for t in view.record.trials if t.status == RUNNING][:MAX_DETAIL_RUNNING]
@@ -115,6 +119,8 @@ def detail_ids(view: StudyView) -> list[str]:
 
 def curve_ids(view: StudyView) -> list[str]:
     """The trials whose per-epoch history the curves need."""
+    from ablate.dashboard.figures import curve_arms
+
     return [t.trial_id for a in curve_arms(view) for t in a.arm.trials]
 
 
@@ -147,6 +153,8 @@ def trials_json(view: StudyView) -> dict[str, Any]:
 def study_blob(view: StudyView, history: dict[str, dict[str, list[tuple[int, float]]]],
                artifacts: Path | str | None = None, details: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """Everything the page shows of one study."""
+    from ablate.dashboard.figures import curve_arms, pretty, study_figures
+
     tables: list[dict[str, Any]] = []
     figs = study_figures(view, history, artifacts, tables)
     counts = Counter(t.status for t in view.record.trials)
@@ -226,7 +234,17 @@ def build_page(records: list[StudyRecord] | list[StudyCounts], blobs: dict[str, 
     ``records`` (or their ``StudyCounts``). ``served``: the page asks the server for trial details
     and curves, and (``refresh`` > 0) for a new version every that many seconds, reloading only
     when the results changed."""
-    from ablate.tables import TABLE_CSS
+    return "".join(page_parts(records, blobs, source=source, refresh=refresh, served=served, version=version,
+                              now=now))
+
+
+def page_parts(records: list[StudyRecord] | list[StudyCounts], blobs: dict[str, dict[str, Any] | Encoded], *,
+               source: str = "", refresh: int = 0, served: bool = False, version: str = "",
+               now: datetime | None = None) -> list[str]:
+    """``build_page``'s text in parts, to be written one after another: joined, the page is a copy of
+    ~3 MB in 2-byte characters (plotly.js and dashboard.js hold characters beyond Latin-1), made and
+    encoded again (~0.015 s of a page whose studies all come from the cache)."""
+    from ablate.table_css import TABLE_CSS
 
     e = html.escape
     now = now or datetime.now(timezone.utc)
@@ -249,12 +267,12 @@ def build_page(records: list[StudyRecord] | list[StudyCounts], blobs: dict[str, 
              '<button id="save-png" title="Download every plot of this study as PNG">PNG</button>'
              "</span>")
     sections = "".join(f'<section class="study" data-study="{e(dom_id(r.name))}" hidden></section>' for r in records)
-    return "".join([
+    return [
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">",
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
         "<title>ablate dashboard</title><link rel=\"icon\" href=\"data:,\">",  # no favicon request
         f"<style>{TABLE_CSS}{_static('dashboard.css')}</style>",
-        f"<script>{js}</script><script>performance.mark('ablate:plotly-loaded')</script>",
+        "<script>", js, "</script><script>performance.mark('ablate:plotly-loaded')</script>",
         "</head><body>",
         f'<header><h1>ablate dashboard</h1>{picker}{tools}<span class="db">{e(source)} · '
         f"generated {now.strftime('%Y-%m-%d %H:%M:%S UTC')}"
@@ -264,9 +282,9 @@ def build_page(records: list[StudyRecord] | list[StudyCounts], blobs: dict[str, 
         sections,
         json_script("ablate-conf", conf),
         *(json_script(f"study-{dom_id(r.name)}", blobs[r.name]) for r in records),
-        f"<script>{_static('dashboard.js')}</script>",
+        "<script>", _static("dashboard.js"), "</script>",
         "</main></body></html>\n",
-    ])
+    ]
 
 
 def overview_html(records: list[StudyCounts]) -> str:
