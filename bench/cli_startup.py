@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _machine import cpu_probe  # bench/ is the script's folder, first on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # the module names printed with each command: what it loaded of the heavy libraries
@@ -171,7 +173,9 @@ def main() -> None:
           f"measured between the runs; load average {os.getloadavg()[0]:.1f} at start")
     print("| command | code | wall s | / python -c pass | heavy modules loaded |")
     print("|---|---|---|---|---|", flush=True)
+    probes = [cpu_probe()]
     for name in names:
+        probes.append(cpu_probe())
         args = commands[name]
         run = args[1:] if args is PYARROW else ["-m", "ablate.cli", *args]
         these = codes[:1] if args is PYARROW else codes  # the same for every checkout
@@ -189,8 +193,10 @@ def main() -> None:
             mods = "pyarrow, numpy" if args is PYARROW else ", ".join(loaded(args, envs[code], work)) or "-"
             label = "`python -c 'import pyarrow.csv, pyarrow.parquet'`" if args is PYARROW else f"`ablate {name}`"
             print(f"| {label} | {Path(code).name} | {t:.2f} | {t / floor:.1f}x | {mods} |", flush=True)
+    probes.append(cpu_probe())
     print(f"`python -c pass`: {statistics.median(base):.3f} s (median of {len(base)}); "
-          f"load average {os.getloadavg()[0]:.1f} at the end")
+          f"load average {os.getloadavg()[0]:.1f} at the end; CPU probe (`cpu_probe`: 2,000,000 Python additions, "
+          f"before each command): median {statistics.median(probes):.3f} s, {min(probes):.3f}-{max(probes):.3f} s")
     if a.in_process:
         got: dict[str, list[dict[str, float]]] = {code: [] for code in codes}
         for _ in range(3):

@@ -39,6 +39,8 @@ from typing import Any
 
 import yaml
 
+from _machine import cpu_probe  # bench/ is the script's folder, first on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -230,7 +232,7 @@ def main() -> None:
                 cut.setdefault(way, {}).setdefault(n, []).append(phases(t, marks))
                 times[way][n] = statistics.median(runs[way][n])
                 print(f"N={n:3d} {way:11s} {t:7.1f} s  " + "  ".join(f"{k} {v:.2f}" for k, v in cut[way][n][-1].items())
-                      + f"  (load {os.getloadavg()[0]:.1f})", flush=True)
+                      + f"  (load {os.getloadavg()[0]:.1f}, CPU probe {cpu_probe():.3f} s)", flush=True)
     print(f"\n{platform.machine()}, {cpus} cores, {args.epochs} epochs per trial; seconds"
           + (f" (median of {args.repeat})" if args.repeat > 1 else ""))
     fitted = " | per trial | fixed | per trial beyond loop | fixed beyond loop" if len(args.n) == 2 else ""
