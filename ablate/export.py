@@ -203,7 +203,12 @@ def _parquet_writer(path: Path, params: dict[str, str]) -> tuple[Any, Callable[[
 
     schema = _schema(params)
     writer = pq.ParquetWriter(str(path), schema)
-    read = pa_csv.ReadOptions(column_names=schema.names)
+    # one thread: the threaded reader drops its last hold of the Python file object on one of pyarrow's
+    # pool threads after read_csv returns, which then takes the GIL from a thread Python never saw; with
+    # tracemalloc on (tests/test_results_scale.py) CPython 3.11 crashed there (a core dump showed it:
+    # PyGILState_Ensure -> tracemalloc's traceback_new). The chunks are small: no slower (1.15 s against
+    # 1.35 s for all 10,000 trials of bench/cli_startup.py's database)
+    read = pa_csv.ReadOptions(column_names=schema.names, use_threads=False)
     parse = pa_csv.ParseOptions(newlines_in_values=True)
     convert = pa_csv.ConvertOptions(column_types=schema, null_values=[""], strings_can_be_null=True,
                                     quoted_strings_can_be_null=False)

@@ -137,8 +137,9 @@ print(peak)
 
 def _peak_export(tmp_path: Path, n_trials: int) -> int:
     """The peak of Python allocations of one export, in a process of its own: tracemalloc counts every
-    thread's allocations, and a pytest worker that has joined Ray runs Ray's threads beside it (a crash
-    was seen once there, in the store's close, with Ray's threads alive: 2026-11-26)."""
+    thread's allocations, and a pytest worker that has joined Ray runs Ray's threads beside it. (A crash
+    seen twice while the store closed was not Ray's: pyarrow's threaded CSV reader let go of the Python
+    file on a pool thread, whose first GIL hold crashed in tracemalloc; the export reads on one thread.)"""
     r = subprocess.run([sys.executable, "-c", _PEAK_EXPORT, str(tmp_path), str(n_trials)], capture_output=True,
                        text=True, timeout=300, cwd=Path(__file__).parent,
                        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])})
