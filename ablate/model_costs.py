@@ -171,11 +171,13 @@ class ModelCosts:
 
 def _prune(path: Path) -> None:
     """Drop the files of all but the ``KEEP_CODES`` newest other code fingerprints."""
+    from ablate.state import beyond_newest
+
     try:
-        others = [(f.stat().st_mtime, f) for f in path.parent.glob("*.json") if f != path]
+        old = beyond_newest((f for f in path.parent.glob("*.json") if f != path), KEEP_CODES)
     except OSError:
         return
-    for _, f in sorted(others, reverse=True)[KEEP_CODES:]:
+    for f in old:
         f.unlink(missing_ok=True)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -25,6 +26,12 @@ def hash_sources(h: "hashlib._Hash") -> "hashlib._Hash":
     for f in sorted(root.rglob("*.py")):
         h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
     return h
+
+
+def beyond_newest(paths: Iterable[Path], keep: int) -> list[Path]:
+    """Of ``paths``, all but the ``keep`` newest (by modification time): what a cache of several codes or
+    databases drops. OSError (a path gone meanwhile) is the caller's."""
+    return [p for _, p in sorted(((p.stat().st_mtime, p) for p in paths), reverse=True)[keep:]]
 
 
 def write_atomic(path: Path, text: str) -> None:

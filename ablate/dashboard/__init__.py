@@ -75,20 +75,22 @@ def build(store: Reader, *, names: Iterable[str] | None = None, refresh: int = 0
     """(the page, each study's view by name) of ``store``'s studies (all, or ``names``). The cyclic
     garbage collector is paused meanwhile (``store_reads.paused_gc``): the build makes ~10^5 objects
     per 10^4 trials and no cycles, and each collection walked them all (a quarter of the build)."""
-    with paused_gc(), store.kept():  # ~8 reads a study: one connection
-        parts, views = _build(store, names, refresh, served, artifacts)
+    parts, views = _build(store, names, refresh, served, artifacts)
     return "".join(parts), views
 
 
 def _build(store: Reader, names: Iterable[str] | None, refresh: int, served: bool,
            artifacts: Path | str | None) -> tuple[list[str], dict[str, StudyView]]:
+    """``build``'s page in parts (``page.page_parts``), and the views."""
     from ablate.dashboard.view import study_view
 
-    stamp = version(store) if served else ""
-    records = load_studies(store, names)
-    views = {r.name: study_view(r) for r in records}
-    blobs = {r.name: _study_blob(store, views[r.name], artifacts, served) for r in records}
-    return page_parts(records, blobs, source=safe_url(store.url), refresh=refresh, served=served, version=stamp), views
+    with paused_gc(), store.kept():  # ~8 reads a study: one connection
+        stamp = version(store) if served else ""
+        records = load_studies(store, names)
+        views = {r.name: study_view(r) for r in records}
+        blobs = {r.name: _study_blob(store, views[r.name], artifacts, served) for r in records}
+        return (page_parts(records, blobs, source=safe_url(store.url), refresh=refresh, served=served,
+                           version=stamp), views)
 
 
 def report(store: Reader, *, names: Iterable[str] | None = None, refresh: int = 0,
@@ -113,8 +115,7 @@ def _report_parts(store: Reader, *, names: Iterable[str] | None = None, refresh:
     kept = BlobCache.open(store, artifacts) if cache else None
     fork = workers > 1 and _can_fork(store)
     if kept is None and not fork:
-        with paused_gc(), store.kept():  # = build()
-            parts, views = _build(store, names, refresh, False, artifacts)
+        parts, views = _build(store, names, refresh, False, artifacts)
         if built is not None:
             built.extend(views)
         return parts

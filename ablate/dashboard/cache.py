@@ -92,7 +92,7 @@ class BlobCache:
         """Keep what was built (but blobs that read artifact arrays: ``keep`` False), each file
         replaced atomically; drop files of studies gone from the database and folders of all but the
         ``KEEP_KEYS`` newest other keys."""
-        from ablate.state import write_atomic
+        from ablate.state import beyond_newest, write_atomic
 
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -107,8 +107,8 @@ class BlobCache:
             for f in self.folder.glob("*.blob"):
                 if f.name not in current:
                     f.unlink(missing_ok=True)
-            others = [(d.stat().st_mtime, d) for d in self.folder.parent.iterdir() if d != self.folder and d.is_dir()]
-            for _, d in sorted(others, reverse=True)[KEEP_KEYS:]:
+            others = (d for d in self.folder.parent.iterdir() if d != self.folder and d.is_dir())
+            for d in beyond_newest(others, KEEP_KEYS):
                 for f in d.iterdir():
                     f.unlink(missing_ok=True)
                 d.rmdir()
