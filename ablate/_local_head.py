@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ablate._local_ray import LOOPBACK
+from ablate._local_ray import LEAN_HEAD_FLAGS, LOOPBACK
 
 HEAD_FILE = "head.json"
 TOKEN_FILE = "auth_token"
@@ -172,7 +172,7 @@ def up(cpus: float | None = None, gpus: float | None = None, timeout: float = 18
                "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", temp_dir,
                "--object-store-memory", str(LOCAL_OBJECT_STORE_BYTES),
                "--dashboard-agent-listen-port", str(_free_port()),
-               "--system-config", json.dumps(LOCAL_SYSTEM_CONFIG)]
+               "--system-config", json.dumps(LOCAL_SYSTEM_CONFIG), *LEAN_HEAD_FLAGS]
         if gpus is not None:
             cmd += ["--num-gpus", f"{gpus:g}"]
         log = d / LOG_FILE

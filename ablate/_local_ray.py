@@ -133,6 +133,34 @@ def loopback_node() -> Iterator[str]:
         ray_constants.ENABLE_RAY_CLUSTER = before
 
 
+# Ray's options for the two daemons a one-node Ray of ablate has no use for, as `ray start` spells them
+LEAN_HEAD_FLAGS = ("--no-monitor", "--include-log-monitor", "false")
+
+
+@contextlib.contextmanager
+def without_idle_daemons() -> Iterator[None]:
+    """While starting a local Ray, leave out the autoscaler's monitor (one node, nothing to scale) and
+    the log monitor (it streams worker output to drivers, and ablate's drivers run with
+    ``log_to_driver=False``; workers still write their log files). Ray offers both as head settings
+    (``ray start --no-monitor --include-log-monitor false``: ``LEAN_HEAD_FLAGS``) but ``ray.init`` takes
+    neither, so the node parameters it builds get them here. On 2 cores they were a third of the
+    start's CPU and most of ``ray.shutdown``'s wait (docs/performance.md)."""
+    from ray._private.parameter import RayParams
+
+    init = RayParams.__init__
+
+    def lean_init(self: RayParams, *args: object, **kwargs: object) -> None:
+        init(self, *args, **kwargs)
+        self.no_monitor = True
+        self.include_log_monitor = False
+
+    RayParams.__init__ = lean_init  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        RayParams.__init__ = init  # type: ignore[method-assign]
+
+
 def is_loopback(ip: str) -> bool:
     """127.0.0.0/8, ::1 and IPv4-mapped loopback (``::ffff:127.0.0.1``, how Ray's servers show up)."""
     import ipaddress

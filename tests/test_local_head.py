@@ -59,6 +59,11 @@ def test_head_up_runs_join_it_status_and_down(tmp_path: Path, monkeypatch: pytes
         assert d.stat().st_mode & 0o777 == 0o700 and Path(head["token"]).stat().st_mode & 0o777 == 0o600
         ports = _listening_ports(set(session_pids(head["pid"])))
         assert ports and all(_is_loopback_hex(a) for a, _ in ports), ports
+        import psutil
+
+        daemons = " ".join(" ".join(psutil.Process(p).cmdline()) for p in session_pids(head["pid"]) if psutil.pid_exists(p))
+        assert "gcs_server" in daemons and "raylet" in daemons, daemons
+        assert "monitor.py" not in daemons, daemons  # neither the autoscaler's monitor nor the log monitor
         again = _cli(["ray", "up"], env)
         assert again.returncode == 0 and "already running" in again.stderr and str(head["pid"]) in again.stderr
 
