@@ -18,7 +18,10 @@ by parallelism. Every way exits as ``ablate run`` does (``gc.freeze()`` first: n
 torch's objects), so the comparison is of orchestration only. Each run is also cut at its trials by the
 arrival of its progress lines (``ablate run``'s ``[ablate] start`` / ``done``, the loop's own): the time to the
 first trial, the first trial, each further trial and the rest, so a fixed cost that grew with N shows at each N
-without a fit. Run: ``.venv/bin/python bench/orchestration.py`` (results in docs/performance.md).
+without a fit. And each run's CPU seconds are counted from /proc (the command, its descendants and, on a head,
+the head's processes while it runs): on two shared cores the fixed cost is CPU, and CPU moves far less with
+the machine's load than wall time. Run: ``.venv/bin/python bench/orchestration.py`` (results in
+docs/performance.md).
 """
 
 from __future__ import annotations
@@ -113,19 +116,100 @@ def run_tune(path: str) -> None:
 
 
 # -- the driver ---------------------------------------------------------------------------------------
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_table() -> dict[int, tuple[int, int, float]]:
+    """pid -> (parent pid, start time in ticks, CPU seconds so far) of every process, from /proc."""
+    table = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                with open(f"/proc/{entry.name}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(b")") + 2:].split()  # after the command name, which may hold spaces
+            table[int(entry.name)] = (int(fields[1]), int(fields[19]), (int(fields[11]) + int(fields[12])) / TICK)
+    return table
+
+
+class CpuMeter:
+    """CPU seconds of a run's processes: the command and its descendants (with its own Ray: the daemons and
+    the trial workers) and, on a head, the head's processes (its daemons' CPU while the run lasts, and the
+    run's worker). Sampled from /proc every ``every`` s, so a process that lives less than that is missed;
+    Linux only. CPU is what two cores share, so it varies far less with the machine's load than wall time."""
+
+    def __init__(self, command: int, others: list[int], every: float = 0.2) -> None:
+        import threading
+
+        self.roots, self.every = [command, *others], every
+        self.first: dict[tuple[int, int], float] = {}  # (pid, start) -> CPU at first sight (0 if new)
+        self.last: dict[tuple[int, int], float] = {}
+        # what ran before the run (but the command, just started) counts from its first sight
+        self.known = {(pid, start) for pid, (_, start, _) in _proc_table().items() if pid != command}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self) -> None:
+        table = _proc_table()
+        children: dict[int, list[int]] = {}
+        for pid, (ppid, _, _) in table.items():
+            children.setdefault(ppid, []).append(pid)
+        todo = [r for r in self.roots if r in table]
+        while todo:
+            pid = todo.pop()
+            _, start, cpu = table[pid]
+            key = (pid, start)
+            self.first.setdefault(key, cpu if key in self.known else 0.0)
+            self.last[key] = cpu
+            todo += children.get(pid, [])
+
+    def _loop(self) -> None:
+        while not self.stop.wait(self.every):
+            self._sample()
+
+    def __enter__(self) -> CpuMeter:
+        self._sample()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+        self._sample()
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.last[k] - self.first[k] for k in self.last)
+
+
+def head_pid(env: dict[str, str]) -> int | None:
+    """The ``ray start`` process of the local head recorded in ``env``'s state folder, if any."""
+    try:
+        return int(json.loads((Path(env["ABLATE_STATE_DIR"]) / "ray-head" / "head.json").read_text())["pid"])
+    except (KeyError, OSError, ValueError):
+        return None
+
+
 def timed(cmd: list[str], env: dict[str, str], cwd: Path = ROOT, expect: str = "",
-          marks: list[tuple[float, str]] | None = None) -> float:
+          marks: list[tuple[float, str]] | None = None, cpu: list[float] | None = None) -> float:
     """Wall time of ``cmd``; it must succeed and print ``expect`` on stderr. ``marks``: gets each
-    ``start`` / ``done`` progress line's time (s after launch) and kind, as it arrives."""
+    ``start`` / ``done`` progress line's time (s after launch) and kind, as it arrives. ``cpu``: gets the
+    CPU seconds of the run's processes (``CpuMeter``)."""
     t0 = time.perf_counter()
-    with subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as p:
+    with subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as p, \
+            CpuMeter(p.pid, list(filter(None, [head_pid(env)]))) as meter:
         lines = []
         for line in p.stderr:
             lines.append(line)
             m = PROGRESS.match(line)
             if m and marks is not None:
                 marks.append((time.perf_counter() - t0, m.group(1)))
+        p.wait()
     elapsed = time.perf_counter() - t0
+    if cpu is not None:
+        cpu.append(meter.seconds)
     err = "".join(lines)
     if p.returncode != 0 or expect not in err:
         raise SystemExit(f"{' '.join(cmd)} failed ({p.returncode}{', no ' + repr(expect) if expect else ''}):\n"
@@ -186,6 +270,7 @@ def main() -> None:
     times: dict[str, dict[int, float]] = {w: {} for w in ways}  # the median of each way's runs at each N
     runs: dict[str, dict[int, list[float]]] = {}
     cut: dict[str, dict[int, list[dict[str, float]]]] = {}  # each run's phases (``phases``), in round order
+    cpus_used: dict[str, dict[int, list[float]]] = {}  # each run's CPU seconds (``CpuMeter``), in round order
     with tempfile.TemporaryDirectory(prefix="bench-orch-") as tmp, contextlib.ExitStack() as stack:
         d = Path(tmp)
         sys.path.insert(0, str(ROOT / "tests"))  # the tests' tiny learnable image folder
@@ -227,11 +312,14 @@ def main() -> None:
                 else:
                     cmd = [sys.executable, __file__, "--way", way, str(study)]
                 marks: list[tuple[float, str]] = []
-                t = timed(cmd, run_env, cwd, "running on the local Ray head" if way.endswith("head") else "", marks)
+                used = cpus_used.setdefault(way, {}).setdefault(n, [])
+                t = timed(cmd, run_env, cwd, "running on the local Ray head" if way.endswith("head") else "", marks,
+                          used)
                 runs.setdefault(way, {}).setdefault(n, []).append(t)
                 cut.setdefault(way, {}).setdefault(n, []).append(phases(t, marks))
                 times[way][n] = statistics.median(runs[way][n])
-                print(f"N={n:3d} {way:11s} {t:7.1f} s  " + "  ".join(f"{k} {v:.2f}" for k, v in cut[way][n][-1].items())
+                print(f"N={n:3d} {way:11s} {t:7.1f} s  CPU {used[-1]:5.1f} s  "
+                      + "  ".join(f"{k} {v:.2f}" for k, v in cut[way][n][-1].items())
                       + f"  (load {os.getloadavg()[0]:.1f}, CPU probe {cpu_probe():.3f} s)", flush=True)
     print(f"\n{platform.machine()}, {cpus} cores, {args.epochs} epochs per trial; seconds"
           + (f" (median of {args.repeat})" if args.repeat > 1 else ""))
@@ -261,7 +349,20 @@ def main() -> None:
             print(f"{w} beyond the loop: {statistics.median(a - b for a, b in zip(runs[w][n], runs['loop'][n])):+.1f} s "
                   f"(median of {len(runs[w][n])} run-by-run differences)")
     report_phases(ways, args.n, runs, cut)
-    print(json.dumps(result))
+    report_cpu(ways, args.n, cpus_used)
+    print(json.dumps({"wall": result, "cpu": cpus_used}))
+
+
+def report_cpu(ways: list[str], ns: list[int], used: dict[str, dict[int, list[float]]]) -> None:
+    """CPU seconds of each way's runs (median), and beyond the loop's run by run: what the two cores had to do."""
+    print("\nCPU seconds of each run's processes (median of runs; beyond the loop: median of the rounds' differences)")
+    print("| way | " + " | ".join(f"N={n}" for n in ns) + " | " + " | ".join(f"beyond the loop, N={n}" for n in ns)
+          + " |\n|---|" + "---|" * (2 * len(ns)))
+    for way in ways:
+        beyond = [statistics.median(a - b for a, b in zip(used[way][n], used["loop"][n])) if "loop" in used else
+                  float("nan") for n in ns]
+        print(f"| {way} | " + " | ".join(f"{statistics.median(used[way][n]):.1f}" for n in ns) + " | "
+              + " | ".join(f"{b:+.1f}" for b in beyond) + " |")
 
 
 def report_phases(ways: list[str], ns: list[int], runs: dict[str, dict[int, list[float]]],
