@@ -474,8 +474,25 @@ def _id_chunks(trial_ids: Iterable[str] | None) -> Iterator[tuple[str, dict[str,
         yield f" AND trial_id IN {sql}", params
 
 
+_SCAN = json.JSONDecoder().scan_once  # the C scanner behind json.loads, where there is one
+
+
+def _loads(text: str) -> Any:
+    """``json.loads(text)`` for text as the database holds it (no white space around the value),
+    by the decoder's scanner itself: half the cost of ``json.loads`` (its checks and white-space
+    matches), which a 10,000-trial page calls ~5,000 times. Any other text goes to ``json.loads``
+    (which also raises its own error for what is not JSON)."""
+    try:
+        value, end = _SCAN(text, 0)
+    except Exception:  # StopIteration (white space first, or no value), or not JSON
+        return json.loads(text)
+    return value if end == len(text) else json.loads(text)
+
+
 def _json(v: Any) -> Any:
     """A JSON column's value: SQLite hands back the text, psycopg the parsed value."""
+    if type(v) is str:
+        return _loads(v)
     return json.loads(v) if isinstance(v, (str, bytes)) else v
 
 
@@ -563,7 +580,7 @@ def _arm(raw: Any, head: str | None, arms: dict[Any, tuple[dict[str, Any], str]]
         if entry is not None:
             return entry
         try:
-            a = json.loads(head + "}")
+            a = _loads(head + "}")
         except ValueError:
             pass
         else:
