@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from datetime import datetime, timezone
 from itertools import chain
 from pathlib import Path
@@ -138,10 +139,19 @@ def _float(v: Any) -> str:
     return f"{sign}{digits[0]}{rest}e{'+' if exponent >= 0 else '-'}{abs(exponent)}"
 
 
-def _time(v: datetime | None) -> str:
-    """UTC with microseconds and ``Z`` (a naive time is taken as UTC, as Arrow does)."""
+_STORED_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}")  # SQLite's text of a time, as SQLAlchemy writes it
+
+
+def _time(v: datetime | str | None) -> str:
+    """UTC with microseconds and ``Z`` (a naive time is taken as UTC, as Arrow does). Text is a time
+    as SQLite stores it (naive, in UTC): in the form SQLAlchemy writes it, it is already this text
+    but the ``Z`` (no parse and format of two times per trial); any other text is parsed."""
     if v is None:
         return ""
+    if type(v) is str:
+        if _STORED_TIME.fullmatch(v):
+            return v + "Z"
+        v = datetime.fromisoformat(v)
     if v.tzinfo is not None:
         v = v.astimezone(timezone.utc)
     return (f"{v.year:04d}-{v.month:02d}-{v.day:02d} {v.hour:02d}:{v.minute:02d}:{v.second:02d}."
@@ -171,9 +181,14 @@ def _lines(study: str, trials: list[tuple], points: list[tuple], params: dict[st
     epoch), and its value takes the fast path of ``_float`` inline (10^5 calls otherwise)."""
     study_cell = _text(study)
     by_kind = [(k, _BY_KIND[kind]) for k, kind in params.items()]
-    heads = {pk: ",".join([study_cell, _text(tid), _int(seed), _text(status), _int(n_params), _int(flops),
-                           _text(error), _time(started), _time(ended), *(f(p.get(k)) for k, f in by_kind)])
-             for pk, tid, p, seed, status, n_params, flops, error, started, ended in trials}
+    arms: dict[int, str] = {}  # the axis cells of a params dict, once per arm (its trials share the dict)
+    heads = {}
+    for pk, tid, p, seed, status, n_params, flops, error, started, ended in trials:
+        axes = arms.get(id(p))  # the dicts live as long as ``trials``: their ids are theirs meanwhile
+        if axes is None:
+            axes = arms[id(p)] = "".join(["," + f(p.get(k)) for k, f in by_kind])
+        heads[pk] = ",".join([study_cell, _text(tid), _int(seed), _text(status), _int(n_params), _int(flops),
+                              _text(error), _time(started), _time(ended)]) + axes
     cells: dict[str, str] = {}
     out: list[str] = []
     append = out.append

@@ -1032,7 +1032,8 @@ class Reader:
         """What ``ablate export`` writes, ``chunk`` trials at a time as plain rows (no records: at
         10^4 trials the export's Python objects cost more than its SQL): (study, trials, points) with
         trials (pk, trial_id, params without the seed (shared by the trials of an arm: read-only), seed,
-        status, n_params, flops, error, started_at, ended_at) in
+        status, n_params, flops, error, started_at, ended_at; the times as the database hands them
+        over: SQLite's text, which ``export`` mostly copies, or a datetime) in
         insertion order and points (trial pk, epoch, metric, value) ordered by trial, metric and
         epoch, every epoch or (``final``) only each metric's last, and (pk, None, None, None) for a
         trial without metric rows. Keyset pagination on the trial's key, as ``iter_trial_chunks``:
@@ -1059,7 +1060,7 @@ class Reader:
                                    f"{where.replace('trial_id', 't.trial_id')} ORDER BY t.pk, m.name, m.epoch", span)
                     arms: dict[Any, Any] = {}  # per chunk: memory stays bounded by the chunk
                     trials = [(r[0], r[1], _seedless(r[2], r[3], arms, r[10])[0], r[3], r[4], r[5], r[6], r[7],
-                               _time(r[8]), _time(r[9])) for r in rows]
+                               r[8], r[9]) for r in rows]
                     yield name, trials, points
                     if len(rows) < chunk:
                         break

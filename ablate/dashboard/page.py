@@ -153,7 +153,8 @@ def trials_json(view: StudyView) -> dict[str, Any]:
         code[s] = len(code)
     return {"statuses": list(code), "id": [t.trial_id for t in ts], "arm": [arm_of[id(t)] for t in ts],
             "seed": [t.seed for t in ts], "status": [code[t.status] for t in ts],
-            "value": [_round(t.final.get(view.metric)) for t in ts]}
+            "value": [None if v is None or not math.isfinite(v) else float(f"{v:.6g}")  # = _round, inline (10^4)
+                      for v in [t.final.get(view.metric) for t in ts]]}
 
 
 def study_blob(view: StudyView, history: dict[str, dict[str, list[tuple[int, float]]]],
