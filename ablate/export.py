@@ -178,7 +178,8 @@ def _lines(study: str, trials: list[tuple], points: list[tuple], params: dict[st
     """One chunk (``Reader.export_chunks``) as CSV text, one line per (trial, epoch, metric), and
     its line count. Each trial's cells are formatted once, each point's in one f-string: a point
     is final when the next one is another metric or trial (they come ordered by trial, metric and
-    epoch), and its value takes the fast path of ``_float`` inline (10^5 calls otherwise)."""
+    epoch), and its value, when not a whole number, takes the fast path of ``_float`` inline (10^5
+    calls otherwise)."""
     study_cell = _text(study)
     by_kind = [(k, _BY_KIND[kind]) for k, kind in params.items()]
     arms: dict[int, str] = {}  # the axis cells of a params dict, once per arm (its trials share the dict)
@@ -201,13 +202,11 @@ def _lines(study: str, trials: list[tuple], points: list[tuple], params: dict[st
         cell = cells.get(m)
         if cell is None:
             cell = cells[m] = _text(m)
-        if 1e-4 <= v < 1e10 or -1e10 < v <= -1e-4:  # repr is Arrow's text here, but says 1.0 (as in ``_float``)
-            r = repr(v)
-            if r[-2:] == ".0":
-                r = r[:-2]
+        if (1e-4 <= v < 1e10 or -1e10 < v <= -1e-4) and v % 1.0:  # repr is Arrow's text here but for
+            # whole numbers (1.0 is Arrow's 1: ``_float``), formatted in the line itself (epochs from 1)
+            append(f"{heads[pk]},{e + 1},{cell},{v!r},{'true' if nm != m or npk != pk else 'false'}\n")
         else:
-            r = _float(v)
-        append(f"{heads[pk]},{e + 1},{cell},{r},{'true' if nm != m or npk != pk else 'false'}\n")  # epochs from 1
+            append(f"{heads[pk]},{e + 1},{cell},{_float(v)},{'true' if nm != m or npk != pk else 'false'}\n")
     return "".join(out), len(out)
 
 
