@@ -434,7 +434,8 @@ def paused_gc() -> Iterator[None]:
     then moved to the oldest generation (``gc.freeze`` then ``gc.unfreeze``: two list splices, and
     the young generation's count is reset): otherwise the first allocation after the block walks
     them all as young objects (~4 % of a 10,000-trial page), just before most of them are freed.
-    A cycle among them is still collected, by the next full collection."""
+    A cycle among them is still collected, by the next full collection. Not where the process had
+    frozen objects itself (``gc.unfreeze`` would thaw them too)."""
     import gc
 
     was = gc.isenabled()
@@ -443,8 +444,9 @@ def paused_gc() -> Iterator[None]:
         yield
     finally:
         if was:
-            gc.freeze()
-            gc.unfreeze()
+            if not gc.get_freeze_count():
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
 
