@@ -119,11 +119,10 @@ def _freeze_at_exit() -> None:
     those collections; the memory goes back to the system with the process (``run`` freezes too).
     Registered once per process."""
     import atexit
-    import gc as collector  # (``gc`` is a command here)
 
     if not getattr(_freeze_at_exit, "done", False):
         _freeze_at_exit.done = True  # type: ignore[attr-defined]
-        atexit.register(collector.freeze)
+        atexit.register(_collector.freeze)
 
 
 def _reader(db: Optional[str]):

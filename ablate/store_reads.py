@@ -187,11 +187,9 @@ _ARM_C_JSON = (json.encoder.c_make_encoder(None, _ARM_JSON.default, json.encoder
 
 def arm_key(params: dict[str, Any]) -> str:
     """Canonical JSON of a trial's axis values without its seed (the key of its arm)."""
-    if "seed" in params:
+    if "seed" in params or type(params) is not dict:
         params = {k: v for k, v in params.items() if k != "seed"}
-    if _ARM_C_JSON is not None and type(params) is dict:
-        return "".join(_ARM_C_JSON(params, 0))
-    return _ARM_JSON.encode(params)
+    return "".join(_ARM_C_JSON(params, 0)) if _ARM_C_JSON is not None else _ARM_JSON.encode(params)
 
 
 def display_epoch(epoch: int | None) -> int | None:
