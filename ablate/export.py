@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from datetime import datetime, timezone
 from itertools import chain
 from pathlib import Path
@@ -138,10 +139,19 @@ def _float(v: Any) -> str:
     return f"{sign}{digits[0]}{rest}e{'+' if exponent >= 0 else '-'}{abs(exponent)}"
 
 
-def _time(v: datetime | None) -> str:
-    """UTC with microseconds and ``Z`` (a naive time is taken as UTC, as Arrow does)."""
+_STORED_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}")  # SQLite's text of a time, as SQLAlchemy writes it
+
+
+def _time(v: datetime | str | None) -> str:
+    """UTC with microseconds and ``Z`` (a naive time is taken as UTC, as Arrow does). Text is a time
+    as SQLite stores it (naive, in UTC): in the form SQLAlchemy writes it, it is already this text
+    but the ``Z`` (no parse and format of two times per trial); any other text is parsed."""
     if v is None:
         return ""
+    if type(v) is str:
+        if _STORED_TIME.fullmatch(v):
+            return v + "Z"
+        v = datetime.fromisoformat(v)
     if v.tzinfo is not None:
         v = v.astimezone(timezone.utc)
     return (f"{v.year:04d}-{v.month:02d}-{v.day:02d} {v.hour:02d}:{v.minute:02d}:{v.second:02d}."
@@ -168,12 +178,18 @@ def _lines(study: str, trials: list[tuple], points: list[tuple], params: dict[st
     """One chunk (``Reader.export_chunks``) as CSV text, one line per (trial, epoch, metric), and
     its line count. Each trial's cells are formatted once, each point's in one f-string: a point
     is final when the next one is another metric or trial (they come ordered by trial, metric and
-    epoch), and its value takes the fast path of ``_float`` inline (10^5 calls otherwise)."""
+    epoch), and its value, when not a whole number, takes the fast path of ``_float`` inline (10^5
+    calls otherwise)."""
     study_cell = _text(study)
     by_kind = [(k, _BY_KIND[kind]) for k, kind in params.items()]
-    heads = {pk: ",".join([study_cell, _text(tid), _int(seed), _text(status), _int(n_params), _int(flops),
-                           _text(error), _time(started), _time(ended), *(f(p.get(k)) for k, f in by_kind)])
-             for pk, tid, p, seed, status, n_params, flops, error, started, ended in trials}
+    arms: dict[int, str] = {}  # the axis cells of a params dict, once per arm (its trials share the dict)
+    heads = {}
+    for pk, tid, p, seed, status, n_params, flops, error, started, ended in trials:
+        axes = arms.get(id(p))  # the dicts live as long as ``trials``: their ids are theirs meanwhile
+        if axes is None:
+            axes = arms[id(p)] = "".join(["," + f(p.get(k)) for k, f in by_kind])
+        heads[pk] = ",".join([study_cell, _text(tid), _int(seed), _text(status), _int(n_params), _int(flops),
+                              _text(error), _time(started), _time(ended)]) + axes
     cells: dict[str, str] = {}
     out: list[str] = []
     append = out.append
@@ -186,13 +202,11 @@ def _lines(study: str, trials: list[tuple], points: list[tuple], params: dict[st
         cell = cells.get(m)
         if cell is None:
             cell = cells[m] = _text(m)
-        if 1e-4 <= v < 1e10 or -1e10 < v <= -1e-4:  # repr is Arrow's text here, but says 1.0 (as in ``_float``)
-            r = repr(v)
-            if r[-2:] == ".0":
-                r = r[:-2]
+        if (1e-4 <= v < 1e10 or -1e10 < v <= -1e-4) and v % 1.0:  # repr is Arrow's text here but for
+            # whole numbers (1.0 is Arrow's 1: ``_float``), formatted in the line itself (epochs from 1)
+            append(f"{heads[pk]},{e + 1},{cell},{v!r},{'true' if nm != m or npk != pk else 'false'}\n")
         else:
-            r = _float(v)
-        append(f"{heads[pk]},{e + 1},{cell},{r},{'true' if nm != m or npk != pk else 'false'}\n")  # epochs from 1
+            append(f"{heads[pk]},{e + 1},{cell},{_float(v)},{'true' if nm != m or npk != pk else 'false'}\n")
     return "".join(out), len(out)
 
 

@@ -96,9 +96,9 @@ class Paired:
 
 def pair_by_seed(baseline: Mapping[int, float], other: Mapping[int, float]) -> list[tuple[float, float]]:
     """(baseline, other) for every seed present in both with a number in both, in seed order."""
-    pairs = [(float(baseline[s]), float(other[s])) for s in sorted(set(baseline) & set(other))
+    pairs = [(float(baseline[s]), float(other[s])) for s in sorted(baseline.keys() & other.keys())
              if baseline[s] is not None and other[s] is not None]
-    return [(b, o) for b, o in pairs if not (math.isnan(b) or math.isnan(o))]
+    return [(b, o) for b, o in pairs if b == b and o == o]  # not NaN (a float unequal to itself)
 
 
 def _numpy_sum(x: Sequence[float], lo: int = 0, n: int | None = None) -> float:

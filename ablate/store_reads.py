@@ -178,11 +178,18 @@ def owner_is_dead(owner: str) -> bool:
 
 
 _ARM_JSON = json.JSONEncoder(sort_keys=True)  # = json.dumps(..., sort_keys=True), without a new encoder per call
+# the C encoder behind it, made once: ``JSONEncoder.encode`` makes one per call (half the cost of a
+# key, and a 10,000-trial page asks for 2,500); None where the interpreter has no C accelerator
+_ARM_C_JSON = (json.encoder.c_make_encoder(None, _ARM_JSON.default, json.encoder.encode_basestring_ascii, None, ": ",
+                                           ", ", True, False, True)
+               if json.encoder.c_make_encoder is not None else None)
 
 
 def arm_key(params: dict[str, Any]) -> str:
     """Canonical JSON of a trial's axis values without its seed (the key of its arm)."""
-    return _ARM_JSON.encode({k: v for k, v in params.items() if k != "seed"})
+    if "seed" in params or type(params) is not dict:
+        params = {k: v for k, v in params.items() if k != "seed"}
+    return "".join(_ARM_C_JSON(params, 0)) if _ARM_C_JSON is not None else _ARM_JSON.encode(params)
 
 
 def display_epoch(epoch: int | None) -> int | None:
@@ -421,7 +428,12 @@ def paused_gc() -> Iterator[None]:
     (a table's records, its rows): each collection would walk every object built so far, which
     costs a third of a table's reads and a quarter of its rendering at 10^5 trials. Reference
     counting still frees everything; the collector runs again after the block (nested or
-    concurrent blocks leave it on if it was on before the first)."""
+    concurrent blocks leave it on if it was on before the first). The objects the block made are
+    then moved to the oldest generation (``gc.freeze`` then ``gc.unfreeze``: two list splices, and
+    the young generation's count is reset): otherwise the first allocation after the block walks
+    them all as young objects (~4 % of a 10,000-trial page), just before most of them are freed.
+    A cycle among them is still collected, by the next full collection. Not where the process had
+    frozen objects itself (``gc.unfreeze`` would thaw them too)."""
     import gc
 
     was = gc.isenabled()
@@ -430,6 +442,9 @@ def paused_gc() -> Iterator[None]:
         yield
     finally:
         if was:
+            if not gc.get_freeze_count():
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
 
@@ -459,8 +474,25 @@ def _id_chunks(trial_ids: Iterable[str] | None) -> Iterator[tuple[str, dict[str,
         yield f" AND trial_id IN {sql}", params
 
 
+_SCAN = json.JSONDecoder().scan_once  # the C scanner behind json.loads, where there is one
+
+
+def _loads(text: str) -> Any:
+    """``json.loads(text)`` for text as the database holds it (no white space around the value),
+    by the decoder's scanner itself: half the cost of ``json.loads`` (its checks and white-space
+    matches), which a 10,000-trial page calls ~5,000 times. Any other text goes to ``json.loads``
+    (which also raises its own error for what is not JSON)."""
+    try:
+        value, end = _SCAN(text, 0)
+    except Exception:  # StopIteration (white space first, or no value), or not JSON
+        return json.loads(text)
+    return value if end == len(text) else json.loads(text)
+
+
 def _json(v: Any) -> Any:
     """A JSON column's value: SQLite hands back the text, psycopg the parsed value."""
+    if type(v) is str:
+        return _loads(v)
     return json.loads(v) if isinstance(v, (str, bytes)) else v
 
 
@@ -517,10 +549,18 @@ def _seedless(raw: Any, seed: Any, arms: dict[Any, tuple[dict[str, Any], str]],
     return _arm(raw, None if key is not None else _seed_head(raw, seed), arms, key)
 
 
+_SEED_TAILS: dict[int, tuple[str, str]] = {}  # seed -> the two endings of params text with it (a few seeds)
+
+
 def _seed_head(raw: Any, seed: Any) -> str | None:
     """The params text before its seed (``, "seed": 4}``) when ``raw`` is text that ends with it, else None."""
     if type(seed) is int and type(raw) is str:
-        for tail in (f', "seed": {seed}}}', f',"seed":{seed}}}'):
+        tails = _SEED_TAILS.get(seed)
+        if tails is None:
+            tails = (f', "seed": {seed}}}', f',"seed":{seed}}}')
+            if len(_SEED_TAILS) < 1024:
+                _SEED_TAILS[seed] = tails
+        for tail in tails:
             if raw.endswith(tail):
                 return raw[:len(raw) - len(tail)]
     return None
@@ -540,7 +580,7 @@ def _arm(raw: Any, head: str | None, arms: dict[Any, tuple[dict[str, Any], str]]
         if entry is not None:
             return entry
         try:
-            a = json.loads(head + "}")
+            a = _loads(head + "}")
         except ValueError:
             pass
         else:
@@ -992,7 +1032,8 @@ class Reader:
         """What ``ablate export`` writes, ``chunk`` trials at a time as plain rows (no records: at
         10^4 trials the export's Python objects cost more than its SQL): (study, trials, points) with
         trials (pk, trial_id, params without the seed (shared by the trials of an arm: read-only), seed,
-        status, n_params, flops, error, started_at, ended_at) in
+        status, n_params, flops, error, started_at, ended_at; the times as the database hands them
+        over: SQLite's text, which ``export`` mostly copies, or a datetime) in
         insertion order and points (trial pk, epoch, metric, value) ordered by trial, metric and
         epoch, every epoch or (``final``) only each metric's last, and (pk, None, None, None) for a
         trial without metric rows. Keyset pagination on the trial's key, as ``iter_trial_chunks``:
@@ -1019,7 +1060,7 @@ class Reader:
                                    f"{where.replace('trial_id', 't.trial_id')} ORDER BY t.pk, m.name, m.epoch", span)
                     arms: dict[Any, Any] = {}  # per chunk: memory stays bounded by the chunk
                     trials = [(r[0], r[1], _seedless(r[2], r[3], arms, r[10])[0], r[3], r[4], r[5], r[6], r[7],
-                               _time(r[8]), _time(r[9])) for r in rows]
+                               r[8], r[9]) for r in rows]
                     yield name, trials, points
                     if len(rows) < chunk:
                         break

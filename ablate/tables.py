@@ -85,7 +85,10 @@ class Arm:
     @property
     def config(self) -> dict[str, Any]:
         """The config of one of its trials (all share the axis values): {} for an arm not run yet."""
-        return next((t.config for t in self.trials if t.config), {})
+        for t in self.trials:  # (a loop, not a generator: asked once per arm and column)
+            if t.config:
+                return t.config
+        return {}
 
     def by_seed(self, metric: str) -> dict[int, float]:
         """{seed: final value} of ``metric`` over completed trials."""

@@ -427,7 +427,7 @@ def curves_figure(view: StudyView, arms: list[ArmView], history: dict[str, dict[
 # -- ERF and kernel maps (paper studies) --------------------------------------------------------------
 def erf_figure(view: StudyView) -> dict[str, Any] | None:
     """Table 10's high-contribution area ratios r at each threshold t, as arms x t."""
-    names = sorted({m for m in set().union(*(t.final.keys() for t in view.record.trials)) if ERF_RE.match(m)},
+    names = sorted({m for m in set().union(*[t.final for t in view.record.trials]) if ERF_RE.match(m)},
                    key=lambda m: int(ERF_RE.match(m).group(1)))  # type: ignore[union-attr]
     if not names:
         return None

@@ -47,6 +47,9 @@ def message_first(error: str) -> str:
     return s if len(s) <= MAX_ERROR else s[:MAX_ERROR] + " …"
 
 
+_PLAIN = frozenset({str, int, bool, type(None)})  # what ``_clean`` returns as it is
+
+
 def _clean(obj: Any) -> Any:
     """NaN/inf are not JSON: they become null (Plotly leaves a gap); other floats keep 6
     significant digits (more than any plot or table shows; 0.1 + 0.2 is written 0.3)."""
@@ -58,10 +61,11 @@ def _clean(obj: Any) -> Any:
         return int(v) if v.is_integer() and abs(v) < 1e15 else v
     if kind is str or kind is int or obj is None or kind is bool:
         return obj
+    # the plain values of a list or dict are kept without a call each (a page holds ~10^5)
     if kind is list:
-        return [_clean(v) for v in obj]
+        return [v if type(v) in _PLAIN else _clean(v) for v in obj]
     if kind is dict:
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: v if type(v) in _PLAIN else _clean(v) for k, v in obj.items()}
     if isinstance(obj, float):
         if not math.isfinite(obj):
             return None
@@ -81,7 +85,8 @@ def _json_default(o: Any) -> Any:
 
 
 def to_json(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False, default=_json_default)
+    # no check for cycles: a blob is a tree of plain values (a cycle would still end, in RecursionError)
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False, default=_json_default, check_circular=False)
 
 
 class Encoded(str):
@@ -131,7 +136,8 @@ def table_json(view: StudyView) -> dict[str, Any]:
 
     t = build_table(view.record, raw=False, arms=view.table_arms)
     return {"title": strip_controls(t.title), "headers": [strip_controls(h) for h in t.headers], "groups": t.groups,
-            "rows": [[strip_controls(c) for c in r] for r in t.rows],
+            # a row whose text is printable as a whole has nothing to strip (one test a row, not a cell)
+            "rows": [r if "".join(r).isprintable() else [strip_controls(c) for c in r] for r in t.rows],
             "bold": [[i, j] for i, r in enumerate(t.bold) for j, b in enumerate(r) if b],
             "notes": [strip_controls(n) for n in t.notes]}
 
@@ -147,7 +153,8 @@ def trials_json(view: StudyView) -> dict[str, Any]:
         code[s] = len(code)
     return {"statuses": list(code), "id": [t.trial_id for t in ts], "arm": [arm_of[id(t)] for t in ts],
             "seed": [t.seed for t in ts], "status": [code[t.status] for t in ts],
-            "value": [_round(t.final.get(view.metric)) for t in ts]}
+            "value": [None if v is None or not math.isfinite(v) else float(f"{v:.6g}")  # = _round, inline (10^4)
+                      for v in [t.final.get(view.metric) for t in ts]]}
 
 
 def study_blob(view: StudyView, history: dict[str, dict[str, list[tuple[int, float]]]],
