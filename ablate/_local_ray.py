@@ -143,8 +143,8 @@ def without_idle_daemons() -> Iterator[None]:
     the log monitor (it streams worker output to drivers, and ablate's drivers run with
     ``log_to_driver=False``; workers still write their log files). Ray offers both as head settings
     (``ray start --no-monitor --include-log-monitor false``: ``LEAN_HEAD_FLAGS``) but ``ray.init`` takes
-    neither, so the node parameters it builds get them here. On 2 cores they were a third of the
-    start's CPU and most of ``ray.shutdown``'s wait (docs/performance.md)."""
+    neither, so the node parameters it builds get them here. On 2 cores they were a fifth of the
+    local Ray's CPU and most of ``ray.shutdown``'s wait (docs/performance.md)."""
     from ray._private.parameter import RayParams
 
     init = RayParams.__init__
