@@ -77,6 +77,8 @@ class Arm:
     trials: list[TrialRecord]
     declared: bool = True  # in the study file (False: only in the database, shown with --all)
     seeds_declared: int | None = None  # how many seeds the file declares (None: not from a file)
+    _summaries: dict[str, tuple[dict[int, float], Summary]] = field(default_factory=dict, repr=False,
+                                                                     compare=False)
 
     @property
     def done(self) -> list[TrialRecord]:
@@ -93,6 +95,16 @@ class Arm:
     def by_seed(self, metric: str) -> dict[int, float]:
         """{seed: final value} of ``metric`` over completed trials."""
         return {t.seed: t.final[metric] for t in self.done if metric in t.final}
+
+    def seed_summary(self, metric: str) -> tuple[dict[int, float], Summary]:
+        """(``by_seed(metric)``, its ``summarize``), made once per arm and metric: the dashboard's view
+        and its table both ask (10^4 arms). The arm's trials are not to change after the first ask;
+        the dict returned is shared, not to be changed."""
+        got = self._summaries.get(metric)
+        if got is None:
+            seeds = self.by_seed(metric)
+            got = self._summaries[metric] = (seeds, summarize(seeds.values()))
+        return got
 
     def seeds_cell(self) -> str:
         """Distinct seeds completed / seeds the file declares (or, off the file, seeds stored)."""
@@ -482,16 +494,15 @@ def _build_table(record: StudyRecord, alpha: float, all_arms: bool, want_raw: bo
             name = src.split(":", 1)[1]
             c.best = col.get("best") or (main_mode if name == main else "none")
             want_delta = col.get("delta") if col.get("delta") is not None else name == main
-            base_seeds = baseline.by_seed(name) if baseline else {}
-            base_mean = summarize(base_seeds.values()).mean
+            base_seeds, base_st = baseline.seed_summary(name) if baseline else ({}, summarize(()))
+            base_mean = base_st.mean
             d = _Column(f"Δ {head}", group, [], blank()) if (want_delta and baseline) else None
             test = _Column("p (Holm)", group, [], blank()) if (d is not None and col.get("test")) else None
             per_seed: list[dict[int, float]] = []
             k_mean, k_std, k_n, k_trials = f"{key}_mean", f"{key}_std", f"{key}_n", f"{key}_trials"
             for i, done in enumerate(dones):
-                seeds = {t.seed: f[name] for t in done if name in (f := t.final)}  # = Arm.by_seed(name)
+                seeds, st = arms[i].seed_summary(name)  # the dashboard's view made it already
                 per_seed.append(seeds)
-                st = summarize(seeds.values())
                 c.cells.append(_fmt_metric(st, col))
                 c.numbers.append(st.mean)
                 if want_raw:

@@ -258,6 +258,44 @@ def write_artifacts(root: Path, rec) -> None:
 
 
 # -- from the database ---------------------------------------------------------------------------------
+def test_view_and_table_share_each_arms_summary_but_not_its_non_finite_values():
+    """An arm's {seed: value} and its summary are made once, for the view and the table alike; an arm
+    with a non-finite value keeps it in the table (as ``ablate table`` shows it) and leaves it out of
+    the view's plots and tests, as before the two shared it."""
+    from ablate.dashboard.page import table_json
+    from ablate.tables import build_table
+
+    rec = two_axis_record()
+    bad = [t for t in rec.trials if (t.params["recipe.lr"], t.params["model.kwargs.drop_rate"]) == (0.05, 0.2)]
+    bad[0].final["top1"] = float("nan")
+    bad[1].final["top1"] = float("inf")
+    view = study_view(rec)
+    by_label = {a.label: a for a in view.arms}
+    shared, broken = by_label["lr=0.01 drop_rate=0.2"], by_label["lr=0.05 drop_rate=0.2"]
+    assert shared.seeds is shared.arm.seed_summary("top1")[0]  # one dict, not two
+    assert broken.seeds == {2: bad[2].final["top1"]} and broken.n == 1 and broken.mean == bad[2].final["top1"]
+    assert broken.arm.seed_summary("top1")[1].n == 2  # the table's: NaN left out, inf kept
+    fresh = two_axis_record()  # the same study, its table built without a view before it
+    for t in fresh.trials:
+        if (t.params["recipe.lr"], t.params["model.kwargs.drop_rate"]) == (0.05, 0.2):
+            t.final["top1"] = {0: float("nan"), 1: float("inf")}.get(t.seed, t.final["top1"])
+    alone = build_table(fresh, raw=False)
+    assert table_json(view)["rows"] == alone.rows and "inf" in " ".join(alone.rows[3])
+
+
+def test_written_page_is_the_page_text_in_utf8(tmp_path):
+    """``write_report`` copies plotly.js and dashboard.js as bytes: the file is ``report``'s text."""
+    from ablate.dashboard import report
+
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.import_records(small_records())
+    stamp = re.compile(rb"generated \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC")
+    written = write_report(store, tmp_path / "r.html").read_bytes()
+    text = report(store).encode("utf-8")
+    store.close()
+    assert stamp.sub(b"", written) == stamp.sub(b"", text) and "▼".encode() in written
+
+
 def test_report_from_the_store_matches_the_records(tmp_path):
     """The page built from the database (final values by aggregate SQL, history only for the curves)
     shows the same numbers as the page of the same studies in memory."""
@@ -270,6 +308,8 @@ def test_report_from_the_store_matches_the_records(tmp_path):
         a, b = from_db[name], in_memory[name]
         assert a["trials"] == b["trials"] and a["table"] == b["table"] and a["curveArms"] == b["curveArms"]
         assert a["figs"].keys() == b["figs"].keys()
+        assert a["details"].keys() == b["details"].keys() and a["details"]
+        assert [d["config"] for d in a["details"].values()] == [d["config"] for d in b["details"].values()]
         for key in a["figs"]:
             assert [t.get("y") for t in a["figs"][key]["data"]] == [t.get("y") for t in b["figs"][key]["data"]], key
     store.close()

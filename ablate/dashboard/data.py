@@ -46,8 +46,8 @@ def load_details(store: Reader, study: str, trials: list[Any], history: History)
     their details, as ``TrialRecord``s: params as stored, full config, provenance, error and times,
     every epoch."""
     ids = [t.trial_id for t in trials]
-    full = {s.trial_id: s for s in store.trial_summaries(study, ids)}
-    configs = store.configs(study, ids)
+    full = {s.trial_id: s for s in store.trial_summaries(study, ids, config=True)}  # configs in the same query
+    configs = {i: s.config for i, s in full.items()}
     errors = store.trial_errors(study, ids)
     out = []
     for t in trials:

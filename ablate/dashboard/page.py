@@ -185,15 +185,38 @@ def plotly_js() -> tuple[str, str]:
     """(source, description) of the plotly.js inlined into the page: the vendored cartesian bundle
     (scatter, bar, heatmap: all the page draws; a third of the full size, so a cold browser opens
     the page twice as fast) when its version matches plotly's own bundle, else plotly's full bundle."""
+    f, what = _plotly_file()
+    return (_read_text(f) if f is not None else plotly_bundle()), what
+
+
+def plotly_js_bytes() -> bytes:
+    """``plotly_js()``'s source as the page's UTF-8 bytes, copied from its file: not decoded into a
+    ~3 MB string (it holds characters beyond Latin-1) and encoded again when the page is written."""
+    f, _ = _plotly_file()
+    return _file_bytes(f) if f is not None else plotly_bundle().encode("utf-8")
+
+
+def _plotly_file() -> tuple[Path | None, str]:
+    """(the file of ``plotly_js``'s source, or None for plotly's bundle where it is not on disk;
+    its description)."""
     m = _VERSION_RE.search(plotly_bundle(head=300))  # the version only: the full bundle is 4.6 MB
     for f in sorted(STATIC.glob("plotly-cartesian-*.min.js")):
-        small = f.read_text(encoding="utf-8")
-        s = _VERSION_RE.search(small[:300])
+        with f.open(encoding="utf-8") as text:
+            s = _VERSION_RE.search(text.read(300))
         if m and s and s.group(1) == m.group(1):
-            return small, f"plotly.js {s.group(1)} (cartesian)"
-    full = plotly_bundle()
-    m = _VERSION_RE.search(full[:300])
-    return full, f"plotly.js {m.group(1) if m else '?'}"
+            return f, f"plotly.js {s.group(1)} (cartesian)"
+    return _plotly_bundle_file(), f"plotly.js {m.group(1) if m else '?'}"
+
+
+def _read_text(f: Path) -> str:
+    return f.read_text(encoding="utf-8")
+
+
+def _file_bytes(f: Path) -> bytes:
+    """``f``'s text as ``_read_text`` gives it, encoded in UTF-8: the file's bytes as they are unless
+    they hold a carriage return (which reading as text turns into a newline)."""
+    data = f.read_bytes()
+    return data if b"\r" not in data else _read_text(f).encode("utf-8")
 
 
 def plotly_bundle(head: int | None = None) -> str:
@@ -201,21 +224,29 @@ def plotly_bundle(head: int | None = None) -> str:
     ``head`` characters), read from the package's data without importing plotly (whose import reads
     package metadata: ~0.1 s of every ``dashboard --out``); through plotly itself where the file is
     not on disk (a zipped install)."""
+    f = _plotly_bundle_file()
+    if f is not None:
+        with f.open(encoding="utf-8") as text:
+            return text.read() if head is None else text.read(head)
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs()[:head]
+
+
+def _plotly_bundle_file() -> Path | None:
+    """plotly's plotly.min.js in the installed package, or None where it is not on disk."""
     from importlib.util import find_spec
 
     spec = find_spec("plotly")
     for folder in (spec.submodule_search_locations or []) if spec else []:
         f = Path(folder) / "package_data" / "plotly.min.js"
         if f.is_file():
-            with f.open(encoding="utf-8") as text:
-                return text.read() if head is None else text.read(head)
-    from plotly.offline import get_plotlyjs
-
-    return get_plotlyjs()[:head]
+            return f
+    return None
 
 
 def _static(name: str) -> str:
-    return (STATIC / name).read_text(encoding="utf-8")
+    return _read_text(STATIC / name)
 
 
 @dataclass
@@ -241,16 +272,18 @@ def build_page(records: list[StudyRecord] | list[StudyCounts], blobs: dict[str, 
     ``records`` (or their ``StudyCounts``). ``served``: the page asks the server for trial details
     and curves, and (``refresh`` > 0) for a new version every that many seconds, reloading only
     when the results changed."""
-    return "".join(page_parts(records, blobs, source=source, refresh=refresh, served=served, version=version,
-                              now=now))
+    return "".join(page_parts(records, blobs, source=source, refresh=refresh, served=served,  # type: ignore[arg-type]
+                              version=version, now=now))
 
 
 def page_parts(records: list[StudyRecord] | list[StudyCounts], blobs: dict[str, dict[str, Any] | Encoded], *,
                source: str = "", refresh: int = 0, served: bool = False, version: str = "",
-               now: datetime | None = None) -> list[str]:
+               now: datetime | None = None, as_bytes: bool = False) -> list[str | bytes]:
     """``build_page``'s text in parts, to be written one after another: joined, the page is a copy of
     ~3 MB in 2-byte characters (plotly.js and dashboard.js hold characters beyond Latin-1), made and
-    encoded again (~0.015 s of a page whose studies all come from the cache)."""
+    encoded again (~0.015 s of a page whose studies all come from the cache). ``as_bytes``: the
+    static scripts (plotly.js, dashboard.js) are parts in UTF-8 bytes, copied from their files, the
+    others text (a file written in binary: each text part encoded in UTF-8, the bytes as they are)."""
     from ablate.table_css import TABLE_CSS
 
     e = html.escape
@@ -263,7 +296,8 @@ def page_parts(records: list[StudyRecord] | list[StudyCounts], blobs: dict[str, 
     empty = ("" if records else
              '<div class="card"><p>No studies in this database yet. Run one with '
              "<code>ablate run studies/dilation.yaml --profile demo</code>, then reload.</p></div>")
-    js, _ = plotly_js()
+    js: str | bytes = plotly_js_bytes() if as_bytes else plotly_js()[0]
+    script: str | bytes = _file_bytes(STATIC / "dashboard.js") if as_bytes else _static("dashboard.js")
     conf = {"served": served, "refresh": int(refresh) if served else 0, "version": version,
             "names": {dom_id(r.name): r.name for r in records},
             "statusColors": STATUS_COLORS}
@@ -289,7 +323,7 @@ def page_parts(records: list[StudyRecord] | list[StudyCounts], blobs: dict[str, 
         sections,
         json_script("ablate-conf", conf),
         *(json_script(f"study-{dom_id(r.name)}", blobs[r.name]) for r in records),
-        "<script>", _static("dashboard.js"), "</script>",
+        "<script>", script, "</script>",
         "</main></body></html>\n",
     ]
 

@@ -141,6 +141,15 @@ def escape(s: str) -> str:
     return html.escape(s, quote=False)
 
 
+def _finite(values: Any) -> bool:
+    """Whether every value is a finite number: their sum is (NaN and inf carry through a sum; a
+    finite sum that overflows only says no)."""
+    try:
+        return math.isfinite(sum(values))
+    except (TypeError, OverflowError):  # None, not a number, or an int beyond floats: value by value
+        return False
+
+
 def study_view(record: StudyRecord, alpha: float = ALPHA) -> StudyView:
     metric, mode = study_metric(record.spec)
     listed = table_arms(record, all_arms=True)  # once: the table's rows are its declared part (``table_json``)
@@ -157,9 +166,10 @@ def study_view(record: StudyRecord, alpha: float = ALPHA) -> StudyView:
         base_arm = find_baseline({"baseline": record.spec["baseline"]}, arms)
     views = []
     for i, arm in enumerate(arms):
-        seeds = arm.by_seed(metric)
-        seeds = {s: v for s, v in seeds.items() if v is not None and math.isfinite(v)}
-        s = summarize(seeds.values())
+        seeds, s = arm.seed_summary(metric)  # shared with the table (``table_json``)
+        if not _finite(seeds.values()):
+            seeds = {s: v for s, v in seeds.items() if v is not None and math.isfinite(v)}
+            s = summarize(seeds.values())
         views.append(ArmView(i, arm, arm_text(arm.params, varying, names), s.mean, s.std, s.n, seeds,
                              is_baseline=arm is base_arm))
     extra = []
