@@ -12,21 +12,15 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from ablate._gc import paused_gc
+
 # typer's import makes ~10^5 objects and no garbage: with the collector paused meanwhile, and what it
-# made moved to the oldest generation after (as ``store_reads.paused_gc`` does), every command skips
-# ~5 ms of collections walking them
-_collecting = _collector.isenabled()
-_collector.disable()
-try:
+# made moved to the oldest generation after (``paused_gc``), every command skips ~5 ms of collections
+# walking them
+with paused_gc():
     import typer
 
     from ablate._console import LazyConsole
-finally:
-    if _collecting:
-        if not _collector.get_freeze_count():
-            _collector.freeze()
-            _collector.unfreeze()
-        _collector.enable()
 
 app = typer.Typer(
     help="Ablation studies for large-kernel CNNs (RepLKNet, CVPR 2022): declare a study in a YAML "

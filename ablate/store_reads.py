@@ -25,6 +25,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+from ablate._gc import paused_gc
+
 DEFAULT_DB_FILE = "ablate.db"
 MIGRATIONS = Path(__file__).resolve().parent.parent / "db"
 SQLITE_BUSY_MS = 30_000
@@ -420,32 +422,6 @@ class _EngineSQL:
 
         with self.engine.connect() as c:
             yield lambda sql, params=None: c.execute(text(sql), params or {}).all()
-
-
-@contextmanager
-def paused_gc() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a block builds 10^5 objects that form no cycles
-    (a table's records, its rows): each collection would walk every object built so far, which
-    costs a third of a table's reads and a quarter of its rendering at 10^5 trials. Reference
-    counting still frees everything; the collector runs again after the block (nested or
-    concurrent blocks leave it on if it was on before the first). The objects the block made are
-    then moved to the oldest generation (``gc.freeze`` then ``gc.unfreeze``: two list splices, and
-    the young generation's count is reset): otherwise the first allocation after the block walks
-    them all as young objects (~4 % of a 10,000-trial page), just before most of them are freed.
-    A cycle among them is still collected, by the next full collection. Not where the process had
-    frozen objects itself (``gc.unfreeze`` would thaw them too)."""
-    import gc
-
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            if not gc.get_freeze_count():
-                gc.freeze()
-                gc.unfreeze()
-            gc.enable()
 
 
 def _in(name: str, values: list[Any]) -> tuple[str, dict[str, Any]]:

@@ -42,8 +42,8 @@ from typing import Any, Callable
 from ablate.axes import assignments, excluded, get_path, stored_axes
 from ablate.flops import flops_input
 from ablate.stats import ALPHA, MIN_PAIRS, Paired, Summary, compare_with_baseline, summarize
-from ablate.store_reads import (COMPLETED, FAILED, INTERRUPTED, Reader, StudyRecord, TrialRecord, arm_key,
-                                paused_gc)
+from ablate._gc import paused_gc
+from ablate.store_reads import COMPLETED, FAILED, INTERRUPTED, Reader, StudyRecord, TrialRecord, arm_key
 from ablate.table_css import TABLE_CSS  # the dashboard's page reads it without this module
 from ablate.text import human, markdown_cell, safe_format, strip_controls
 

@@ -21,7 +21,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from ablate.store_reads import Reader, StudyRecord, paused_gc
+from ablate._gc import paused_gc
+from ablate.store_reads import Reader, StudyRecord
 
 from ablate.dashboard.data import load_details, load_history, load_studies, version
 from ablate.dashboard.page import (Encoded, StudyCounts, build_page, curve_ids, detail_ids, page_parts, plotly_js,
@@ -73,7 +74,7 @@ def _study_blob(store: Reader, view: StudyView, artifacts: Path | str | None, se
 def build(store: Reader, *, names: Iterable[str] | None = None, refresh: int = 0, served: bool = False,
           artifacts: Path | str | None = None) -> tuple[str, dict[str, StudyView]]:
     """(the page, each study's view by name) of ``store``'s studies (all, or ``names``). The cyclic
-    garbage collector is paused meanwhile (``store_reads.paused_gc``): the build makes ~10^5 objects
+    garbage collector is paused meanwhile (``_gc.paused_gc``): the build makes ~10^5 objects
     per 10^4 trials and no cycles, and each collection walked them all (a quarter of the build)."""
     parts, views = _build(store, names, refresh, served, artifacts)
     return "".join(parts), views  # type: ignore[arg-type]
