@@ -439,7 +439,10 @@ def models(
                                               "every model name in timm's registry matching PATTERN (shell-style, "
                                               "e.g. 'resnet*', '*' for all; 'resnet18.*' lists pretrained tags)."),
 ) -> None:
-    """List the model zoo with params and FLOPs (multiply-adds) of the deployed (re-parameterized) form."""
+    """List the model zoo with params and FLOPs (multiply-adds) of the deployed (re-parameterized) form.
+
+    The first listing builds every model on the meta device (seconds); the counts are kept in ablate's state
+    folder for this code and these torch/timm versions, so the next one answers at once."""
     from rich.table import Table
 
     from ablate.flops import human

@@ -2,7 +2,8 @@
 
 ``ablate plan`` and ``ablate run`` check every distinct model of a study (timm's registry, a build on
 the meta device) and count its params and FLOPs; that needs torch, timm and torchvision, seconds of
-imports that the driver would pay only to plan while the trial worker imports them again. Both are
+imports that the driver would pay only to plan while the trial worker imports them again (and
+``ablate models`` counts the whole zoo: ~8 s). Both are
 pure functions of the model section, the dataset's classes and channels, the image size and the code
 (ablate's own sources, torch, timm, torchvision). So each result is kept in one small JSON file in
 ablate's state folder, beside the journal and the local Ray head's record: ``model-costs/<code>.json`` in
@@ -12,6 +13,7 @@ empty each other's; the newest ``KEEP_CODES`` files stay. It is a cache of this 
 result: deleting it costs one plan's measurement; ``ABLATE_MODEL_COSTS=0`` turns it off.
 
 An entry says: this model config passed ``validate.check_model`` and measured (params, FLOPs); a
+zoo entry (``ablate models``, its own keys): this model section's deploy form counted (params, FLOPs); a
 check entry: a recipe's optimizer, scheduler and augmentation passed ``validate.check_recipe``, or a
 model name passed ``validate.model_name_problem`` (the study file's own check). A file
 written by other code (any change to ablate's sources or to those packages' versions), unreadable
@@ -86,6 +88,15 @@ def model_key(config: dict[str, Any]) -> str | None:
     return _digest(["model", model, classes, chans, config["dataset"].get("image_size")])
 
 
+def deployed_key(model: dict[str, Any], classes: int, chans: int, image_size: int) -> str | None:
+    """What ``zoo.measure_deployed`` of a model section depends on, hashed (``ablate models``: a count,
+    no check, so never the key of a plan's entry); None when it must not be cached."""
+    kwargs = model.get("kwargs") or {}
+    if not isinstance(kwargs, dict) or any(k in kwargs for k in UNCACHED_KWARGS):
+        return None
+    return _digest(["deployed", model, classes, chans, image_size])
+
+
 def check_key(kind: str, value: Any) -> str:
     """A check that passed: ``("recipe", (opt, sched, auto_augment))`` or ``("name", "resnet50.a1_in1k")``."""
     return _digest([kind, value])
@@ -133,7 +144,18 @@ class ModelCosts:
 
     def put_model(self, config: dict[str, Any], costs: tuple[int, int]) -> None:
         """A config that passed the model check and was measured."""
-        key = model_key(config) if self.enabled else None
+        self._put(model_key(config) if self.enabled else None, costs)
+
+    def deployed(self, model: dict[str, Any], classes: int, chans: int, image_size: int) -> tuple[int, int] | None:
+        """(params, FLOPs) of a model section's deploy form counted before (``ablate models``), else None."""
+        key = deployed_key(model, classes, chans, image_size) if self.enabled else None
+        return self.models.get(key) if key else None
+
+    def put_deployed(self, model: dict[str, Any], classes: int, chans: int, image_size: int,
+                     costs: tuple[int, int]) -> None:
+        self._put(deployed_key(model, classes, chans, image_size) if self.enabled else None, costs)
+
+    def _put(self, key: str | None, costs: tuple[int, int]) -> None:
         if key and self.models.get(key) != tuple(costs):
             self.models[key] = self._new_models[key] = (int(costs[0]), int(costs[1]))
 

@@ -2,7 +2,8 @@
 
 Counting builds each model on the meta device (shapes, no memory, no arithmetic), merges it with
 ``ablate.reparam.merge`` and counts parameters and multiply-adds (``ablate.flops``), so even
-RepLKNet-XL is listed in about a second. ``ablate models`` prints this table.
+RepLKNet-XL is listed in about a second. ``ablate models`` prints this table (counts made before by the
+same code come from ``ablate.model_costs``: no torch imported).
 """
 
 from __future__ import annotations
@@ -11,14 +12,12 @@ import json
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+from ablate.model_costs import ModelCosts, shared
 
-from ablate.flops import count_macs, count_params
-from ablate.models import build_model
-from ablate.reparam import merge
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -72,6 +71,10 @@ def as_printed(value: int, printed: str) -> bool:
 def build_for_counting(model: dict[str, Any], num_classes: int = 1000, in_chans: int = 3) -> nn.Module:
     """The model a study's ``model`` section builds, on the meta device when it can be (no memory,
     no init cost), else on the CPU."""
+    import torch
+
+    from ablate.models import build_model
+
     try:
         with torch.device("meta"):
             return build_model(model, num_classes, in_chans)
@@ -88,15 +91,27 @@ def measure_deployed(model: dict[str, Any], num_classes: int, in_chans: int, ima
 
 @lru_cache(maxsize=512)
 def _measure(model_json: str, num_classes: int, in_chans: int, image_size: int) -> tuple[int, int]:
+    from ablate.flops import count_macs, count_params
+    from ablate.reparam import merge
+
     deployed = merge(build_for_counting(json.loads(model_json), num_classes, in_chans), inplace=True)
     return count_params(deployed), count_macs(deployed, image_size, in_chans)
 
 
-def zoo_rows(input_size: int = 224, num_classes: int = 1000) -> list[dict[str, Any]]:
-    """One row per zoo entry: name, kwargs, deploy-form params and FLOPs, and the paper's figures."""
+def zoo_rows(input_size: int = 224, num_classes: int = 1000, known: ModelCosts | None = None) -> list[dict[str, Any]]:
+    """One row per zoo entry: name, kwargs, deploy-form params and FLOPs, and the paper's figures.
+
+    Counts made before by this code come from ``known`` (default: the cache file of
+    ``ablate.model_costs``), so a second ``ablate models`` imports neither torch nor timm (~8 s)."""
+    known = known if known is not None else shared()
     rows = []
     for e in ZOO:
-        params, flops = measure_deployed({"name": e.model, "kwargs": e.kwargs}, num_classes, 3, input_size)
+        model = {"name": e.model, "kwargs": e.kwargs}
+        counts = known.deployed(model, num_classes, 3, input_size)
+        if counts is None:
+            counts = measure_deployed(model, num_classes, 3, input_size)
+            known.put_deployed(model, num_classes, 3, input_size, counts)
+        params, flops = counts
         paper_flops = e.paper_flops if input_size == 224 and num_classes == 1000 else None
         paper_params = e.paper_params if num_classes == 1000 else None
         rows.append({"label": e.label, "model": e.model, "kwargs": e.kwargs, "params": params, "flops": flops,
@@ -104,4 +119,5 @@ def zoo_rows(input_size: int = 224, num_classes: int = 1000) -> list[dict[str, A
                      "params_as_printed": as_printed(params, paper_params) if paper_params else None,
                      "flops_as_printed": as_printed(flops, paper_flops) if paper_flops else None,
                      "source": e.source})
+    known.save()
     return rows

@@ -125,7 +125,8 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=10_000)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--code", action="append", default=[], help="another ablate checkout to time as well")
-    ap.add_argument("--with-models", action="store_true", help="also time `ablate models` (FLOPs of the zoo)")
+    ap.add_argument("--with-models", action="store_true", help="also time `ablate models` (FLOPs of the zoo: "
+                    "from the model-cost cache, and counted anew)")
     ap.add_argument("--only", help="comma-separated command names from the table (default: all)")
     ap.add_argument("--in-process", action="store_true", help="also time export and the dashboard's page in "
                     "one process per checkout (CPU s, best of 3)")
@@ -152,8 +153,9 @@ def main() -> None:
         "dashboard --out (no cache)": ["dashboard", "--out", "report.html"],
         "plan (demo)": ["plan", str(ROOT / "studies" / "dilation.yaml"), "--profile", "demo"],
     }
-    if a.with_models:
+    if a.with_models:  # the zoo's counts from the model-cost cache (after the warm-up run), and counted anew
         commands["models"] = ["models"]
+        commands["models (no cache)"] = ["models"]
     codes = [str(ROOT)] + [str(Path(c).resolve()) for c in a.code]
     # compiled bytecode as an installed ablate has it: each checkout's .pyc under a prefix of its own
     # (PYTHONDONTWRITEBYTECODE, set on some machines, would recompile every module on every run)
@@ -163,7 +165,7 @@ def main() -> None:
                 "ABLATE_STATE_DIR": str(work / "state" / str(i))} for i, c in enumerate(codes)}
     # the page's cache (ablate.dashboard.cache): off, or one study written to before each run (an analysis
     # value of one of its trials, as `ablate analyze` writes it: that study is built again, the others read)
-    extra = {"dashboard --out (no cache)": {"ABLATE_PAGE_CACHE": "0"}}
+    extra = {"dashboard --out (no cache)": {"ABLATE_PAGE_CACHE": "0"}, "models (no cache)": {"ABLATE_MODEL_COSTS": "0"}}
 
     def prepare(name: str, code: str) -> None:
         if name == "dashboard --out (one study new)":

@@ -204,3 +204,59 @@ def test_models_command(monkeypatch):
     res = CliRunner().invoke(app, ["models", "--input-size", "32"], env={"COLUMNS": "200"})
     assert res.exit_code == 0 and "MobileNetV2 3x3 d4" in res.output and "3.5M (Table 12)" in res.output
     assert CliRunner().invoke(app, ["models", "--format", "xml"]).exit_code == 2
+
+
+@pytest.fixture
+def own_state(tmp_path, monkeypatch):
+    """A state folder of this test's own: the model-cost cache (``ablate.model_costs``) lives there."""
+    from ablate import model_costs
+
+    d = tmp_path / "state"
+    monkeypatch.setenv("ABLATE_STATE_DIR", str(d))
+    monkeypatch.delenv("ABLATE_MODEL_COSTS", raising=False)
+    monkeypatch.setattr(model_costs, "_SHARED", {})
+    return d
+
+
+def test_a_second_models_takes_the_counts_from_the_cache(own_state, monkeypatch):
+    """``ablate models`` counts each zoo entry once per code and input size; the next listing reads them
+    (a new process: the cache read afresh); another input size is counted anew."""
+    import ablate.zoo
+    from ablate import model_costs
+    from ablate.zoo import zoo_rows
+
+    monkeypatch.setattr(ablate.zoo, "ZOO", tuple(e for e in ZOO if e.label in ("MobileNetV2 3x3 d4", "ResNet-101")))
+    counted: list[tuple] = []
+    real = ablate.zoo.measure_deployed
+    monkeypatch.setattr(ablate.zoo, "measure_deployed", lambda *a: counted.append(a) or real(*a))
+    first = zoo_rows(32)
+    assert len(counted) == 2 and model_costs.cache_path().is_file()
+    model_costs._SHARED.clear()
+    assert zoo_rows(32) == first and len(counted) == 2
+    assert [r["params"] for r in first] == [real({"name": e.model, "kwargs": e.kwargs}, 1000, 3, 32)[0]
+                                            for e in ablate.zoo.ZOO]
+    model_costs._SHARED.clear()
+    assert zoo_rows(24) != first and len(counted) == 4
+    model_costs._SHARED.clear()
+    monkeypatch.setenv("ABLATE_MODEL_COSTS", "0")  # off: counted every time
+    zoo_rows(32)
+    assert len(counted) == 6
+
+
+def test_models_from_the_cache_imports_no_torch(own_state, tmp_path):
+    """A listing whose counts were made before (here by this process, as a first ``ablate models`` does)
+    prints the same table without importing torch, timm or Ray (~8 s of a first listing)."""
+    import os
+    import subprocess
+    import sys
+
+    from ablate.zoo import zoo_rows
+    from test_cli_imports import run_cli
+
+    rows = zoo_rows(224)
+    env = dict(os.environ, ABLATE_STATE_DIR=str(own_state))
+    loaded = run_cli(tmp_path, "models", "--format", "json", env=env)
+    assert "ablate" in loaded and not loaded & {"torch", "timm", "torchvision", "ray"}, sorted(loaded)
+    out = subprocess.run([sys.executable, "-m", "ablate.cli", "models", "--format", "json"], env=env,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert json.loads(out) == rows
