@@ -200,7 +200,7 @@ def main() -> None:
                 times[code].append(timed([sys.executable, *run], env_of[code], work))
         for code in these:
             t, floor = statistics.median(times[code]), statistics.median(base)
-            mods = "pyarrow, numpy" if args is PYARROW else ", ".join(loaded(args, envs[code], work)) or "-"
+            mods = "pyarrow, numpy" if args is PYARROW else ", ".join(loaded(args, env_of[code], work)) or "-"
             label = "`python -c 'import pyarrow.csv, pyarrow.parquet'`" if args is PYARROW else f"`ablate {name}`"
             print(f"| {label} | {Path(code).name} | {t:.2f} | {t / floor:.1f}x | {mods} |", flush=True)
     probes.append(cpu_probe())
