@@ -391,15 +391,7 @@ def _fmt_metric(s: Summary, col: dict[str, Any]) -> str:
 
 
 def _matches(match: dict[str, Any], arm: Arm) -> bool:
-    def value(k: str) -> Any:
-        if k in arm.params:
-            return arm.params[k]
-        try:
-            return get_path(arm.config, k)
-        except KeyError:
-            return KeyError
-
-    return all(value(k) == v for k, v in match.items())
+    return all(_config_value(arm, k, KeyError) == v for k, v in match.items())  # a missing path matches nothing
 
 
 def _paper_row(spec: dict[str, Any], arm: Arm) -> dict[str, Any] | None:
@@ -445,13 +437,14 @@ class _Column:
     best: str = "none"
 
 
-def _config_value(arm: Arm, src: str) -> Any:
+def _config_value(arm: Arm, src: str, missing: Any = None) -> Any:
+    """The arm's value at a config path (its swept params first), or ``missing``."""
     if src in arm.params:
         return arm.params[src]
     try:
         return get_path(arm.config, src)
     except KeyError:
-        return None
+        return missing
 
 
 def build_table(record: StudyRecord, alpha: float = ALPHA, *, all_arms: bool = False, raw: bool = True,
