@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc as _collector  # (``gc`` is a command below)
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -42,6 +43,7 @@ ADDRESS_HELP = ("Ray cluster to join (default $RAY_ADDRESS, else the local head 
                 "else a Ray started by ablate for this run; 'local': always one started for this run).")
 ARTIFACTS_HELP = ("Artifact store for checkpoints and weights: a folder, a shared path, or a URI such as "
                   "s3://bucket/prefix (every Ray node must reach it). Default: $ABLATE_ARTIFACTS, else ./ablate-artifacts.")
+SHORT_RUN_S = 120  # a run this short, with a Ray of its own, is told of `ablate ray up` (its start and stop: seconds)
 PROFILE_HELP = "Profile of the study file to apply (e.g. 'demo' for CPU minutes, 'paper' for Appendix A)."
 
 
@@ -244,6 +246,7 @@ def run(
                                      "other code (see `ablate plan`), keeping the old results as earlier attempts."),
 ) -> None:
     """Run a study: train every trial not yet completed (reruns skip finished ones), store results, print the table."""
+    began = time.monotonic()
     from ablate.orchestrate import run_study
     from ablate.progress import ProgressSink
     from ablate.tables import render
@@ -288,6 +291,10 @@ def run(
         err.print(f"{summary.journaled} results waited in a local journal while the database was unreachable"
                   + (f"; {summary.unsaved} are still only in {summary.journal} (the next run writes them)"
                      if summary.unsaved else "; all written since"), highlight=False, markup=False, soft_wrap=True)
+    if summary.own_ray and time.monotonic() - began < SHORT_RUN_S:
+        err.print("tip: this run started a Ray of its own and stopped it again, seconds of every short run; "
+                  "`ablate ray up` keeps one on this machine for the next runs to join (`ablate ray down` stops it)",
+                  highlight=False, markup=False, soft_wrap=True)
     _report_artifacts(p.study.name, artifacts, p.study.artifacts.keep)
     analyses_failed = 0
     if p.study.analyses and p.study.analyses.declared():  # after training: the analyses the study declares

@@ -134,6 +134,7 @@ class RunSummary:
     journaled: int = 0  # results that waited in the local journal while the database was away
     unsaved: int = 0  # results still only in the journal at the end (the database stayed away)
     journal: str = ""
+    own_ray: bool = False  # this run started (and stopped) a local Ray of its own
 
 
 def register_plan(store: Store, plan: Plan) -> dict[str, str]:
@@ -213,8 +214,10 @@ def run_study(path: str | Path, profile: str | None = None, *, store: Store, sin
         store.check_writable()
     # Ray only when there is work: a finished study (even on a read-only database) just prints its table
     with (ray_session(address, cpus=res.cpus, gpus=res.gpus, workers=res.workers) if work
-          else contextlib.nullcontext()):
-        return _run_claimed(plan, store, sink, journal, files, init_from, address, rerun or [], rerun_stale)
+          else contextlib.nullcontext(False)) as own_ray:
+        summary = _run_claimed(plan, store, sink, journal, files, init_from, address, rerun or [], rerun_stale)
+    summary.own_ray = own_ray
+    return summary
 
 
 def _run_claimed(plan: Plan, store: Store, sink: TrialSink | None, journal: JournalingSink, files: ArtifactStore,

@@ -344,10 +344,12 @@ log = logging.getLogger("ablate.runner")
 
 
 @contextlib.contextmanager
-def ray_session(address: str | None = None, *, cpus: float = 1, gpus: float = 0, workers: int = 1) -> Iterator[None]:
+def ray_session(address: str | None = None, *, cpus: float = 1, gpus: float = 0, workers: int = 1) -> Iterator[bool]:
     """Ray up (joined or started) for a whole run, with the study's resources checked against the
     cluster first: an impossible request raises ResourceError before anything is written.
-    ``run_trials`` inside it reuses this Ray; Ray is shut down at the end if this started it.
+    ``run_trials`` inside it reuses this Ray; Ray is shut down at the end if this started it. Yields
+    whether this session started a local Ray of its own (its start and stop are seconds of the run,
+    which ``ablate ray up`` saves the next runs).
 
     A local Ray starts in a background thread while this thread imports Tune, the driver's next cost
     (joining a cluster takes a moment: it stays in this thread)."""
@@ -370,9 +372,10 @@ def ray_session(address: str | None = None, *, cpus: float = 1, gpus: float = 0,
                 ray.shutdown()
             raise
         started = starter.result()
+    own = started and bool(getattr(ray._private.worker._global_node, "head", False))  # a node this driver started
     try:
         check_resources(cpus, gpus, workers)
-        yield
+        yield own
     finally:
         if started:
             ray.shutdown()

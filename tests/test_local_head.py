@@ -82,6 +82,7 @@ def test_head_up_runs_join_it_status_and_down(tmp_path: Path, monkeypatch: pytes
         assert _imported(run.stderr, ("torch", "timm", "torchvision")) == []
         assert _imported(run.stderr, ("ray",))  # (the log is the driver's)
         assert f"{JOINED} {head['address']}" in run.stderr, run.stderr[-2000:]
+        assert "tip:" not in run.stderr  # `ablate ray up` is what it would suggest
         assert [t.status for t in Store(db).load("headrun").trials] == [COMPLETED]
         assert _local_head.process_alive(_local_head.Head(**head))  # the run left the head up for the next
 

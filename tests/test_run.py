@@ -3,6 +3,9 @@ failures kept with their error. (A driver killed mid-run: tests/test_durable.py.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,7 @@ pytestmark = pytest.mark.usefixtures("ray_session")  # one local Ray for the ses
 def test_study_runs_on_ray_into_sqlite(ran_study: dict[str, Any]) -> None:
     s = ran_study["summary"]
     assert (s.total, s.skipped, s.ran, s.completed, s.failed) == (4, 0, 4, 4, 0)
+    assert s.own_ray is False  # it ran on the session's Ray, already up: nothing started for it
     rec = ran_study["store"].load("tiny", history=True)
     assert {t.status for t in rec.trials} == {COMPLETED}
     for t in rec.trials:
@@ -88,3 +92,22 @@ def test_local_ray_starts_no_autoscaler_or_log_monitor() -> None:
 
     params = RayParams()
     assert params.no_monitor is False and params.include_log_monitor is None
+
+
+def test_a_short_run_with_its_own_ray_tells_of_ray_up(tmp_path: Path, image_folder: Path) -> None:
+    """`ablate run` as a user first types it, in a process of its own: a local Ray started for the run and
+    stopped after it, the study stored, and (the run being short) a line saying that `ablate ray up` keeps a
+    Ray for the next runs. The rerun has nothing to train, starts no Ray and says nothing of it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # no address, not the session's token
+    env["ABLATE_STATE_DIR"] = str(tmp_path / "state")  # no `ablate ray up` head recorded there
+    f = write_study(tmp_path / "s.yaml", tiny_study("own", image_folder, axes={"grid": {}}, model={
+        "name": "mobilenetv2_lk", "kwargs": {"width_mult": 0.1, "kernel_size": 3}}))
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    cmd = [sys.executable, "-m", "ablate.cli", "run", str(f), "--db", db]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "tip: this run started a Ray of its own" in r.stderr and "`ablate ray up` keeps one" in r.stderr, r.stderr
+    assert [t.status for t in Store(db).load("own").trials] == [COMPLETED]
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "1 already completed, 0 run now" in again.stderr, again.stderr[-2000:]
+    assert "tip:" not in again.stderr
