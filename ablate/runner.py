@@ -293,7 +293,7 @@ def init_ray(address: str | None = None) -> bool:
             ray.init(**cluster)
         return True
     _local_ray.use_local_token()
-    with _local_ray.loopback_node() as ip, _local_ray.without_idle_daemons():
+    with _local_ray.loopback_node() as ip, _local_ray.without_idle_daemons(), _local_ray.prompt_node_registration():
         # address="local": never join some other Ray found on this machine (/tmp/ray/ray_current_cluster)
         ray.init(address="local", _node_ip_address=ip, include_dashboard=False,
                  object_store_memory=LOCAL_OBJECT_STORE_BYTES, _system_config=LOCAL_SYSTEM_CONFIG, **common)

@@ -92,6 +92,36 @@ def test_local_ray_starts_no_autoscaler_or_log_monitor() -> None:
 
     params = RayParams()
     assert params.no_monitor is False and params.include_log_monitor is None
+    from ray._private import services
+
+    assert "prompt_node_registration" not in services.get_node.__qualname__  # nor the node-registration poll
+
+
+def test_a_local_start_asks_ray_for_its_node_once_the_node_has_registered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray 2.60's node start asks the GCS for its raylet's record once and, if it is not there yet, sleeps a
+    whole second before asking again (~0.5 s of every local start spent waiting: docs/performance.md).
+    ``prompt_node_registration`` reads the node table until the record is there, then lets Ray ask; a node
+    that never shows is left to Ray's own call after the patience runs out; and Ray's function is back after."""
+    import time
+
+    import ray
+    from ray._private import services
+
+    from ablate import _local_ray
+
+    asked: list[tuple[str, str, float]] = []
+    monkeypatch.setattr(services, "get_node", lambda gcs, node: asked.append((gcs, node, time.monotonic())) or "ray's")
+    ctx = ray.get_runtime_context()
+    gcs, registered = ctx.gcs_address, ctx.get_node_id()
+    unknown = ray.NodeID.from_random().hex()
+    with _local_ray.prompt_node_registration(poll_s=0.01, patience_s=0.5):
+        assert services.get_node(gcs, registered) == "ray's"
+        t0 = time.monotonic()
+        assert services.get_node(gcs, unknown) == "ray's"  # not there: Ray's call still decides
+        waited = time.monotonic() - t0
+    assert [a[:2] for a in asked] == [(gcs, registered), (gcs, unknown)]
+    assert 0.5 <= waited < 10, waited  # it looked for the record for its patience, then asked
+    assert services.get_node(gcs, registered) == "ray's" and services.get_node.__name__ == "<lambda>"  # restored
 
 
 def test_a_short_run_with_its_own_ray_tells_of_ray_up(tmp_path: Path, image_folder: Path) -> None:
