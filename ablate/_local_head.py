@@ -167,7 +167,7 @@ def up(cpus: float | None = None, gpus: float | None = None, timeout: float = 18
         temp_dir = tempfile.mkdtemp(prefix=TMP_PREFIX)
         cpus = float(cpus if cpus is not None else os.cpu_count() or 1)
         port = _free_port()
-        cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+        cmd = [sys.executable, "-m", "ablate._ray_start", "start", "--head", "--block",
                "--node-ip-address", LOOPBACK, "--port", str(port), "--num-cpus", f"{cpus:g}",
                "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", temp_dir,
                "--object-store-memory", str(LOCAL_OBJECT_STORE_BYTES),

@@ -64,6 +64,8 @@ def test_head_up_runs_join_it_status_and_down(tmp_path: Path, monkeypatch: pytes
         daemons = " ".join(" ".join(psutil.Process(p).cmdline()) for p in session_pids(head["pid"]) if psutil.pid_exists(p))
         assert "gcs_server" in daemons and "raylet" in daemons, daemons
         assert "monitor.py" not in daemons, daemons  # neither the autoscaler's monitor nor the log monitor
+        # Ray's `ray start`, run through ablate._ray_start (the node's registration polled, not a 1 s wait)
+        assert "-m ablate._ray_start start --head" in " ".join(psutil.Process(head["pid"]).cmdline())
         again = _cli(["ray", "up"], env)
         assert again.returncode == 0 and "already running" in again.stderr and str(head["pid"]) in again.stderr
 
