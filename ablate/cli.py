@@ -292,8 +292,8 @@ def run(
                   + (f"; {summary.unsaved} are still only in {summary.journal} (the next run writes them)"
                      if summary.unsaved else "; all written since"), highlight=False, markup=False, soft_wrap=True)
     if summary.own_ray and time.monotonic() - began < SHORT_RUN_S:
-        err.print("tip: this run started a Ray of its own and stopped it again, seconds of every short run; "
-                  "`ablate ray up` keeps one on this machine for the next runs to join (`ablate ray down` stops it)",
+        err.print("tip: this run started a Ray of its own and stopped it again; `ablate ray up` keeps one on this "
+                  "machine for the next runs to join, so they skip both (`ablate ray down` stops it)",
                   highlight=False, markup=False, soft_wrap=True)
     _report_artifacts(p.study.name, artifacts, p.study.artifacts.keep)
     analyses_failed = 0
