@@ -168,7 +168,7 @@ def prompt_node_registration(poll_s: float = 0.02, patience_s: float = 10.0) -> 
     when the record is not there yet its C++ side sleeps a whole second before asking again; the raylet
     registers ~0.45 s after its launch on 2 cores, so every local start waited ~0.5 s for nothing. Here
     the GCS's node table is read every ``poll_s`` until the record is there, then Ray's own call runs and
-    answers at once (``init_ray`` 1.80 -> 1.25 s: docs/performance.md). If the table cannot be read, Ray's
+    answers at once (``init_ray`` 1.80 -> 1.22 s: docs/performance.md). If the table cannot be read, Ray's
     call waits as it always did."""
     from ray._private import services
 
