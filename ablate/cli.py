@@ -453,7 +453,7 @@ def models(
     from rich.table import Table
 
     from ablate.flops import human
-    from ablate.zoo import zoo_rows
+    from ablate.zoo import uncounted, zoo_rows
 
     if fmt not in ("table", "json"):
         _fail(f"--format: one of table, json, got '{fmt}'")
@@ -467,7 +467,12 @@ def models(
             _fail(f"--all: no model in timm's registry matches '{all_pattern}' (try '*{all_pattern}*')")
         sys.stdout.write(json.dumps(names) + "\n" if fmt == "json" else "\n".join(names) + "\n")
         return
-    rows = zoo_rows(input_size)
+    todo = uncounted(input_size)
+    if todo and err.is_terminal:  # seconds of building: say what runs (a spinner, gone when the table prints)
+        with err.status(f"Counting {todo} zoo models' params and FLOPs (kept for the next listing) ..."):
+            rows = zoo_rows(input_size)
+    else:
+        rows = zoo_rows(input_size)
     if fmt == "json":
         out.print_json(json.dumps(rows))
         return

@@ -98,6 +98,12 @@ def _measure(model_json: str, num_classes: int, in_chans: int, image_size: int) 
     return count_params(deployed), count_macs(deployed, image_size, in_chans)
 
 
+def uncounted(input_size: int = 224, num_classes: int = 1000, known: ModelCosts | None = None) -> int:
+    """How many zoo entries ``zoo_rows`` would build and count (none in ``known``'s cache yet)."""
+    known = known if known is not None else shared()
+    return sum(known.deployed({"name": e.model, "kwargs": e.kwargs}, num_classes, 3, input_size) is None for e in ZOO)
+
+
 def zoo_rows(input_size: int = 224, num_classes: int = 1000, known: ModelCosts | None = None) -> list[dict[str, Any]]:
     """One row per zoo entry: name, kwargs, deploy-form params and FLOPs, and the paper's figures.
 

@@ -223,15 +223,17 @@ def test_a_second_models_takes_the_counts_from_the_cache(own_state, monkeypatch)
     (a new process: the cache read afresh); another input size is counted anew."""
     import ablate.zoo
     from ablate import model_costs
-    from ablate.zoo import zoo_rows
+    from ablate.zoo import uncounted, zoo_rows
 
     monkeypatch.setattr(ablate.zoo, "ZOO", tuple(e for e in ZOO if e.label in ("MobileNetV2 3x3 d4", "ResNet-101")))
     counted: list[tuple] = []
     real = ablate.zoo.measure_deployed
     monkeypatch.setattr(ablate.zoo, "measure_deployed", lambda *a: counted.append(a) or real(*a))
+    assert uncounted(32) == 2
     first = zoo_rows(32)
     assert len(counted) == 2 and model_costs.cache_path().is_file()
     model_costs._SHARED.clear()
+    assert uncounted(32) == 0 and uncounted(24) == 2
     assert zoo_rows(32) == first and len(counted) == 2
     assert [r["params"] for r in first] == [real({"name": e.model, "kwargs": e.kwargs}, 1000, 3, 32)[0]
                                             for e in ablate.zoo.ZOO]
