@@ -119,18 +119,26 @@ def use_cluster_auth() -> None:
 
 
 @contextlib.contextmanager
+def _swapped(owner: object, name: str, value: object) -> Iterator[None]:
+    """``owner.name`` is ``value`` inside the block, what it was before after it (Ray's settings and
+    functions that ablate changes only while it starts a local Ray)."""
+    before = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, before)
+
+
+@contextlib.contextmanager
 def loopback_node() -> Iterator[str]:
     """While starting a local Ray, keep 127.0.0.1 as the node's IP (Ray's behaviour where
     clusters are off), so every Ray server binds to loopback. Restored afterwards: a driver that
     joins a cluster must advertise a reachable address."""
     from ray._private import ray_constants
 
-    before = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
+    with _swapped(ray_constants, "ENABLE_RAY_CLUSTER", False):
         yield LOOPBACK
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = before
 
 
 # Ray's options for the two daemons a one-node Ray of ablate has no use for, as `ray start` spells them
@@ -154,11 +162,8 @@ def without_idle_daemons() -> Iterator[None]:
         self.no_monitor = True
         self.include_log_monitor = False
 
-    RayParams.__init__ = lean_init  # type: ignore[method-assign]
-    try:
+    with _swapped(RayParams, "__init__", lean_init):
         yield
-    finally:
-        RayParams.__init__ = init  # type: ignore[method-assign]
 
 
 @contextlib.contextmanager
@@ -179,11 +184,8 @@ def prompt_node_registration(poll_s: float = 0.02, patience_s: float = 10.0) -> 
             _wait_until_registered(gcs_address, node_id, poll_s, patience_s)
         return ask(gcs_address, node_id)
 
-    services.get_node = get_node
-    try:
+    with _swapped(services, "get_node", get_node):
         yield
-    finally:
-        services.get_node = ask
 
 
 def _wait_until_registered(gcs_address: str, node_id: str, poll_s: float, patience_s: float) -> None:
