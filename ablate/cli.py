@@ -467,11 +467,11 @@ def models(
             _fail(f"--all: no model in timm's registry matches '{all_pattern}' (try '*{all_pattern}*')")
         sys.stdout.write(json.dumps(names) + "\n" if fmt == "json" else "\n".join(names) + "\n")
         return
-    todo = uncounted(input_size)
-    if todo and err.is_terminal:  # seconds of building: say what runs (a spinner, gone when the table prints)
-        with err.status(f"Counting {todo} zoo models' params and FLOPs (kept for the next listing) ..."):
-            rows = zoo_rows(input_size)
-    else:
+    import contextlib
+
+    todo = uncounted(input_size)  # seconds of building: on a terminal, a spinner says what runs until the table
+    with (err.status(f"Counting {todo} zoo models' params and FLOPs (kept for the next listing) ...")
+          if todo and err.is_terminal else contextlib.nullcontext()):
         rows = zoo_rows(input_size)
     if fmt == "json":
         out.print_json(json.dumps(rows))

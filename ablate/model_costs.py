@@ -139,8 +139,7 @@ class ModelCosts:
 
     def model(self, config: dict[str, Any]) -> tuple[int, int] | None:
         """(params, FLOPs) of a config checked and measured before, else None."""
-        key = model_key(config) if self.enabled else None
-        return self.models.get(key) if key else None
+        return self._get(model_key(config) if self.enabled else None)
 
     def put_model(self, config: dict[str, Any], costs: tuple[int, int]) -> None:
         """A config that passed the model check and was measured."""
@@ -148,12 +147,14 @@ class ModelCosts:
 
     def deployed(self, model: dict[str, Any], classes: int, chans: int, image_size: int) -> tuple[int, int] | None:
         """(params, FLOPs) of a model section's deploy form counted before (``ablate models``), else None."""
-        key = deployed_key(model, classes, chans, image_size) if self.enabled else None
-        return self.models.get(key) if key else None
+        return self._get(deployed_key(model, classes, chans, image_size) if self.enabled else None)
 
     def put_deployed(self, model: dict[str, Any], classes: int, chans: int, image_size: int,
                      costs: tuple[int, int]) -> None:
         self._put(deployed_key(model, classes, chans, image_size) if self.enabled else None, costs)
+
+    def _get(self, key: str | None) -> tuple[int, int] | None:
+        return self.models.get(key) if key else None
 
     def _put(self, key: str | None, costs: tuple[int, int]) -> None:
         if key and self.models.get(key) != tuple(costs):

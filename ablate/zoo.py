@@ -31,6 +31,11 @@ class ZooEntry:
     paper_params: str | None = None  # as printed, e.g. "79M"
     paper_flops: str | None = None  # at 224x224, as printed, e.g. "15.3G"
 
+    @property
+    def section(self) -> dict[str, Any]:
+        """The study file's ``model`` section that builds it."""
+        return {"name": self.model, "kwargs": self.kwargs}
+
 
 K31, K7 = [31, 29, 27, 13], [7, 7, 7, 7]  # written out, as the study files write them
 ZOO: tuple[ZooEntry, ...] = (
@@ -101,7 +106,7 @@ def _measure(model_json: str, num_classes: int, in_chans: int, image_size: int) 
 def uncounted(input_size: int = 224, num_classes: int = 1000, known: ModelCosts | None = None) -> int:
     """How many zoo entries ``zoo_rows`` would build and count (none in ``known``'s cache yet)."""
     known = known if known is not None else shared()
-    return sum(known.deployed({"name": e.model, "kwargs": e.kwargs}, num_classes, 3, input_size) is None for e in ZOO)
+    return sum(known.deployed(e.section, num_classes, 3, input_size) is None for e in ZOO)
 
 
 def zoo_rows(input_size: int = 224, num_classes: int = 1000, known: ModelCosts | None = None) -> list[dict[str, Any]]:
@@ -112,7 +117,7 @@ def zoo_rows(input_size: int = 224, num_classes: int = 1000, known: ModelCosts |
     known = known if known is not None else shared()
     rows = []
     for e in ZOO:
-        model = {"name": e.model, "kwargs": e.kwargs}
+        model = e.section
         counts = known.deployed(model, num_classes, 3, input_size)
         if counts is None:
             counts = measure_deployed(model, num_classes, 3, input_size)
